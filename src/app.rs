@@ -1,0 +1,74 @@
+//! Wiring: one replica built from a [`Config`], and its lifecycle.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::backend::{Backend, BackendError};
+use crate::config::{Config, StoreKind};
+use crate::session::{SessionFactory, SessionManager};
+use crate::store::{MemoryStore, SessionStore};
+use crate::telemetry::Metrics;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("backend `{0}`: {1}")]
+    Backend(String, BackendError),
+    #[error("store.kind `redis` is not available in this build yet")]
+    StoreUnsupported,
+}
+
+/// Everything one replica shares between requests.
+pub struct App {
+    pub config: Arc<Config>,
+    pub manager: Arc<SessionManager>,
+    pub metrics: Metrics,
+}
+
+impl App {
+    /// Builds the replica (no network I/O: backends are contacted per session).
+    pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
+        let backends = config
+            .backends
+            .iter()
+            .map(|b| Backend::new(b.clone()).map(Arc::new).map_err(|e| AppError::Backend(b.name.clone(), e)))
+            .collect::<Result<Vec<_>, _>>()?;
+        let store: Arc<dyn SessionStore> = match config.store.kind {
+            StoreKind::Memory => Arc::new(MemoryStore::default()),
+            StoreKind::Redis => return Err(AppError::StoreUnsupported),
+        };
+        let factory = SessionFactory::new(backends, config.session.clone(), config.aggregation.clone(), metrics.clone());
+        let manager = SessionManager::new(
+            factory,
+            store,
+            metrics.clone(),
+            config.session.idle_timeout,
+            config.session.max_sessions,
+        );
+        Ok(Arc::new(Self { config: Arc::new(config), manager: Arc::new(manager), metrics }))
+    }
+}
+
+/// Runs the replica on `listener` until `shutdown` fires: stops taking new
+/// sessions, lets in-flight requests finish (bounded by
+/// `http.shutdown_timeout`), then closes every session and its backend sessions.
+pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let reaper_stop = CancellationToken::new();
+    let reaper = tokio::spawn(Arc::clone(&app.manager).run_reaper(reaper_stop.clone()));
+    let draining = {
+        let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
+        async move {
+            shutdown.cancelled().await;
+            app.manager.start_draining();
+        }
+    };
+    tokio::join!(crate::http::serve(listener, Arc::clone(&app), shutdown), draining);
+    reaper_stop.cancel();
+    let _ = reaper.await;
+    let closing = app.manager.close_all();
+    if tokio::time::timeout(app.config.http.shutdown_timeout, closing).await.is_err() {
+        tracing::warn!("sessions did not close before the shutdown deadline");
+    }
+}
+

@@ -1,0 +1,216 @@
+//! Backend MCP servers: the per-replica registry and per-session clients.
+//!
+//! A [`Backend`] is shared by every session of a replica (one pooled HTTP
+//! client per Streamable HTTP backend); a [`BackendSession`] is what one client
+//! session holds for one backend. For HTTP that is only an id and a few
+//! negotiated fields (no task, no connection), so a replica can hold 100k of
+//! them. A stdio backend needs a process per session, and gets one.
+//!
+//! Requests and results cross this layer as JSON values: the gateway renames
+//! and routes, it does not need typed results, and untyped values keep fields
+//! that a typed round-trip would drop.
+
+mod http;
+mod stdio;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::config::BackendConfig;
+use crate::store::{BackendRecord, BackendTarget};
+
+pub use self::http::HttpBackend;
+pub use self::stdio::StdioBackend;
+
+/// Why a backend request failed, classified so the front door can answer well.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BackendError {
+    /// The backend answered with a JSON-RPC error: relayed as is.
+    #[error("backend error {code}: {message}")]
+    Rpc { code: i32, message: String, data: Option<Value> },
+    /// The backend no longer knows our backend session (HTTP 404).
+    #[error("backend session expired")]
+    SessionExpired,
+    #[error("backend did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("backend unreachable: {0}")]
+    Transport(String),
+    #[error("backend broke the protocol: {0}")]
+    Protocol(String),
+}
+
+impl BackendError {
+    /// `outcome` label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match self {
+            Self::Rpc { .. } => "rpc_error",
+            Self::SessionExpired => "expired",
+            Self::Timeout(_) => "timeout",
+            Self::Transport(_) => "unreachable",
+            Self::Protocol(_) => "protocol_error",
+        }
+    }
+}
+
+/// How one configured backend is reached.
+pub enum Transport {
+    Http(HttpBackend),
+    Stdio(StdioBackend),
+}
+
+/// One configured backend, shared by every session of this replica.
+pub struct Backend {
+    pub config: BackendConfig,
+    transport: Transport,
+}
+
+impl Backend {
+    /// Builds the shared client for `config` (no I/O).
+    pub fn new(config: BackendConfig) -> Result<Self, BackendError> {
+        let transport = match (&config.url, &config.command) {
+            (Some(url), _) => Transport::Http(HttpBackend::new(url, &config.headers)?),
+            (None, Some(command)) => Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone())),
+            (None, None) => return Err(BackendError::Protocol(format!("backend {} has no url or command", config.name))),
+        };
+        Ok(Self { config, transport })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// Where this backend is, as recorded in session metadata.
+    pub fn target(&self) -> BackendTarget {
+        match &self.transport {
+            Transport::Http(h) => BackendTarget::StreamableHttp { url: h.url().to_owned() },
+            Transport::Stdio(s) => BackendTarget::Stdio { command: s.command().to_vec() },
+        }
+    }
+
+    /// Opens a new backend session: `initialize` + `notifications/initialized`.
+    pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
+        let params = backend_init_params(client_init);
+        let conn = match &self.transport {
+            Transport::Http(h) => Conn::Http(h.connect(params).await?),
+            Transport::Stdio(s) => Conn::Stdio(s.connect(params).await?),
+        };
+        Ok(BackendSession { backend: Arc::clone(self), conn })
+    }
+}
+
+/// The live connection of one backend session.
+enum Conn {
+    Http(self::http::HttpSession),
+    Stdio(self::stdio::StdioSession),
+}
+
+/// One client session's session with one backend.
+pub struct BackendSession {
+    backend: Arc<Backend>,
+    conn: Conn,
+}
+
+impl BackendSession {
+    pub fn backend(&self) -> &Arc<Backend> {
+        &self.backend
+    }
+
+    pub fn name(&self) -> &str {
+        self.backend.name()
+    }
+
+    /// The backend's `initialize` result (capabilities, serverInfo, instructions).
+    pub fn init_result(&self) -> &Value {
+        match &self.conn {
+            Conn::Http(s) => s.init_result(),
+            Conn::Stdio(s) => s.init_result(),
+        }
+    }
+
+    /// Whether the backend advertised capability `name` (`tools`, `prompts`, ...).
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.init_result()
+            .get("capabilities")
+            .and_then(|c| c.get(name))
+            .is_some_and(|v| !v.is_null())
+    }
+
+    /// Sends one request and waits for its result, at most `timeout`.
+    pub async fn request(&self, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, BackendError> {
+        let call = async {
+            match &self.conn {
+                Conn::Http(s) => s.request(method, params).await,
+                Conn::Stdio(s) => s.request(method, params).await,
+            }
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .unwrap_or(Err(BackendError::Timeout(timeout)))
+    }
+
+    /// Sends a notification; failures are logged, not returned (nobody waits on them).
+    pub async fn notify(&self, method: &str, params: Option<Value>) {
+        let result = match &self.conn {
+            Conn::Http(s) => s.notify(method, params).await,
+            Conn::Stdio(s) => s.notify(method, params).await,
+        };
+        if let Err(e) = result {
+            tracing::debug!(backend = self.name(), method, error = %e, "backend notification failed");
+        }
+    }
+
+    /// Ends the backend session (HTTP DELETE, or kills the child process).
+    pub async fn close(&self) {
+        match &self.conn {
+            Conn::Http(s) => s.close().await,
+            Conn::Stdio(s) => s.close().await,
+        }
+    }
+
+    /// This backend session as session metadata.
+    pub fn record(&self) -> BackendRecord {
+        let (session_id, protocol_version) = match &self.conn {
+            Conn::Http(s) => (s.session_id().map(str::to_owned), Some(s.protocol_version().to_owned())),
+            Conn::Stdio(s) => (None, s.protocol_version()),
+        };
+        BackendRecord {
+            name: self.name().to_owned(),
+            target: self.backend.target(),
+            session_id,
+            protocol_version,
+        }
+    }
+}
+
+/// The `initialize` params sent to a backend: the client's own, minus the
+/// client capabilities the gateway cannot relay yet (sampling, elicitation,
+/// roots), so a backend never asks something nobody will answer.
+fn backend_init_params(client_init: &Value) -> Value {
+    let mut params = client_init.clone();
+    if let Some(caps) = params.get_mut("capabilities").and_then(Value::as_object_mut) {
+        for unsupported in ["sampling", "elicitation", "roots", "tasks"] {
+            caps.remove(unsupported);
+        }
+    }
+    params
+}
+
+/// The standard JSON-RPC error codes the gateway uses.
+pub mod codes {
+    pub const PARSE_ERROR: i32 = -32700;
+    pub const INVALID_REQUEST: i32 = -32600;
+    pub const METHOD_NOT_FOUND: i32 = -32601;
+    pub const INVALID_PARAMS: i32 = -32602;
+    pub const INTERNAL_ERROR: i32 = -32603;
+}
+
+/// Converts a backend's JSON-RPC error object into a [`BackendError::Rpc`].
+pub(crate) fn rpc_error(error: &rmcp::model::ErrorData) -> BackendError {
+    BackendError::Rpc {
+        code: error.code.0,
+        message: error.message.to_string(),
+        data: error.data.clone(),
+    }
+}

@@ -1,0 +1,121 @@
+//! stdio backends: one child process per client session, through rmcp's
+//! `TokioChildProcess`. The child is killed when the session closes (and by
+//! rmcp's drop guard if the session is dropped without closing).
+
+use std::collections::BTreeMap;
+
+use rmcp::model::{ClientConfig, ClientRequest};
+use rmcp::service::{RunningService, ServiceError};
+use rmcp::transport::TokioChildProcess;
+use rmcp::RoleClient;
+use serde_json::{json, Value};
+use tokio::sync::Mutex;
+use tracing::Instrument;
+
+use super::{rpc_error, BackendError};
+
+/// How to start one stdio backend.
+pub struct StdioBackend {
+    command: Vec<String>,
+    env: BTreeMap<String, String>,
+}
+
+impl StdioBackend {
+    pub fn new(command: Vec<String>, env: BTreeMap<String, String>) -> Self {
+        Self { command, env }
+    }
+
+    pub fn command(&self) -> &[String] {
+        &self.command
+    }
+
+    /// Spawns the child and runs the MCP handshake over its stdio.
+    pub async fn connect(&self, params: Value) -> Result<StdioSession, BackendError> {
+        let info: ClientConfig = serde_json::from_value(params)
+            .map_err(|e| BackendError::Protocol(format!("client initialize params: {e}")))?;
+        let (program, args) = self
+            .command
+            .split_first()
+            .ok_or_else(|| BackendError::Protocol("empty command".into()))?;
+        let mut cmd = tokio::process::Command::new(program);
+        cmd.args(args).envs(&self.env).stderr(std::process::Stdio::null());
+        let transport = TokioChildProcess::new(cmd)
+            .map_err(|e| BackendError::Transport(format!("cannot start {program}: {e}")))?;
+        // The service's tasks outlive this request: give them their own root span.
+        let span = tracing::info_span!(parent: None, "stdio_backend", program = %program);
+        let service = rmcp::serve_client(info, transport)
+            .instrument(span)
+            .await
+            .map_err(|e| BackendError::Transport(format!("handshake with {program}: {e}")))?;
+        let init = service
+            .peer_info()
+            .map(|i| serde_json::to_value(&*i))
+            .transpose()
+            .map_err(|e| BackendError::Protocol(e.to_string()))?
+            .unwrap_or_else(|| json!({}));
+        Ok(StdioSession { init, service: Mutex::new(Some(service)) })
+    }
+}
+
+/// One child process speaking MCP.
+pub struct StdioSession {
+    init: Value,
+    service: Mutex<Option<RunningService<RoleClient, ClientConfig>>>,
+}
+
+impl StdioSession {
+    pub fn init_result(&self) -> &Value {
+        &self.init
+    }
+
+    pub fn protocol_version(&self) -> Option<String> {
+        self.init.get("protocolVersion").and_then(Value::as_str).map(str::to_owned)
+    }
+
+    async fn peer(&self) -> Result<rmcp::Peer<RoleClient>, BackendError> {
+        let guard = self.service.lock().await;
+        guard
+            .as_ref()
+            .map(|s| s.peer().clone())
+            .ok_or_else(|| BackendError::Transport("backend process closed".into()))
+    }
+
+    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, BackendError> {
+        let mut body = json!({"method": method});
+        if let Some(p) = params {
+            body["params"] = p;
+        }
+        let request: ClientRequest =
+            serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
+        let result = self.peer().await?.send_request(request).await.map_err(classify)?;
+        serde_json::to_value(result).map_err(|e| BackendError::Protocol(format!("result: {e}")))
+    }
+
+    pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), BackendError> {
+        let mut body = json!({"method": method});
+        if let Some(p) = params {
+            body["params"] = p;
+        }
+        let notification = serde_json::from_value(body)
+            .map_err(|e| BackendError::Protocol(format!("cannot encode notification: {e}")))?;
+        self.peer().await?.send_notification(notification).await.map_err(classify)
+    }
+
+    /// Stops the service and kills the child.
+    pub async fn close(&self) {
+        let service = self.service.lock().await.take();
+        if let Some(service) = service {
+            if let Err(e) = service.cancel().await {
+                tracing::debug!(error = %e, "stdio backend did not stop cleanly");
+            }
+        }
+    }
+}
+
+fn classify(e: ServiceError) -> BackendError {
+    match e {
+        ServiceError::McpError(error) => rpc_error(&error),
+        ServiceError::Timeout { timeout } => BackendError::Timeout(timeout),
+        other => BackendError::Transport(other.to_string()),
+    }
+}

@@ -1,0 +1,344 @@
+//! The YAML configuration: types, defaults, loading and validation.
+//!
+//! Loading is three steps so that every error can name the file and the field:
+//! parse the YAML into a generic tree, expand `${VAR}` references in every string
+//! through an injectable [`Lookup`] (tests never touch the process environment),
+//! then deserialize into [`Config`] with the field path tracked, and validate.
+//! The key names are an interface (DESIGN.md §7): operators' tooling writes them.
+
+mod expand;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use expand::{Lookup, ProcessEnv};
+
+/// Everything that can go wrong while loading a configuration file.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: cannot read: {source}")]
+    Read {
+        file: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{file}: invalid YAML: {message}")]
+    Syntax { file: PathBuf, message: String },
+    #[error("{file}: field `{field}`: {message}")]
+    Field {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+/// The whole configuration of one replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address of the MCP endpoint (and of health and metrics unless `admin_listen` is set).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Optional separate address for `/healthz`, `/readyz` and `/metrics`.
+    #[serde(default)]
+    pub admin_listen: Option<SocketAddr>,
+    /// This replica's id; `VMCP_REPLICA_ID` overrides it.
+    #[serde(default = "default_replica_id")]
+    pub replica_id: String,
+    /// The backend MCP servers, in priority order.
+    #[serde(default)]
+    pub backends: Vec<BackendConfig>,
+    #[serde(default)]
+    pub session: SessionConfig,
+    #[serde(default)]
+    pub aggregation: AggregationConfig,
+    #[serde(default)]
+    pub store: StoreConfig,
+    #[serde(default)]
+    pub membership: MembershipConfig,
+    #[serde(default)]
+    pub http: HttpConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+/// One backend MCP server: exactly one of `url` (Streamable HTTP) or `command` (stdio).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendConfig {
+    /// `[a-z0-9-]+`, unique; the tool/prompt prefix in `prefix` conflict mode.
+    pub name: String,
+    /// Streamable HTTP endpoint, e.g. `http://127.0.0.1:9001/mcp`.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Static HTTP headers sent with every request to this backend (`${VAR}` for secrets).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Program and arguments of a stdio backend (one child process per session).
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    /// Extra environment for the stdio child process.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Which tools of this backend are exposed, and under which names.
+    #[serde(default)]
+    pub tools: ItemFilter,
+    /// Which prompts of this backend are exposed, and under which names.
+    #[serde(default)]
+    pub prompts: ItemFilter,
+}
+
+/// Allow/deny lists and renames for one kind of item of one backend.
+/// Patterns are exact names or end with `*` (a prefix match); `deny` wins over `allow`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ItemFilter {
+    /// When non-empty, only matching items are exposed.
+    #[serde(default)]
+    pub allow: Vec<String>,
+    /// Matching items are never exposed.
+    #[serde(default)]
+    pub deny: Vec<String>,
+    /// Backend name → client-facing name; applied before any prefix.
+    #[serde(default)]
+    pub rename: BTreeMap<String, String>,
+}
+
+/// The client-session lifecycle knobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session unused this long is closed with its backend sessions.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
+    /// Per-backend deadline for opening a backend session (handshake and listing).
+    #[serde(with = "duration")]
+    pub init_timeout: Duration,
+    /// How many backend sessions one client session opens at once.
+    pub max_backend_init_concurrency: usize,
+    /// Sessions one replica holds at most; `initialize` beyond it gets 503.
+    pub max_sessions: usize,
+    /// Deadline of one forwarded call to a backend.
+    #[serde(with = "duration")]
+    pub call_timeout: Duration,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(30 * 60),
+            init_timeout: Duration::from_secs(5),
+            max_backend_init_concurrency: 10,
+            max_sessions: 100_000,
+            call_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// How name conflicts between backends are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConflictMode {
+    /// Every tool and prompt is exposed as `{backend}{separator}{name}`.
+    #[default]
+    Prefix,
+    /// Names are kept; on a clash the backend first in `priority` (or config order) wins.
+    Priority,
+    /// Names are kept; clashes must be resolved with per-backend `rename`s.
+    Manual,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregationConfig {
+    pub conflict: ConflictMode,
+    pub separator: String,
+    /// Backend names, highest priority first; unnamed backends follow in config order.
+    pub priority: Vec<String>,
+    /// Items per page of `tools/list`, `resources/list`, ... answered to clients.
+    pub page_size: usize,
+}
+
+impl Default for AggregationConfig {
+    fn default() -> Self {
+        Self {
+            conflict: ConflictMode::Prefix,
+            separator: "_".into(),
+            priority: Vec::new(),
+            page_size: 100,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum StoreKind {
+    #[default]
+    Memory,
+    Redis,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StoreConfig {
+    pub kind: StoreKind,
+    pub redis: Option<RedisConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL; credentials may come from `${VAR}`.
+    pub url: String,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum MembershipKind {
+    #[default]
+    Static,
+    Kubernetes,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MembershipConfig {
+    pub kind: MembershipKind,
+    /// Replica id → `host:port` of its MCP listener.
+    pub members: BTreeMap<String, String>,
+}
+
+/// Front-door HTTP limits and shutdown.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest accepted request body; larger ones get 413.
+    pub max_body_bytes: usize,
+    /// How long a stopping replica waits for in-flight requests.
+    #[serde(with = "duration")]
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 4 * 1024 * 1024,
+            shutdown_timeout: Duration::from_secs(20),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `text` (default) or `json`; `VMCP_LOG_FORMAT` overrides it.
+    pub format: LogFormat,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+
+fn default_replica_id() -> String {
+    "vmcp-0".into()
+}
+
+fn default_key_prefix() -> String {
+    "vmcp:".into()
+}
+
+impl Config {
+    /// Reads, expands, parses and validates `file`, resolving `${VAR}` and the
+    /// `VMCP_*` overrides through `lookup`.
+    pub fn load(file: &Path, lookup: &dyn Lookup) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_owned(),
+            source,
+        })?;
+        Self::parse(&text, file, lookup)
+    }
+
+    /// Like [`Config::load`] for text already in memory; `file` only names errors.
+    pub fn parse(text: &str, file: &Path, lookup: &dyn Lookup) -> Result<Self, ConfigError> {
+        let syntax = |e: serde_yaml_ng::Error| ConfigError::Syntax {
+            file: file.to_owned(),
+            message: e.to_string(),
+        };
+        let mut tree: serde_yaml_ng::Value = serde_yaml_ng::from_str(text).map_err(syntax)?;
+        if tree.is_null() {
+            tree = serde_yaml_ng::Value::Mapping(Default::default());
+        }
+        expand::expand_tree(&mut tree, lookup).map_err(|(field, message)| ConfigError::Field {
+            file: file.to_owned(),
+            field,
+            message,
+        })?;
+        let mut config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let field = e.path().to_string();
+            ConfigError::Field {
+                file: file.to_owned(),
+                field,
+                message: e.into_inner().to_string(),
+            }
+        })?;
+        config.apply_overrides(lookup);
+        validate::validate(&config).map_err(|(field, message)| ConfigError::Field {
+            file: file.to_owned(),
+            field,
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Environment overrides for values that differ per pod or are secret.
+    fn apply_overrides(&mut self, lookup: &dyn Lookup) {
+        if let Some(id) = lookup.get("VMCP_REPLICA_ID").filter(|v| !v.is_empty()) {
+            self.replica_id = id;
+        }
+        if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
+            let prefix = self.store.redis.as_ref().map(|r| r.key_prefix.clone());
+            self.store.redis = Some(RedisConfig {
+                url,
+                key_prefix: prefix.unwrap_or_else(default_key_prefix),
+            });
+        }
+        match lookup.get("VMCP_LOG_FORMAT").as_deref() {
+            Some("json") => self.log.format = LogFormat::Json,
+            Some("text") => self.log.format = LogFormat::Text,
+            _ => {}
+        }
+    }
+}
+
+/// Humantime durations (`250ms`, `5s`, `30m`) for serde.
+mod duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "`{text}` is not a duration like 250ms, 5s or 30m: {e}"
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,105 @@
+//! Checks that serde cannot express; each failure is `(field path, message)`.
+
+use std::collections::HashSet;
+
+use super::{Config, MembershipKind, StoreKind};
+
+type Invalid = (String, String);
+
+fn invalid(field: impl Into<String>, message: impl Into<String>) -> Invalid {
+    (field.into(), message.into())
+}
+
+pub fn validate(config: &Config) -> Result<(), Invalid> {
+    validate_backends(config)?;
+    let s = &config.session;
+    if s.idle_timeout.is_zero() {
+        return Err(invalid("session.idle_timeout", "must be greater than zero"));
+    }
+    if s.init_timeout.is_zero() {
+        return Err(invalid("session.init_timeout", "must be greater than zero"));
+    }
+    if s.call_timeout.is_zero() {
+        return Err(invalid("session.call_timeout", "must be greater than zero"));
+    }
+    if s.max_backend_init_concurrency == 0 {
+        return Err(invalid("session.max_backend_init_concurrency", "must be at least 1"));
+    }
+    if s.max_sessions == 0 {
+        return Err(invalid("session.max_sessions", "must be at least 1"));
+    }
+    let a = &config.aggregation;
+    if a.separator.is_empty() {
+        return Err(invalid("aggregation.separator", "must not be empty"));
+    }
+    if a.page_size == 0 {
+        return Err(invalid("aggregation.page_size", "must be at least 1"));
+    }
+    let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    for (i, name) in a.priority.iter().enumerate() {
+        if !names.contains(name.as_str()) {
+            return Err(invalid(format!("aggregation.priority.{i}"), format!("no backend is named `{name}`")));
+        }
+    }
+    if config.http.max_body_bytes < 1024 {
+        return Err(invalid("http.max_body_bytes", "must be at least 1024"));
+    }
+    if config.replica_id.is_empty() {
+        return Err(invalid("replica_id", "must not be empty"));
+    }
+    if config.store.kind == StoreKind::Redis {
+        let url = config.store.redis.as_ref().map(|r| r.url.as_str()).unwrap_or_default();
+        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            return Err(invalid("store.redis.url", "store.kind redis needs a redis:// or rediss:// URL"));
+        }
+    }
+    if config.membership.kind == MembershipKind::Static {
+        for (id, addr) in &config.membership.members {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                return Err(invalid(format!("membership.members.{id}"), format!("`{addr}` is not host:port")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_backends(config: &Config) -> Result<(), Invalid> {
+    let mut seen = HashSet::new();
+    for (i, b) in config.backends.iter().enumerate() {
+        let field = |f: &str| format!("backends.{i}.{f}");
+        let name_ok = !b.name.is_empty()
+            && b.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !name_ok {
+            return Err(invalid(field("name"), format!("`{}` must match [a-z0-9-]+", b.name)));
+        }
+        if !seen.insert(b.name.as_str()) {
+            return Err(invalid(field("name"), format!("`{}` is used by two backends", b.name)));
+        }
+        match (&b.url, &b.command) {
+            (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
+            (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
+            (Some(url), None) => {
+                let parsed: http::Uri = url
+                    .parse()
+                    .map_err(|e| invalid(field("url"), format!("`{url}` is not a URL: {e}")))?;
+                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
+                    return Err(invalid(field("url"), format!("`{url}` must be an http:// or https:// URL")));
+                }
+            }
+            (None, Some(cmd)) => {
+                if cmd.first().is_none_or(|p| p.is_empty()) {
+                    return Err(invalid(field("command"), "must name a program"));
+                }
+            }
+        }
+        for (key, value) in &b.headers {
+            if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header name"));
+            }
+            if http::HeaderValue::from_str(value).is_err() {
+                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
+            }
+        }
+    }
+    Ok(())
+}

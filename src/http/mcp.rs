@@ -1,0 +1,258 @@
+//! The `/mcp` endpoint (handshake-era Streamable HTTP).
+//!
+//! Built on hyper with rmcp's model types rather than rmcp's
+//! `StreamableHttpService`: the session lookup is ours, so the affinity layer
+//! can sit in front of it (forward to the owner before any session is touched)
+//! and a replica can rebuild a session it has never seen from the store,
+//! neither of which fits behind rmcp's `SessionManager`.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{header, HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
+use crate::app::App;
+use crate::mcp::{self, Command, RpcError};
+use crate::mcp::Incoming as Message;
+use crate::session::{self, ManagerError, Session};
+
+/// Dispatches `/mcp` by HTTP method.
+pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
+    match *req.method() {
+        Method::POST => post(app, req).await,
+        Method::DELETE => delete(app, req.headers()).await,
+        _ => {
+            // No standalone GET stream yet: 405 is what the transport spec prescribes then.
+            let mut response = reply::empty(StatusCode::METHOD_NOT_ALLOWED);
+            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            response
+        }
+    }
+}
+
+/// Renders a client-caused error and logs it (once, here).
+fn reject(err: RpcError, id: Option<&Value>) -> Response<Body> {
+    tracing::info!(code = err.code, status = err.status.as_u16(), reason = %err.message, "request rejected");
+    reply::error(&err, id)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
+fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
+    let Some(accept) = header_str(headers, "accept") else { return Some(Format::Json) };
+    let accepts = |t: &str| accept.split(',').any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t));
+    if accepts("application/json") || accepts("*/*") || accepts("application/*") {
+        Some(Format::Json)
+    } else if accepts("text/event-stream") {
+        Some(Format::Sse)
+    } else {
+        None
+    }
+}
+
+/// Checks the transport headers of a POST before its body is read.
+fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
+    let format = negotiate_format(headers).ok_or_else(|| {
+        RpcError::invalid_request("Accept must allow application/json or text/event-stream")
+            .with_status(StatusCode::NOT_ACCEPTABLE)
+    })?;
+    let content_type = header_str(headers, "content-type").unwrap_or_default();
+    if !content_type.trim_start().to_ascii_lowercase().starts_with("application/json") {
+        return Err(RpcError::invalid_request("Content-Type must be application/json")
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    }
+    if let Some(version) = headers.get(PROTOCOL_HEADER) {
+        let version = version.to_str().unwrap_or_default();
+        if !mcp::is_supported(version) {
+            return Err(RpcError::invalid_request(format!(
+                "unsupported MCP-Protocol-Version `{version}`; supported: {}",
+                mcp::SUPPORTED_VERSIONS.join(", ")
+            )));
+        }
+    }
+    Ok(format)
+}
+
+/// Reads the whole body, refusing more than `limit` bytes with 413.
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, RpcError> {
+    let too_large = || {
+        RpcError::invalid_request(format!("request body exceeds {limit} bytes")).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+    };
+    let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Err(e) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
+    }
+}
+
+async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let format = match check_headers(&parts.headers) {
+        Ok(f) => f,
+        Err(e) => return reject(e, None),
+    };
+    let bytes = match read_body(body, &parts.headers, app.config.http.max_body_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reject(e, None),
+    };
+    let value: Value = match serde_json::from_slice(&bytes) {
+        Ok(v) => v,
+        Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
+    };
+    let session_id = header_str(&parts.headers, SESSION_HEADER);
+    match value {
+        Value::Array(items) => batch(app, items, session_id, format).await,
+        single => one(app, single, session_id, format).await,
+    }
+}
+
+/// The session a request names: 400 without a header, 404 if unknown here.
+fn resolve(app: &App, session_id: Option<&str>) -> Result<Arc<Session>, RpcError> {
+    let id = session_id.ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
+    tracing::Span::current().record("session.id", id);
+    let not_found = || RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND);
+    if !session::is_well_formed(id) {
+        return Err(not_found());
+    }
+    app.manager.get(id).ok_or_else(not_found)
+}
+
+async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) -> Response<Body> {
+    match Message::classify(value) {
+        Err((id, e)) => reject(e, id.as_ref()),
+        Ok(Message::Request { id, method, params }) => {
+            tracing::Span::current().record("mcp.method", method.as_str());
+            let command = match Command::parse(&method, params) {
+                Ok(c) => c,
+                Err(e) => return reject(e, Some(&id)),
+            };
+            if let Command::Initialize(params) = command {
+                return initialize(app, &id, params, format).await;
+            }
+            let session = match resolve(app, session_id) {
+                Ok(s) => s,
+                Err(e) => return reject(e, Some(&id)),
+            };
+            match run(app, &session, &method, command).await {
+                Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(&id, result)),
+                Err(e) => reject(e, Some(&id)),
+            }
+        }
+        Ok(Message::Notification { method, .. }) => {
+            tracing::Span::current().record("mcp.method", method.as_str());
+            match resolve(app, session_id) {
+                Ok(_) => reply::empty(StatusCode::ACCEPTED),
+                Err(e) => reject(e, None),
+            }
+        }
+        Ok(Message::Response { .. }) => match resolve(app, session_id) {
+            Ok(_) => reply::empty(StatusCode::ACCEPTED),
+            Err(e) => reject(e, None),
+        },
+    }
+}
+
+/// Applies a command to a session, with the request metrics.
+async fn run(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
+    let started = Instant::now();
+    let label = Command::method_label(method);
+    let result = command.apply(session).await;
+    let status = if result.is_ok() { "ok" } else { "error" };
+    app.metrics.requests.with_label_values(&[label, status]).inc();
+    app.metrics.request_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    result
+}
+
+/// A JSON array of messages (2025-03-26 batching): requests run concurrently.
+async fn batch(app: &App, items: Vec<Value>, session_id: Option<&str>, format: Format) -> Response<Body> {
+    if items.is_empty() {
+        return reject(RpcError::invalid_request("empty batch"), None);
+    }
+    let session = match resolve(app, session_id) {
+        Ok(s) => s,
+        Err(e) => return reject(e, None),
+    };
+    // Boxed so the batch future stays `Send` for any lifetime (rustc cannot
+    // prove that for a `join_all` over closures that borrow `app`).
+    let answers: Vec<futures_util::future::BoxFuture<'_, Option<Value>>> = items
+        .into_iter()
+        .map(|item| Box::pin(batch_item(app, Arc::clone(&session), item)) as _)
+        .collect();
+    let bodies: Vec<Value> = futures_util::future::join_all(answers).await.into_iter().flatten().collect();
+    if bodies.is_empty() {
+        return reply::empty(StatusCode::ACCEPTED);
+    }
+    reply::message(StatusCode::OK, format, &Value::Array(bodies))
+}
+
+/// One message of a batch; `None` for notifications and responses.
+async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Value> {
+    match Message::classify(item) {
+        Err((id, e)) => Some(e.to_body(id.as_ref())),
+        Ok(Message::Request { id, method, params }) => {
+            let outcome = match Command::parse(&method, params) {
+                Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
+                Ok(command) => run(app, &session, &method, command).await,
+                Err(e) => Err(e),
+            };
+            Some(match outcome {
+                Ok(result) => mcp::jsonrpc::result_body(&id, result),
+                Err(e) => e.to_body(Some(&id)),
+            })
+        }
+        Ok(_) => None,
+    }
+}
+
+async fn initialize(app: &App, id: &Value, params: Value, format: Format) -> Response<Body> {
+    let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
+    let version = mcp::negotiate(requested);
+    let session = match app.manager.create(params, version.to_owned(), None).await {
+        Ok(s) => s,
+        Err(e) => return reject(unavailable(&e), Some(id)),
+    };
+    tracing::Span::current().record("session.id", session.id());
+    tracing::info!(session.id = %session.id(), protocol = version, backends = session.backend_sessions().len(), "session created");
+    let result = json!({
+        "protocolVersion": version,
+        "capabilities": session.capabilities(),
+        "serverInfo": { "name": "vmcp", "version": env!("CARGO_PKG_VERSION") },
+        "instructions": session.instructions(),
+    });
+    let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result));
+    if let Ok(v) = HeaderValue::from_str(session.id()) {
+        response.headers_mut().insert(SESSION_HEADER, v);
+    }
+    response
+}
+
+/// 503 (with `Retry-After` via the caller) for a session that cannot be created now.
+fn unavailable(e: &ManagerError) -> RpcError {
+    RpcError::internal(e.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE)
+}
+
+async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
+    let Some(id) = header_str(headers, SESSION_HEADER) else {
+        return reject(RpcError::invalid_request("missing Mcp-Session-Id header"), None);
+    };
+    tracing::Span::current().record("session.id", id);
+    if !session::is_well_formed(id) {
+        return reply::empty(StatusCode::NOT_FOUND);
+    }
+    match app.manager.delete(id).await {
+        Ok(true) => reply::empty(StatusCode::NO_CONTENT),
+        Ok(false) => reply::empty(StatusCode::NOT_FOUND),
+        Err(e) => reject(unavailable(&e), None),
+    }
+}

@@ -1,0 +1,99 @@
+//! The front door: accept loop, routes, health and metrics.
+//!
+//! `serve(listener, app, shutdown)` takes a bound listener so tests can start a
+//! replica on `127.0.0.1:0`. Every accepted socket gets `TCP_NODELAY` (without
+//! it Nagle and delayed ACKs cost ~40 ms per request). On shutdown the loop
+//! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
+
+mod mcp;
+pub mod reply;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::app::App;
+use reply::Body;
+
+/// Serves HTTP on `listener` until `shutdown` fires, then drains.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+    let graceful = GracefulShutdown::new();
+    let http = hyper::server::conn::http1::Builder::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => break,
+        };
+        if let Err(e) = stream.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let app = Arc::clone(&app);
+        let service = service_fn(move |req: Request<Incoming>| {
+            let app = Arc::clone(&app);
+            async move { Ok::<_, Infallible>(route(&app, req).await) }
+        });
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    let deadline = app.config.http.shutdown_timeout;
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?deadline, "in-flight requests did not finish before the shutdown deadline");
+    }
+}
+
+/// One span per request; `session.id` and `mcp.method` are filled in on the way.
+async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+    let span = tracing::info_span!(
+        "request",
+        http.method = %req.method(),
+        path = req.uri().path(),
+        replica = %app.config.replica_id,
+        session.id = tracing::field::Empty,
+        mcp.method = tracing::field::Empty,
+    );
+    async move {
+        match (req.method(), req.uri().path()) {
+            (_, "/mcp") => mcp::handle(app, req).await,
+            (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),
+            (&Method::GET, "/readyz") => ready(app).await,
+            (&Method::GET, "/metrics") => {
+                reply::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render())
+            }
+            _ => reply::empty(StatusCode::NOT_FOUND),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// Ready when not draining and the store answers.
+async fn ready(app: &App) -> Response<Body> {
+    if app.manager.is_draining() {
+        return reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
+    }
+    match app.manager.store().ping().await {
+        Ok(()) => reply::text(StatusCode::OK, "text/plain", "ready\n".into()),
+        Err(e) => reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("store: {e}\n")),
+    }
+}

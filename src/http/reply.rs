@@ -1,0 +1,68 @@
+//! Building HTTP responses: JSON, single-event SSE, empty, and errors.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use serde_json::Value;
+
+use crate::mcp::RpcError;
+
+/// Every response body of the front door (streams will share this type).
+pub type Body = BoxBody<Bytes, Infallible>;
+
+pub const SESSION_HEADER: &str = "mcp-session-id";
+pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+
+fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).boxed()
+}
+
+/// How the client wants POST answers: JSON when it accepts it, else SSE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    Sse,
+}
+
+/// A response with `status` and a JSON-RPC payload in `format`.
+pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<Body> {
+    let text = payload.to_string();
+    let (content_type, body) = match format {
+        Format::Json => ("application/json", text),
+        Format::Sse => ("text/event-stream", format!("event: message\ndata: {text}\n\n")),
+    };
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    if format == Format::Sse {
+        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    }
+    response
+}
+
+/// A JSON-RPC error for request `id`, as JSON, with the error's own HTTP status.
+/// A 503 also says when to come back.
+pub fn error(err: &RpcError, id: Option<&Value>) -> Response<Body> {
+    let mut response = message(err.status, Format::Json, &err.to_body(id));
+    if err.status == StatusCode::SERVICE_UNAVAILABLE {
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// A response with no body.
+pub fn empty(status: StatusCode) -> Response<Body> {
+    let mut response = Response::new(full(Bytes::new()));
+    *response.status_mut() = status;
+    response
+}
+
+/// Plain text, for health checks and metrics.
+pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
+    let mut response = Response::new(full(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+}

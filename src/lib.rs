@@ -1,0 +1,16 @@
+//! vmcp: a replicated virtual MCP server.
+//!
+//! Data flow: `http` (front door) → `mcp` (JSON-RPC + method dispatch) →
+//! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
+//! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
+//! session; `config` and `telemetry` serve all of them; `app` wires a replica.
+
+pub mod aggregate;
+pub mod app;
+pub mod backend;
+pub mod config;
+pub mod http;
+pub mod mcp;
+pub mod session;
+pub mod store;
+pub mod telemetry;

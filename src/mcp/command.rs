@@ -1,0 +1,131 @@
+//! One variant per MCP method the gateway serves, parsed from the raw request
+//! (so unknown methods and bad params get their own JSON-RPC codes) and applied
+//! to a session.
+
+use http::StatusCode;
+#[allow(deprecated)] // logging/setLevel: deprecated by SEP-2577, still used by handshake-era clients
+use rmcp::model::{
+    CallToolRequestParams, CompleteRequestParams, GetPromptRequestParams, InitializeRequestParams,
+    PaginatedRequestParams, ReadResourceRequestParams, SetLevelRequestParams,
+};
+use serde::de::DeserializeOwned;
+use serde_json::{json, Value};
+
+use super::RpcError;
+use crate::backend::BackendError;
+use crate::session::{ListKind, Session, SessionError};
+
+/// An MCP request, validated.
+#[derive(Debug)]
+pub enum Command {
+    Initialize(Value),
+    Ping,
+    List(ListKind, Option<String>),
+    CallTool(Value),
+    GetPrompt(Value),
+    ReadResource(Value),
+    Complete(Value),
+    SetLogLevel(Value),
+}
+
+/// `params` must deserialize into `T`; the untouched value is kept for forwarding.
+fn checked<T: DeserializeOwned>(params: Option<Value>) -> Result<Value, RpcError> {
+    let value = params.unwrap_or_else(|| json!({}));
+    serde_json::from_value::<T>(value.clone()).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
+    Ok(value)
+}
+
+fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
+    let value = checked::<PaginatedRequestParams>(params)?;
+    let cursor = value.get("cursor").and_then(Value::as_str).map(str::to_owned);
+    Ok(Command::List(kind, cursor))
+}
+
+impl Command {
+    /// Validates a request; `-32601` for unknown methods, `-32602` for bad params.
+    #[allow(deprecated)] // SetLevelRequestParams, see the import
+    pub fn parse(method: &str, params: Option<Value>) -> Result<Self, RpcError> {
+        Ok(match method {
+            "initialize" => Self::Initialize(checked::<InitializeRequestParams>(params)?),
+            "ping" => Self::Ping,
+            "tools/list" => list(ListKind::Tools, params)?,
+            "prompts/list" => list(ListKind::Prompts, params)?,
+            "resources/list" => list(ListKind::Resources, params)?,
+            "resources/templates/list" => list(ListKind::ResourceTemplates, params)?,
+            "tools/call" => Self::CallTool(checked::<CallToolRequestParams>(params)?),
+            "prompts/get" => Self::GetPrompt(checked::<GetPromptRequestParams>(params)?),
+            "resources/read" => Self::ReadResource(checked::<ReadResourceRequestParams>(params)?),
+            "completion/complete" => Self::Complete(checked::<CompleteRequestParams>(params)?),
+            "logging/setLevel" => Self::SetLogLevel(checked::<SetLevelRequestParams>(params)?),
+            other => return Err(RpcError::method_not_found(other)),
+        })
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn method_label(method: &str) -> &'static str {
+        const KNOWN: &[&str] = &[
+            "initialize", "ping", "tools/list", "prompts/list", "resources/list", "resources/templates/list",
+            "tools/call", "prompts/get", "resources/read", "completion/complete", "logging/setLevel",
+        ];
+        KNOWN.iter().copied().find(|m| *m == method).unwrap_or("other")
+    }
+
+    /// Runs the command against `session` (everything but `initialize`).
+    pub async fn apply(self, session: &Session) -> Result<Value, RpcError> {
+        let result = match self {
+            Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
+            Self::Ping => Ok(json!({})),
+            Self::List(kind, cursor) => session.list(kind, cursor.as_deref()),
+            Self::CallTool(p) => session.call_tool(p).await,
+            Self::GetPrompt(p) => session.get_prompt(p).await,
+            Self::ReadResource(p) => session.read_resource(p).await,
+            Self::Complete(p) => session.complete(p).await,
+            Self::SetLogLevel(p) => session.set_log_level(p).await,
+        };
+        result.map_err(to_rpc)
+    }
+}
+
+/// Resource not found, as the MCP spec defines it.
+const RESOURCE_NOT_FOUND: i32 = -32002;
+/// Backend timeout, as the common SDKs report request timeouts.
+const REQUEST_TIMEOUT: i32 = -32001;
+
+/// How a session error is answered.
+pub fn to_rpc(e: SessionError) -> RpcError {
+    match e {
+        SessionError::Closed => RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND),
+        SessionError::UnknownTool(_) | SessionError::UnknownPrompt(_) | SessionError::InvalidParams(_) => {
+            RpcError::invalid_params(e.to_string())
+        }
+        SessionError::UnknownResource(_) => RpcError::new(RESOURCE_NOT_FOUND, e.to_string(), StatusCode::OK),
+        SessionError::BackendUnavailable(_) => RpcError::internal(e.to_string()),
+        SessionError::Backend { backend, error } => match error {
+            BackendError::Rpc { code, message, data } => RpcError { code, message, data, status: StatusCode::OK },
+            BackendError::Timeout(_) => RpcError::new(REQUEST_TIMEOUT, format!("backend `{backend}`: {error}"), StatusCode::OK),
+            other => RpcError::internal(format!("backend `{backend}`: {other}")),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::codes;
+
+    #[test]
+    fn unknown_methods_and_bad_params_have_their_codes() {
+        assert_eq!(Command::parse("nope/nope", None).unwrap_err().code, codes::METHOD_NOT_FOUND);
+        assert_eq!(Command::parse("tools/call", Some(json!({"name": 5}))).unwrap_err().code, codes::INVALID_PARAMS);
+        assert_eq!(Command::parse("tools/call", None).unwrap_err().code, codes::INVALID_PARAMS);
+        assert!(Command::parse("tools/call", Some(json!({"name": "x", "arguments": {"a": 1}}))).is_ok());
+        assert!(matches!(Command::parse("tools/list", None), Ok(Command::List(ListKind::Tools, None))));
+        assert_eq!(Command::parse("resources/read", Some(json!({}))).unwrap_err().code, codes::INVALID_PARAMS);
+    }
+
+    #[test]
+    fn labels_are_bounded() {
+        assert_eq!(Command::method_label("tools/call"), "tools/call");
+        assert_eq!(Command::method_label("evil/../../x"), "other");
+    }
+}

@@ -1,0 +1,130 @@
+//! The JSON-RPC envelope: classifying what a client sent, and errors that know
+//! their code, their HTTP status and how to render their own body.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::backend::codes;
+
+/// An error answered to the client.
+#[derive(Debug, Clone)]
+pub struct RpcError {
+    pub code: i32,
+    pub message: String,
+    pub data: Option<Value>,
+    /// HTTP status of the answer carrying this error.
+    pub status: StatusCode,
+}
+
+impl RpcError {
+    pub fn new(code: i32, message: impl Into<String>, status: StatusCode) -> Self {
+        Self { code, message: message.into(), data: None, status }
+    }
+
+    pub fn parse(message: impl Into<String>) -> Self {
+        Self::new(codes::PARSE_ERROR, message, StatusCode::BAD_REQUEST)
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_REQUEST, message, StatusCode::BAD_REQUEST)
+    }
+
+    pub fn method_not_found(method: &str) -> Self {
+        Self::new(codes::METHOD_NOT_FOUND, format!("method not found: {method}"), StatusCode::OK)
+    }
+
+    pub fn invalid_params(message: impl Into<String>) -> Self {
+        Self::new(codes::INVALID_PARAMS, message, StatusCode::OK)
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(codes::INTERNAL_ERROR, message, StatusCode::OK)
+    }
+
+    pub fn with_status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    /// The JSON-RPC error response for request `id` (`null` when unknown).
+    pub fn to_body(&self, id: Option<&Value>) -> Value {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(data) = &self.data {
+            error["data"] = data.clone();
+        }
+        json!({ "jsonrpc": "2.0", "id": id.cloned().unwrap_or(Value::Null), "error": error })
+    }
+}
+
+/// A successful JSON-RPC response.
+pub fn result_body(id: &Value, result: Value) -> Value {
+    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+}
+
+/// One message a client POSTed.
+#[derive(Debug)]
+pub enum Incoming {
+    Request { id: Value, method: String, params: Option<Value> },
+    Notification { method: String, params: Option<Value> },
+    /// A response or error to a request the server sent.
+    Response { id: Value },
+}
+
+impl Incoming {
+    /// Checks the envelope; on failure returns the id (if readable) and the error.
+    pub fn classify(value: Value) -> Result<Self, (Option<Value>, RpcError)> {
+        let Value::Object(mut obj) = value else {
+            return Err((None, RpcError::invalid_request("a JSON-RPC message must be an object")));
+        };
+        let id = obj.remove("id");
+        let fail = |id: &Option<Value>, msg: &str| Err((id.clone().filter(valid_id), RpcError::invalid_request(msg)));
+        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+            return fail(&id, "`jsonrpc` must be \"2.0\"");
+        }
+        if let Some(id) = &id {
+            if !valid_id(id) {
+                return fail(&None, "`id` must be a string or an integer");
+            }
+        }
+        let params = obj.remove("params");
+        if params.as_ref().is_some_and(|p| !p.is_object()) {
+            return fail(&id, "`params` must be an object");
+        }
+        match (obj.remove("method"), id) {
+            (Some(Value::String(method)), Some(id)) => Ok(Self::Request { id, method, params }),
+            (Some(Value::String(method)), None) => Ok(Self::Notification { method, params }),
+            (Some(_), id) => fail(&id, "`method` must be a string"),
+            (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Self::Response { id }),
+            (None, id) => fail(&id, "neither a request, a notification nor a response"),
+        }
+    }
+}
+
+fn valid_id(id: &Value) -> bool {
+    id.is_string() || id.as_i64().is_some() || id.as_u64().is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_messages() {
+        let req = Incoming::classify(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).unwrap();
+        assert!(matches!(req, Incoming::Request { .. }));
+        let note = Incoming::classify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).unwrap();
+        assert!(matches!(note, Incoming::Notification { .. }));
+        let resp = Incoming::classify(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).unwrap();
+        assert!(matches!(resp, Incoming::Response { .. }));
+    }
+
+    #[test]
+    fn rejects_bad_envelopes_keeping_the_id() {
+        let (id, e) = Incoming::classify(json!({"jsonrpc": "1.0", "id": 7, "method": "x"})).unwrap_err();
+        assert_eq!((id, e.code), (Some(json!(7)), codes::INVALID_REQUEST));
+        let (id, _) = Incoming::classify(json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "x"})).unwrap_err();
+        assert_eq!(id, None);
+        assert!(Incoming::classify(json!([1])).is_err());
+        assert!(Incoming::classify(json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]})).is_err());
+    }
+}

@@ -1,0 +1,284 @@
+//! The **runtime** half of a client session: live backend sessions, the
+//! routing table and the aggregated capabilities. Never serialised; the
+//! metadata half is `crate::store::SessionMetadata`.
+//!
+//! Locking: the state is behind a `std` read/write lock that is only held to
+//! copy out `Arc`s (and to count the call in), never across network I/O.
+//! `close()` takes the write lock to refuse new calls, then waits for the
+//! in-flight ones before it closes the backend sessions.
+
+mod factory;
+mod id;
+mod inflight;
+mod manager;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::aggregate::{page, Catalog};
+use crate::backend::{BackendError, BackendSession};
+use crate::store::SessionMetadata;
+use crate::telemetry::Metrics;
+
+pub use factory::SessionFactory;
+pub use id::{is_well_formed, new_session_id};
+pub use manager::{CloseReason, ManagerError, SessionManager};
+
+use inflight::{Inflight, InflightGuard};
+
+/// Why a session operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("session is closed")]
+    Closed,
+    #[error("unknown tool `{0}`")]
+    UnknownTool(String),
+    #[error("unknown prompt `{0}`")]
+    UnknownPrompt(String),
+    #[error("no backend serves resource `{0}`")]
+    UnknownResource(String),
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    #[error("backend `{0}` is not available in this session")]
+    BackendUnavailable(String),
+    #[error("backend `{backend}`: {error}")]
+    Backend { backend: String, error: BackendError },
+}
+
+type Backends = Arc<HashMap<Arc<str>, Arc<BackendSession>>>;
+
+struct State {
+    closed: bool,
+    backends: Backends,
+    catalog: Arc<Catalog>,
+}
+
+/// One client session on this replica.
+pub struct Session {
+    id: String,
+    meta: SessionMetadata,
+    state: RwLock<State>,
+    inflight: Inflight,
+    /// Milliseconds since the manager's epoch of the last request (for the reaper).
+    last_seen: AtomicU64,
+    call_timeout: Duration,
+    page_size: usize,
+    metrics: Metrics,
+    instructions: String,
+}
+
+/// What a call needs, copied out from under the lock.
+struct View<'a> {
+    backends: Backends,
+    catalog: Arc<Catalog>,
+    _guard: InflightGuard<'a>,
+}
+
+impl Session {
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The metadata this session was created with (backend list included).
+    pub fn metadata(&self) -> &SessionMetadata {
+        &self.meta
+    }
+
+    /// The gateway's `instructions` for the client's `initialize` result.
+    pub fn instructions(&self) -> &str {
+        &self.instructions
+    }
+
+    /// Union of the backends' capabilities, as the gateway advertises them.
+    pub fn capabilities(&self) -> Value {
+        let state = self.read();
+        let has = |cap: &str| state.backends.values().any(|b| b.has_capability(cap));
+        let mut caps = serde_json::Map::new();
+        caps.insert("tools".into(), json!({ "listChanged": true }));
+        caps.insert("prompts".into(), json!({ "listChanged": true }));
+        caps.insert("resources".into(), json!({ "listChanged": true }));
+        if has("completions") {
+            caps.insert("completions".into(), json!({}));
+        }
+        Value::Object(caps)
+    }
+
+    /// The backend sessions' records, as they are now.
+    pub fn backend_sessions(&self) -> Vec<crate::store::BackendRecord> {
+        self.read().backends.values().map(|b| b.record()).collect()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state itself is plain data.
+        self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Counts the call in and copies out what it needs; refuses when closed.
+    fn enter(&self) -> Result<View<'_>, SessionError> {
+        let state = self.read();
+        if state.closed {
+            return Err(SessionError::Closed);
+        }
+        Ok(View {
+            backends: Arc::clone(&state.backends),
+            catalog: Arc::clone(&state.catalog),
+            _guard: self.inflight.enter(),
+        })
+    }
+
+    pub(crate) fn touch(&self, now_ms: u64) {
+        self.last_seen.fetch_max(now_ms, Ordering::Relaxed);
+    }
+
+    pub(crate) fn last_seen(&self) -> u64 {
+        self.last_seen.load(Ordering::Relaxed)
+    }
+
+    pub fn inflight(&self) -> usize {
+        self.inflight.count()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.read().closed
+    }
+
+    /// One page of a list (`tools`, `prompts`, `resources`, `resourceTemplates`).
+    pub fn list(&self, kind: ListKind, cursor: Option<&str>) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let items = match kind {
+            ListKind::Tools => &view.catalog.tools,
+            ListKind::Prompts => &view.catalog.prompts,
+            ListKind::Resources => &view.catalog.resources,
+            ListKind::ResourceTemplates => &view.catalog.resource_templates,
+        };
+        let (chunk, next) = page::page(items, cursor, self.page_size)
+            .map_err(|e| SessionError::InvalidParams(e.to_string()))?;
+        let mut result = json!({ kind.key(): chunk });
+        if let Some(next) = next {
+            result["nextCursor"] = Value::String(next);
+        }
+        Ok(result)
+    }
+
+    /// `tools/call`: routes by client-facing name, sends the backend's name.
+    pub async fn call_tool(&self, mut params: Value) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let name = str_param(&params, "name")?;
+        let route = view.catalog.tool(name).ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
+        params["name"] = Value::String(route.name.clone());
+        self.forward(&view, &route.backend, "tools/call", params).await
+    }
+
+    /// `prompts/get`: like `call_tool`, for prompts.
+    pub async fn get_prompt(&self, mut params: Value) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let name = str_param(&params, "name")?;
+        let route = view.catalog.prompt(name).ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
+        params["name"] = Value::String(route.name.clone());
+        self.forward(&view, &route.backend, "prompts/get", params).await
+    }
+
+    /// `resources/read`: routes by URI, which is passed through unchanged.
+    pub async fn read_resource(&self, params: Value) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let uri = str_param(&params, "uri")?;
+        let backend = view.catalog.resource(uri).ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
+        self.forward(&view, &backend, "resources/read", params).await
+    }
+
+    /// `completion/complete`: routes by the prompt or resource it refers to.
+    pub async fn complete(&self, mut params: Value) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let reference = params.get("ref").cloned().unwrap_or(Value::Null);
+        let backend = match reference.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let name = str_param(&reference, "name")?;
+                let route = view.catalog.prompt(name).ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
+                params["ref"]["name"] = Value::String(route.name.clone());
+                route.backend.clone()
+            }
+            Some("ref/resource") => {
+                let uri = str_param(&reference, "uri")?;
+                view.catalog.resource(uri).ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?
+            }
+            _ => return Err(SessionError::InvalidParams("ref.type must be ref/prompt or ref/resource".into())),
+        };
+        self.forward(&view, &backend, "completion/complete", params).await
+    }
+
+    /// `logging/setLevel`: applied to every backend that supports logging.
+    pub async fn set_log_level(&self, params: Value) -> Result<Value, SessionError> {
+        let view = self.enter()?;
+        let targets: Vec<&Arc<BackendSession>> = view.backends.values().filter(|b| b.has_capability("logging")).collect();
+        let calls = targets.iter().map(|b| self.forward(&view, b.name(), "logging/setLevel", params.clone()));
+        for result in futures_util::future::join_all(calls).await {
+            if let Err(e) = result {
+                tracing::debug!(session.id = %self.id, error = %e, "logging/setLevel not applied");
+            }
+        }
+        Ok(json!({}))
+    }
+
+    async fn forward(&self, view: &View<'_>, backend: &str, method: &'static str, params: Value) -> Result<Value, SessionError> {
+        let session = view
+            .backends
+            .get(backend)
+            .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
+        let started = std::time::Instant::now();
+        let result = session.request(method, Some(params), self.call_timeout).await;
+        let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
+        self.metrics.backend_calls.with_label_values(&[backend, method, outcome]).inc();
+        self.metrics
+            .backend_call_duration
+            .with_label_values(&[backend, method])
+            .observe(started.elapsed().as_secs_f64());
+        result.map_err(|error| SessionError::Backend { backend: backend.to_owned(), error })
+    }
+
+    /// Refuses new calls, waits for in-flight ones, then closes every backend
+    /// session in parallel. Idempotent.
+    pub async fn close(&self) {
+        let backends = {
+            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            if state.closed {
+                return;
+            }
+            state.closed = true;
+            std::mem::take(&mut state.backends)
+        };
+        self.inflight.wait_idle().await;
+        futures_util::future::join_all(backends.values().map(|b| b.close())).await;
+        tracing::debug!(session.id = %self.id, "session closed");
+    }
+}
+
+/// The lists a session serves, with their result key.
+#[derive(Debug, Clone, Copy)]
+pub enum ListKind {
+    Tools,
+    Prompts,
+    Resources,
+    ResourceTemplates,
+}
+
+impl ListKind {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+}
+
+fn str_param<'a>(params: &'a Value, key: &str) -> Result<&'a str, SessionError> {
+    params
+        .get(key)
+        .and_then(Value::as_str)
+        .ok_or_else(|| SessionError::InvalidParams(format!("`{key}` must be a string")))
+}

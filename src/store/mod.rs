@@ -1,0 +1,89 @@
+//! Session **metadata**: the serialisable half of a session, behind one trait.
+//!
+//! Everything a replica needs to rebuild a session it has never seen lives in
+//! [`SessionMetadata`]; nothing in it refers to a live object (clients, locks,
+//! tasks), so it can go to Redis as JSON. The runtime half lives in
+//! `crate::session` only.
+
+mod memory;
+
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+
+pub use memory::MemoryStore;
+
+/// How a backend is reached; recorded so another replica can rebuild it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "transport")]
+pub enum BackendTarget {
+    /// Streamable HTTP at `url`.
+    StreamableHttp { url: String },
+    /// A child process speaking stdio.
+    Stdio { command: Vec<String> },
+}
+
+/// One backend session of a client session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendRecord {
+    pub name: String,
+    #[serde(flatten)]
+    pub target: BackendTarget,
+    /// The backend's own `Mcp-Session-Id`, if it issued one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Protocol version negotiated with this backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub protocol_version: Option<String>,
+}
+
+/// The serialisable state of one client session.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionMetadata {
+    pub id: String,
+    /// Unix milliseconds.
+    pub created_at_ms: u64,
+    /// Unix milliseconds of the last request (refreshed lazily).
+    pub last_seen_ms: u64,
+    /// Keyed hash of the caller's identity; `None` for anonymous sessions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
+    /// Protocol version negotiated with the client.
+    pub protocol_version: String,
+    /// The client's `initialize` params, replayed to backends on rebuild.
+    pub client_init: serde_json::Value,
+    /// Backends that were healthy when the session was built.
+    pub backends: Vec<BackendRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("stored session metadata is corrupt: {0}")]
+    Corrupt(String),
+}
+
+/// Where session metadata lives: memory (one replica) or Redis (replicated).
+///
+/// Methods return boxed futures so the store can be a trait object chosen at
+/// start-up from the config.
+pub trait SessionStore: Send + Sync + 'static {
+    /// Stores a new session (overwrites an existing one with the same id).
+    fn put(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Loads a session, `None` if absent or expired.
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
+    /// Extends the session's lifetime (sliding idle timeout).
+    fn touch<'a>(&'a self, id: &'a str, last_seen_ms: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+    /// Removes a session; `true` if it existed.
+    fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Checks that the store answers (for `/readyz`).
+    fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+}
+
+/// Milliseconds since the Unix epoch (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,143 @@
+//! Logs and metrics.
+//!
+//! Metrics live in a [`Metrics`] value registered into a `prometheus::Registry`
+//! that the caller owns and passes around, never in global statics, so that
+//! several replicas can run in one test process with their own counters.
+//! Label values are bounded: backend names come from the config, methods from
+//! the MCP method table; never session ids or client-chosen tool names.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+use crate::config::LogFormat;
+
+/// Installs the global tracing subscriber (once per process; `main` only).
+/// The level comes from `RUST_LOG` (default `info`, with rmcp's per-connection
+/// chatter at `warn`).
+pub fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let result = match format {
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Text => builder.try_init(),
+    };
+    if let Err(e) = result {
+        eprintln!("tracing was already initialised: {e}");
+    }
+}
+
+/// Latency buckets from 0.5 ms to 30 s: gateway calls span that range.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// Every metric of one replica.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub sessions_active: IntGauge,
+    pub sessions_created: IntCounter,
+    /// Label `reason`: delete, idle, shutdown.
+    pub sessions_closed: IntCounterVec,
+    /// Labels `method`, `status` (ok, error).
+    pub requests: IntCounterVec,
+    pub request_duration: HistogramVec,
+    /// Labels `backend`, `outcome` (ok, error, timeout).
+    pub backend_inits: IntCounterVec,
+    pub backend_init_duration: HistogramVec,
+    /// Labels `backend`, `method`, `outcome`.
+    pub backend_calls: IntCounterVec,
+    pub backend_call_duration: HistogramVec,
+    pub session_create_duration: Histogram,
+    /// Label `version`.
+    pub build_info: IntCounterVec,
+}
+
+impl Metrics {
+    /// Creates every metric and registers it into `registry`.
+    pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+        };
+        let metrics = Self {
+            sessions_active: IntGauge::new("vmcp_sessions_active", "Client sessions held by this replica")?,
+            sessions_created: IntCounter::new("vmcp_sessions_created_total", "Client sessions created")?,
+            sessions_closed: IntCounterVec::new(
+                Opts::new("vmcp_sessions_closed_total", "Client sessions closed, by reason"),
+                &["reason"],
+            )?,
+            requests: IntCounterVec::new(
+                Opts::new("vmcp_requests_total", "MCP requests answered, by method and status"),
+                &["method", "status"],
+            )?,
+            request_duration: hist("vmcp_request_duration_seconds", "MCP request latency", &["method"])?,
+            backend_inits: IntCounterVec::new(
+                Opts::new("vmcp_backend_inits_total", "Backend session initializations, by outcome"),
+                &["backend", "outcome"],
+            )?,
+            backend_init_duration: hist(
+                "vmcp_backend_init_duration_seconds",
+                "Backend session initialization latency",
+                &["backend"],
+            )?,
+            backend_calls: IntCounterVec::new(
+                Opts::new("vmcp_backend_calls_total", "Calls forwarded to backends, by outcome"),
+                &["backend", "method", "outcome"],
+            )?,
+            backend_call_duration: hist(
+                "vmcp_backend_call_duration_seconds",
+                "Backend call latency",
+                &["backend", "method"],
+            )?,
+            session_create_duration: Histogram::with_opts(
+                HistogramOpts::new("vmcp_session_create_duration_seconds", "Time to open all backend sessions")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            build_info: IntCounterVec::new(
+                Opts::new("vmcp_build_info", "Build information; always 1"),
+                &["version"],
+            )?,
+            registry,
+        };
+        metrics.register_all()?;
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        Ok(metrics)
+    }
+
+    fn register_all(&self) -> Result<(), prometheus::Error> {
+        let r = &self.registry;
+        r.register(Box::new(self.sessions_active.clone()))?;
+        r.register(Box::new(self.sessions_created.clone()))?;
+        r.register(Box::new(self.sessions_closed.clone()))?;
+        r.register(Box::new(self.requests.clone()))?;
+        r.register(Box::new(self.request_duration.clone()))?;
+        r.register(Box::new(self.backend_inits.clone()))?;
+        r.register(Box::new(self.backend_init_duration.clone()))?;
+        r.register(Box::new(self.backend_calls.clone()))?;
+        r.register(Box::new(self.backend_call_duration.clone()))?;
+        r.register(Box::new(self.session_create_duration.clone()))?;
+        r.register(Box::new(self.build_info.clone()))?;
+        Ok(())
+    }
+
+    /// A fresh registry with every metric, for tests and tools.
+    pub fn standalone() -> Self {
+        // Registration into a new, empty registry cannot collide.
+        match Self::new(Registry::new()) {
+            Ok(m) => m,
+            Err(e) => unreachable!("fresh registry rejected a metric: {e}"),
+        }
+    }
+
+    /// The Prometheus text exposition of every registered metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
