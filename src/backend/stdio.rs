@@ -38,9 +38,14 @@ impl StdioBackend {
             .split_first()
             .ok_or_else(|| BackendError::Protocol("empty command".into()))?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).envs(&self.env).stderr(std::process::Stdio::null());
-        let transport = TokioChildProcess::new(cmd)
+        cmd.args(args).envs(&self.env);
+        let (transport, stderr) = TokioChildProcess::builder(cmd)
+            .stderr(std::process::Stdio::piped())
+            .spawn()
             .map_err(|e| BackendError::Transport(format!("cannot start {program}: {e}")))?;
+        if let Some(stderr) = stderr {
+            tokio::spawn(log_stderr(program.clone(), stderr));
+        }
         // The service's tasks outlive this request: give them their own root span.
         let span = tracing::info_span!(parent: None, "stdio_backend", program = %program);
         let service = rmcp::serve_client(info, transport)
@@ -109,6 +114,15 @@ impl StdioSession {
                 tracing::debug!(error = %e, "stdio backend did not stop cleanly");
             }
         }
+    }
+}
+
+/// A backend's stderr goes to our log (debug level), line by line, until it closes.
+async fn log_stderr(program: String, stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(parent: None, program = %program, "backend stderr: {line}");
     }
 }
 

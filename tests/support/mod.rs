@@ -3,6 +3,7 @@
 
 pub mod backend;
 pub mod client;
+pub mod deps;
 
 use std::collections::HashMap;
 use std::sync::Arc;
