@@ -32,13 +32,22 @@ impl App {
         let backends = config
             .backends
             .iter()
-            .map(|b| Backend::new(b.clone()).map(Arc::new).map_err(|e| AppError::Backend(b.name.clone(), e)))
+            .map(|b| {
+                Backend::new(b.clone())
+                    .map(Arc::new)
+                    .map_err(|e| AppError::Backend(b.name.clone(), e))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let store: Arc<dyn SessionStore> = match config.store.kind {
             StoreKind::Memory => Arc::new(MemoryStore::default()),
             StoreKind::Redis => return Err(AppError::StoreUnsupported),
         };
-        let factory = SessionFactory::new(backends, config.session.clone(), config.aggregation.clone(), metrics.clone());
+        let factory = SessionFactory::new(
+            backends,
+            config.session.clone(),
+            config.aggregation.clone(),
+            metrics.clone(),
+        );
         let manager = SessionManager::new(
             factory,
             store,
@@ -46,7 +55,11 @@ impl App {
             config.session.idle_timeout,
             config.session.max_sessions,
         );
-        Ok(Arc::new(Self { config: Arc::new(config), manager: Arc::new(manager), metrics }))
+        Ok(Arc::new(Self {
+            config: Arc::new(config),
+            manager: Arc::new(manager),
+            metrics,
+        }))
     }
 }
 
@@ -63,12 +76,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             app.manager.start_draining();
         }
     };
-    tokio::join!(crate::http::serve(listener, Arc::clone(&app), shutdown), draining);
+    tokio::join!(
+        crate::http::serve(listener, Arc::clone(&app), shutdown),
+        draining
+    );
     reaper_stop.cancel();
     let _ = reaper.await;
     let closing = app.manager.close_all();
-    if tokio::time::timeout(app.config.http.shutdown_timeout, closing).await.is_err() {
+    if tokio::time::timeout(app.config.http.shutdown_timeout, closing)
+        .await
+        .is_err()
+    {
         tracing::warn!("sessions did not close before the shutdown deadline");
     }
 }
-

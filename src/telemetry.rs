@@ -19,9 +19,15 @@ use crate::config::LogFormat;
 pub fn init_tracing(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rmcp=warn"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init(),
         LogFormat::Text => builder.try_init(),
     };
     if let Err(e) = result {
@@ -60,22 +66,44 @@ impl Metrics {
     /// Creates every metric and registers it into `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
         let hist = |name: &str, help: &str, labels: &[&str]| {
-            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
         };
         let metrics = Self {
-            sessions_active: IntGauge::new("vmcp_sessions_active", "Client sessions held by this replica")?,
-            sessions_created: IntCounter::new("vmcp_sessions_created_total", "Client sessions created")?,
+            sessions_active: IntGauge::new(
+                "vmcp_sessions_active",
+                "Client sessions held by this replica",
+            )?,
+            sessions_created: IntCounter::new(
+                "vmcp_sessions_created_total",
+                "Client sessions created",
+            )?,
             sessions_closed: IntCounterVec::new(
-                Opts::new("vmcp_sessions_closed_total", "Client sessions closed, by reason"),
+                Opts::new(
+                    "vmcp_sessions_closed_total",
+                    "Client sessions closed, by reason",
+                ),
                 &["reason"],
             )?,
             requests: IntCounterVec::new(
-                Opts::new("vmcp_requests_total", "MCP requests answered, by method and status"),
+                Opts::new(
+                    "vmcp_requests_total",
+                    "MCP requests answered, by method and status",
+                ),
                 &["method", "status"],
             )?,
-            request_duration: hist("vmcp_request_duration_seconds", "MCP request latency", &["method"])?,
+            request_duration: hist(
+                "vmcp_request_duration_seconds",
+                "MCP request latency",
+                &["method"],
+            )?,
             backend_inits: IntCounterVec::new(
-                Opts::new("vmcp_backend_inits_total", "Backend session initializations, by outcome"),
+                Opts::new(
+                    "vmcp_backend_inits_total",
+                    "Backend session initializations, by outcome",
+                ),
                 &["backend", "outcome"],
             )?,
             backend_init_duration: hist(
@@ -84,7 +112,10 @@ impl Metrics {
                 &["backend"],
             )?,
             backend_calls: IntCounterVec::new(
-                Opts::new("vmcp_backend_calls_total", "Calls forwarded to backends, by outcome"),
+                Opts::new(
+                    "vmcp_backend_calls_total",
+                    "Calls forwarded to backends, by outcome",
+                ),
                 &["backend", "method", "outcome"],
             )?,
             backend_call_duration: hist(
@@ -93,8 +124,11 @@ impl Metrics {
                 &["backend", "method"],
             )?,
             session_create_duration: Histogram::with_opts(
-                HistogramOpts::new("vmcp_session_create_duration_seconds", "Time to open all backend sessions")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "vmcp_session_create_duration_seconds",
+                    "Time to open all backend sessions",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
             build_info: IntCounterVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
@@ -103,7 +137,10 @@ impl Metrics {
             registry,
         };
         metrics.register_all()?;
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .inc();
         Ok(metrics)
     }
 

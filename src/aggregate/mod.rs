@@ -53,7 +53,9 @@ impl Catalog {
         let names: Vec<&str> = listings.iter().map(|(b, _)| b.name.as_str()).collect();
         let mut catalog = Catalog::default();
         for name in naming::priority_order(config, &names) {
-            let Some((backend, listing)) = listings.iter().find(|(b, _)| b.name == name) else { continue };
+            let Some((backend, listing)) = listings.iter().find(|(b, _)| b.name == name) else {
+                continue;
+            };
             let id: Arc<str> = Arc::from(name);
             catalog.add_named(config, &id, backend, listing);
             catalog.add_resources(&id, listing);
@@ -61,15 +63,37 @@ impl Catalog {
         catalog
     }
 
-    fn add_named(&mut self, config: &AggregationConfig, id: &Arc<str>, backend: &BackendConfig, listing: &Listing) {
+    fn add_named(
+        &mut self,
+        config: &AggregationConfig,
+        id: &Arc<str>,
+        backend: &BackendConfig,
+        listing: &Listing,
+    ) {
         let kinds = [
-            (&listing.tools, &backend.tools, &mut self.tools, &mut self.tool_routes, "tool"),
-            (&listing.prompts, &backend.prompts, &mut self.prompts, &mut self.prompt_routes, "prompt"),
+            (
+                &listing.tools,
+                &backend.tools,
+                &mut self.tools,
+                &mut self.tool_routes,
+                "tool",
+            ),
+            (
+                &listing.prompts,
+                &backend.prompts,
+                &mut self.prompts,
+                &mut self.prompt_routes,
+                "prompt",
+            ),
         ];
         for (items, filter, out, routes, kind) in kinds {
             for item in items {
-                let Some(original) = item.get("name").and_then(Value::as_str) else { continue };
-                let Some(exposed) = naming::client_name(config, id, filter, original) else { continue };
+                let Some(original) = item.get("name").and_then(Value::as_str) else {
+                    continue;
+                };
+                let Some(exposed) = naming::client_name(config, id, filter, original) else {
+                    continue;
+                };
                 if let Some(owner) = routes.get(&exposed) {
                     tracing::warn!(kind, name = %exposed, kept = %owner.backend, dropped = %id, "name conflict");
                     continue;
@@ -77,14 +101,22 @@ impl Catalog {
                 let mut item = item.clone();
                 item["name"] = Value::String(exposed.clone());
                 out.push(item);
-                routes.insert(exposed, Route { backend: id.clone(), name: original.to_owned() });
+                routes.insert(
+                    exposed,
+                    Route {
+                        backend: id.clone(),
+                        name: original.to_owned(),
+                    },
+                );
             }
         }
     }
 
     fn add_resources(&mut self, id: &Arc<str>, listing: &Listing) {
         for item in &listing.resources {
-            let Some(uri) = item.get("uri").and_then(Value::as_str) else { continue };
+            let Some(uri) = item.get("uri").and_then(Value::as_str) else {
+                continue;
+            };
             if let Some(owner) = self.resource_routes.get(uri) {
                 tracing::warn!(uri, kept = %owner, dropped = %id, "resource URI conflict");
                 continue;
@@ -93,7 +125,9 @@ impl Catalog {
             self.resources.push(item.clone());
         }
         for item in &listing.resource_templates {
-            let Some(template) = item.get("uriTemplate").and_then(Value::as_str) else { continue };
+            let Some(template) = item.get("uriTemplate").and_then(Value::as_str) else {
+                continue;
+            };
             let prefix = template.split('{').next().unwrap_or_default().to_owned();
             self.template_routes.push((prefix, id.clone()));
             self.resource_templates.push(item.clone());
@@ -117,7 +151,8 @@ impl Catalog {
         self.template_routes
             .iter()
             .filter(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
-            .max_by_key(|(prefix, _)| prefix.len())
+            // The longest prefix wins; among equals the first (priority order).
+            .min_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()))
             .map(|(_, b)| b.clone())
     }
 }
@@ -135,9 +170,14 @@ mod tests {
 
     fn listing(tools: &[&str]) -> Listing {
         Listing {
-            tools: tools.iter().map(|t| json!({"name": t, "inputSchema": {"type": "object"}})).collect(),
+            tools: tools
+                .iter()
+                .map(|t| json!({"name": t, "inputSchema": {"type": "object"}}))
+                .collect(),
             resources: vec![json!({"uri": format!("mem://{}", tools[0]), "name": "r"})],
-            resource_templates: vec![json!({"uriTemplate": format!("tpl://{}/{{id}}", tools[0]), "name": "t"})],
+            resource_templates: vec![
+                json!({"uriTemplate": format!("tpl://{}/{{id}}", tools[0]), "name": "t"}),
+            ],
             ..Default::default()
         }
     }
@@ -147,7 +187,11 @@ mod tests {
         let (a, b) = (backend("alpha"), backend("beta"));
         let (la, lb) = (listing(&["echo", "add"]), listing(&["echo"]));
         let catalog = Catalog::build(&AggregationConfig::default(), &[(&a, &la), (&b, &lb)]);
-        let names: Vec<_> = catalog.tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
+        let names: Vec<_> = catalog
+            .tools
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
         assert_eq!(names, ["alpha_echo", "alpha_add", "beta_echo"]);
         let route = catalog.tool("beta_echo").unwrap();
         assert_eq!((&*route.backend, route.name.as_str()), ("beta", "echo"));

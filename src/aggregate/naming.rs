@@ -19,7 +19,12 @@ pub fn allowed(filter: &ItemFilter, name: &str) -> bool {
 }
 
 /// The client-facing name of backend item `name`, or `None` if filtered out.
-pub fn client_name(config: &AggregationConfig, backend: &str, filter: &ItemFilter, name: &str) -> Option<String> {
+pub fn client_name(
+    config: &AggregationConfig,
+    backend: &str,
+    filter: &ItemFilter,
+    name: &str,
+) -> Option<String> {
     if !allowed(filter, name) {
         return None;
     }
@@ -37,7 +42,12 @@ pub fn priority_order<'a>(config: &AggregationConfig, backends: &[&'a str]) -> V
         .iter()
         .filter_map(|p| backends.iter().copied().find(|b| *b == p.as_str()))
         .collect();
-    ordered.extend(backends.iter().copied().filter(|b| !config.priority.iter().any(|p| p == b)));
+    ordered.extend(
+        backends
+            .iter()
+            .copied()
+            .filter(|b| !config.priority.iter().any(|p| p == b)),
+    );
     ordered
 }
 
@@ -46,20 +56,33 @@ mod tests {
     use super::*;
 
     fn agg(conflict: ConflictMode) -> AggregationConfig {
-        AggregationConfig { conflict, ..AggregationConfig::default() }
+        AggregationConfig {
+            conflict,
+            ..AggregationConfig::default()
+        }
     }
 
     #[test]
     fn prefix_mode_prefixes_after_rename() {
         let mut f = ItemFilter::default();
         f.rename.insert("echo".into(), "say".into());
-        assert_eq!(client_name(&agg(ConflictMode::Prefix), "alpha", &f, "echo").as_deref(), Some("alpha_say"));
-        assert_eq!(client_name(&agg(ConflictMode::Priority), "alpha", &f, "echo").as_deref(), Some("say"));
+        assert_eq!(
+            client_name(&agg(ConflictMode::Prefix), "alpha", &f, "echo").as_deref(),
+            Some("alpha_say")
+        );
+        assert_eq!(
+            client_name(&agg(ConflictMode::Priority), "alpha", &f, "echo").as_deref(),
+            Some("say")
+        );
     }
 
     #[test]
     fn deny_wins_over_allow_and_globs_work() {
-        let f = ItemFilter { allow: vec!["get_*".into()], deny: vec!["get_secret".into()], ..Default::default() };
+        let f = ItemFilter {
+            allow: vec!["get_*".into()],
+            deny: vec!["get_secret".into()],
+            ..Default::default()
+        };
         assert!(allowed(&f, "get_user"));
         assert!(!allowed(&f, "get_secret"));
         assert!(!allowed(&f, "delete_user"));
@@ -68,7 +91,13 @@ mod tests {
 
     #[test]
     fn priority_list_comes_first() {
-        let config = AggregationConfig { priority: vec!["c".into(), "a".into()], ..Default::default() };
-        assert_eq!(priority_order(&config, &["a", "b", "c"]), vec!["c", "a", "b"]);
+        let config = AggregationConfig {
+            priority: vec!["c".into(), "a".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            priority_order(&config, &["a", "b", "c"]),
+            vec!["c", "a", "b"]
+        );
     }
 }

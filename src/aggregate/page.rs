@@ -11,7 +11,11 @@ use serde_json::Value;
 pub struct InvalidCursor;
 
 /// One page of `items` starting at `cursor`, and the cursor of the next page.
-pub fn page<'a>(items: &'a [Value], cursor: Option<&str>, size: usize) -> Result<(&'a [Value], Option<String>), InvalidCursor> {
+pub fn page<'a>(
+    items: &'a [Value],
+    cursor: Option<&str>,
+    size: usize,
+) -> Result<(&'a [Value], Option<String>), InvalidCursor> {
     let start = match cursor {
         None => 0,
         Some(c) => c

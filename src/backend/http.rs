@@ -12,7 +12,9 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{ClientJsonRpcMessage, JsonRpcMessage, NumberOrString, ServerJsonRpcMessage};
-use rmcp::transport::streamable_http_client::{StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse};
+use rmcp::transport::streamable_http_client::{
+    StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
+};
 use serde_json::{json, Value};
 
 use super::{rpc_error, BackendError};
@@ -30,7 +32,8 @@ impl HttpBackend {
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| BackendError::Protocol(format!("header name {k}: {e}")))?;
-            let value = HeaderValue::from_str(v).map_err(|e| BackendError::Protocol(format!("header {k}: {e}")))?;
+            let value = HeaderValue::from_str(v)
+                .map_err(|e| BackendError::Protocol(format!("header {k}: {e}")))?;
             parsed.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -38,7 +41,11 @@ impl HttpBackend {
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             .build()
             .map_err(|e| BackendError::Transport(e.to_string()))?;
-        Ok(Self { url: Arc::from(url), client, headers: parsed })
+        Ok(Self {
+            url: Arc::from(url),
+            client,
+            headers: parsed,
+        })
     }
 
     pub fn url(&self) -> &str {
@@ -47,21 +54,27 @@ impl HttpBackend {
 
     /// Handshake: `initialize`, then `notifications/initialized` on the new session.
     pub async fn connect(&self, params: Value) -> Result<HttpSession, BackendError> {
-        let message = to_message(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}))?;
+        let message = to_message(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}),
+        )?;
         let response = self
             .client
             .post_message(self.url.clone(), message, None, None, self.headers.clone())
             .await
             .map_err(classify)?;
         let session_id = match &response {
-            StreamableHttpPostResponse::Json(_, sid) | StreamableHttpPostResponse::Sse(_, sid) => sid.clone(),
+            StreamableHttpPostResponse::Json(_, sid) | StreamableHttpPostResponse::Sse(_, sid) => {
+                sid.clone()
+            }
             _ => None,
         };
         let init = await_response(response, &NumberOrString::Number(0)).await?;
         let protocol_version = init
             .get("protocolVersion")
             .and_then(Value::as_str)
-            .ok_or_else(|| BackendError::Protocol("initialize result without protocolVersion".into()))?
+            .ok_or_else(|| {
+                BackendError::Protocol("initialize result without protocolVersion".into())
+            })?
             .to_owned();
         let session = HttpSession {
             url: self.url.clone(),
@@ -109,7 +122,11 @@ impl HttpSession {
         headers
     }
 
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, BackendError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, BackendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut body = json!({"jsonrpc": "2.0", "id": id, "method": method});
         if let Some(p) = params {
@@ -117,7 +134,13 @@ impl HttpSession {
         }
         let response = self
             .client
-            .post_message(self.url.clone(), to_message(body)?, self.session_id.clone(), None, self.headers())
+            .post_message(
+                self.url.clone(),
+                to_message(body)?,
+                self.session_id.clone(),
+                None,
+                self.headers(),
+            )
             .await
             .map_err(classify)?;
         await_response(response, &NumberOrString::Number(id)).await
@@ -129,7 +152,13 @@ impl HttpSession {
             body["params"] = p;
         }
         self.client
-            .post_message(self.url.clone(), to_message(body)?, self.session_id.clone(), None, self.headers())
+            .post_message(
+                self.url.clone(),
+                to_message(body)?,
+                self.session_id.clone(),
+                None,
+                self.headers(),
+            )
             .await
             .map_err(classify)?;
         Ok(())
@@ -137,28 +166,46 @@ impl HttpSession {
 
     /// DELETEs the backend session; a backend that forgot it already is fine.
     pub async fn close(&self) {
-        let Some(sid) = self.session_id.clone() else { return };
-        if let Err(e) = self.client.delete_session(self.url.clone(), sid, None, self.headers()).await {
+        let Some(sid) = self.session_id.clone() else {
+            return;
+        };
+        if let Err(e) = self
+            .client
+            .delete_session(self.url.clone(), sid, None, self.headers())
+            .await
+        {
             tracing::debug!(url = %self.url, error = %e, "backend session DELETE failed");
         }
     }
 }
 
 fn to_message(body: Value) -> Result<ClientJsonRpcMessage, BackendError> {
-    serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))
+    serde_json::from_value(body)
+        .map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))
 }
 
 /// Waits for the response with id `id` in a JSON body or an SSE stream.
-async fn await_response(response: StreamableHttpPostResponse, id: &NumberOrString) -> Result<Value, BackendError> {
+async fn await_response(
+    response: StreamableHttpPostResponse,
+    id: &NumberOrString,
+) -> Result<Value, BackendError> {
     match response {
-        StreamableHttpPostResponse::Accepted => Err(BackendError::Protocol("202 Accepted for a request".into())),
+        StreamableHttpPostResponse::Accepted => {
+            Err(BackendError::Protocol("202 Accepted for a request".into()))
+        }
         StreamableHttpPostResponse::Json(message, _) => {
-            match_response(message, id).unwrap_or_else(|| Err(BackendError::Protocol("JSON answer is not our response".into())))
+            match_response(message, id).unwrap_or_else(|| {
+                Err(BackendError::Protocol(
+                    "JSON answer is not our response".into(),
+                ))
+            })
         }
         StreamableHttpPostResponse::Sse(mut stream, _) => {
             while let Some(event) = stream.next().await {
                 let event = event.map_err(|e| BackendError::Transport(format!("SSE: {e}")))?;
-                let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else { continue };
+                let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
+                    continue;
+                };
                 let message: ServerJsonRpcMessage = match serde_json::from_str(&data) {
                     Ok(m) => m,
                     Err(e) => {
@@ -170,7 +217,9 @@ async fn await_response(response: StreamableHttpPostResponse, id: &NumberOrStrin
                     return result;
                 }
             }
-            Err(BackendError::Transport("SSE stream ended before the response".into()))
+            Err(BackendError::Transport(
+                "SSE stream ended before the response".into(),
+            ))
         }
         _ => Err(BackendError::Protocol("unsupported response kind".into())),
     }
@@ -178,12 +227,18 @@ async fn await_response(response: StreamableHttpPostResponse, id: &NumberOrStrin
 
 /// `Some` if `message` answers request `id`; notifications and requests from
 /// the backend are skipped here (relaying them is the streaming layer's job).
-fn match_response(message: ServerJsonRpcMessage, id: &NumberOrString) -> Option<Result<Value, BackendError>> {
+fn match_response(
+    message: ServerJsonRpcMessage,
+    id: &NumberOrString,
+) -> Option<Result<Value, BackendError>> {
     match message {
         JsonRpcMessage::Response(r) if &r.id == id => Some(
-            serde_json::to_value(r.result).map_err(|e| BackendError::Protocol(format!("result: {e}"))),
+            serde_json::to_value(r.result)
+                .map_err(|e| BackendError::Protocol(format!("result: {e}"))),
         ),
-        JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|eid| eid == id) => Some(Err(rpc_error(&e.error))),
+        JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|eid| eid == id) => {
+            Some(Err(rpc_error(&e.error)))
+        }
         _ => None,
     }
 }

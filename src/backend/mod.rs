@@ -29,7 +29,11 @@ pub use self::stdio::StdioBackend;
 pub enum BackendError {
     /// The backend answered with a JSON-RPC error: relayed as is.
     #[error("backend error {code}: {message}")]
-    Rpc { code: i32, message: String, data: Option<Value> },
+    Rpc {
+        code: i32,
+        message: String,
+        data: Option<Value>,
+    },
     /// The backend no longer knows our backend session (HTTP 404).
     #[error("backend session expired")]
     SessionExpired,
@@ -71,8 +75,15 @@ impl Backend {
     pub fn new(config: BackendConfig) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
             (Some(url), _) => Transport::Http(HttpBackend::new(url, &config.headers)?),
-            (None, Some(command)) => Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone())),
-            (None, None) => return Err(BackendError::Protocol(format!("backend {} has no url or command", config.name))),
+            (None, Some(command)) => {
+                Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone()))
+            }
+            (None, None) => {
+                return Err(BackendError::Protocol(format!(
+                    "backend {} has no url or command",
+                    config.name
+                )))
+            }
         };
         Ok(Self { config, transport })
     }
@@ -84,19 +95,29 @@ impl Backend {
     /// Where this backend is, as recorded in session metadata.
     pub fn target(&self) -> BackendTarget {
         match &self.transport {
-            Transport::Http(h) => BackendTarget::StreamableHttp { url: h.url().to_owned() },
-            Transport::Stdio(s) => BackendTarget::Stdio { command: s.command().to_vec() },
+            Transport::Http(h) => BackendTarget::StreamableHttp {
+                url: h.url().to_owned(),
+            },
+            Transport::Stdio(s) => BackendTarget::Stdio {
+                command: s.command().to_vec(),
+            },
         }
     }
 
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
-    pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
+    pub async fn connect(
+        self: &Arc<Self>,
+        client_init: &Value,
+    ) -> Result<BackendSession, BackendError> {
         let params = backend_init_params(client_init);
         let conn = match &self.transport {
             Transport::Http(h) => Conn::Http(h.connect(params).await?),
             Transport::Stdio(s) => Conn::Stdio(s.connect(params).await?),
         };
-        Ok(BackendSession { backend: Arc::clone(self), conn })
+        Ok(BackendSession {
+            backend: Arc::clone(self),
+            conn,
+        })
     }
 }
 
@@ -138,7 +159,12 @@ impl BackendSession {
     }
 
     /// Sends one request and waits for its result, at most `timeout`.
-    pub async fn request(&self, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, BackendError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
         let call = async {
             match &self.conn {
                 Conn::Http(s) => s.request(method, params).await,
@@ -172,7 +198,10 @@ impl BackendSession {
     /// This backend session as session metadata.
     pub fn record(&self) -> BackendRecord {
         let (session_id, protocol_version) = match &self.conn {
-            Conn::Http(s) => (s.session_id().map(str::to_owned), Some(s.protocol_version().to_owned())),
+            Conn::Http(s) => (
+                s.session_id().map(str::to_owned),
+                Some(s.protocol_version().to_owned()),
+            ),
             Conn::Stdio(s) => (None, s.protocol_version()),
         };
         BackendRecord {
@@ -189,7 +218,10 @@ impl BackendSession {
 /// roots), so a backend never asks something nobody will answer.
 fn backend_init_params(client_init: &Value) -> Value {
     let mut params = client_init.clone();
-    if let Some(caps) = params.get_mut("capabilities").and_then(Value::as_object_mut) {
+    if let Some(caps) = params
+        .get_mut("capabilities")
+        .and_then(Value::as_object_mut)
+    {
         for unsupported in ["sampling", "elicitation", "roots", "tasks"] {
             caps.remove(unsupported);
         }

@@ -58,7 +58,10 @@ impl StdioBackend {
             .transpose()
             .map_err(|e| BackendError::Protocol(e.to_string()))?
             .unwrap_or_else(|| json!({}));
-        Ok(StdioSession { init, service: Mutex::new(Some(service)) })
+        Ok(StdioSession {
+            init,
+            service: Mutex::new(Some(service)),
+        })
     }
 }
 
@@ -74,7 +77,10 @@ impl StdioSession {
     }
 
     pub fn protocol_version(&self) -> Option<String> {
-        self.init.get("protocolVersion").and_then(Value::as_str).map(str::to_owned)
+        self.init
+            .get("protocolVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     async fn peer(&self) -> Result<rmcp::Peer<RoleClient>, BackendError> {
@@ -85,14 +91,23 @@ impl StdioSession {
             .ok_or_else(|| BackendError::Transport("backend process closed".into()))
     }
 
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, BackendError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<Value>,
+    ) -> Result<Value, BackendError> {
         let mut body = json!({"method": method});
         if let Some(p) = params {
             body["params"] = p;
         }
-        let request: ClientRequest =
-            serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
-        let result = self.peer().await?.send_request(request).await.map_err(classify)?;
+        let request: ClientRequest = serde_json::from_value(body)
+            .map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
+        let result = self
+            .peer()
+            .await?
+            .send_request(request)
+            .await
+            .map_err(classify)?;
         serde_json::to_value(result).map_err(|e| BackendError::Protocol(format!("result: {e}")))
     }
 
@@ -103,7 +118,11 @@ impl StdioSession {
         }
         let notification = serde_json::from_value(body)
             .map_err(|e| BackendError::Protocol(format!("cannot encode notification: {e}")))?;
-        self.peer().await?.send_notification(notification).await.map_err(classify)
+        self.peer()
+            .await?
+            .send_notification(notification)
+            .await
+            .map_err(classify)
     }
 
     /// Stops the service and kills the child.

@@ -1,0 +1,164 @@
+use std::collections::HashMap;
+use std::path::Path;
+
+use super::*;
+
+fn parse(yaml: &str) -> Result<Config, ConfigError> {
+    let env = HashMap::from([("ALPHA_KEY".to_owned(), "k-123".to_owned())]);
+    Config::parse(yaml, Path::new("vmcp.yaml"), &env)
+}
+
+fn field_error(yaml: &str) -> (String, String) {
+    match parse(yaml) {
+        Err(ConfigError::Field {
+            field,
+            message,
+            file,
+        }) => {
+            assert_eq!(file, Path::new("vmcp.yaml"));
+            (field, message)
+        }
+        other => panic!("expected a field error, got {other:?}"),
+    }
+}
+
+#[test]
+fn empty_file_gives_documented_defaults() {
+    let c = parse("").unwrap();
+    assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(1800));
+    assert_eq!(c.session.init_timeout, Duration::from_secs(5));
+    assert_eq!(c.session.max_backend_init_concurrency, 10);
+    assert_eq!(c.aggregation.conflict, ConflictMode::Prefix);
+    assert_eq!(c.aggregation.separator, "_");
+    assert_eq!(c.http.max_body_bytes, 4 * 1024 * 1024);
+    assert_eq!(c.store.kind, StoreKind::Memory);
+}
+
+#[test]
+fn design_example_parses_with_secrets_from_the_environment() {
+    let c = parse(
+        r#"
+listen: 127.0.0.1:8080
+replica_id: a
+backends:
+  - name: alpha
+    url: http://127.0.0.1:9001/mcp
+    headers: { x-api-key: "${ALPHA_KEY}" }
+  - name: everything
+    command: [npx, -y, "@modelcontextprotocol/server-everything"]
+    env: { }
+session:
+  idle_timeout: 30m
+  init_timeout: 5s
+  max_backend_init_concurrency: 10
+aggregation:
+  conflict: prefix
+  separator: "_"
+store:
+  kind: memory
+  redis: { url: "redis://127.0.0.1:6379/0", key_prefix: "vmcp:" }
+membership:
+  kind: static
+  members: { a: "127.0.0.1:8080", b: "127.0.0.1:8081" }
+"#,
+    )
+    .unwrap();
+    assert_eq!(c.backends[0].headers["x-api-key"], "k-123");
+    assert_eq!(c.backends[1].command.as_ref().unwrap()[0], "npx");
+    assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
+    assert_eq!(c.membership.members.len(), 2);
+}
+
+#[test]
+fn errors_name_the_field() {
+    let (field, msg) = field_error("session:\n  init_timeout: soon\n");
+    assert_eq!(field, "session.init_timeout");
+    assert!(msg.contains("soon"), "{msg}");
+
+    let (field, _) = field_error("backends:\n  - name: Bad_Name\n    url: http://x/mcp\n");
+    assert_eq!(field, "backends.0.name");
+
+    let (field, _) = field_error(
+        "backends:\n  - name: a\n    url: http://x/mcp\n  - name: a\n    url: http://y/mcp\n",
+    );
+    assert_eq!(field, "backends.1.name");
+
+    let (field, _) = field_error("backends:\n  - name: a\n");
+    assert_eq!(field, "backends.0.url");
+
+    let (field, _) = field_error("backends:\n  - name: a\n    url: ftp://x\n");
+    assert_eq!(field, "backends.0.url");
+
+    let (field, msg) = field_error(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    headers: { k: \"${MISSING}\" }\n",
+    );
+    assert_eq!(field, "backends.0.headers.k");
+    assert!(msg.contains("MISSING"));
+
+    // Typos are caught, naming the unknown key itself.
+    let (field, msg) = field_error("sesion: {}\n");
+    assert_eq!(field, "sesion");
+    assert!(msg.contains("unknown field"), "{msg}");
+    let (field, _) = field_error("session:\n  idle_timeot: 5s\n");
+    assert_eq!(field, "session.idle_timeot");
+
+    let (field, _) = field_error("aggregation:\n  conflict: random\n");
+    assert_eq!(field, "aggregation.conflict");
+
+    let (field, _) = field_error("aggregation:\n  priority: [ghost]\n");
+    assert_eq!(field, "aggregation.priority.0");
+
+    let (field, _) = field_error("session:\n  max_backend_init_concurrency: 0\n");
+    assert_eq!(field, "session.max_backend_init_concurrency");
+
+    let (field, _) = field_error("store:\n  kind: redis\n");
+    assert_eq!(field, "store.redis.url");
+
+    let (field, _) = field_error("membership:\n  members: { a: nowhere }\n");
+    assert_eq!(field, "membership.members.a");
+}
+
+#[test]
+fn syntax_errors_name_the_file() {
+    let err = parse("backends: [").unwrap_err();
+    assert!(matches!(err, ConfigError::Syntax { .. }));
+    assert!(err.to_string().starts_with("vmcp.yaml:"), "{err}");
+}
+
+#[test]
+fn environment_overrides_apply() {
+    let env = HashMap::from([
+        ("VMCP_REPLICA_ID".to_owned(), "pod-7".to_owned()),
+        ("VMCP_LOG_FORMAT".to_owned(), "json".to_owned()),
+        (
+            "VMCP_REDIS_URL".to_owned(),
+            "redis://:pw@10.0.0.1:6379/0".to_owned(),
+        ),
+    ]);
+    let c = Config::parse("store:\n  kind: redis\n", Path::new("x.yaml"), &env).unwrap();
+    assert_eq!(c.replica_id, "pod-7");
+    assert_eq!(c.log.format, LogFormat::Json);
+    assert_eq!(c.store.redis.unwrap().url, "redis://:pw@10.0.0.1:6379/0");
+}
+
+#[test]
+fn example_configs_in_the_repository_are_valid() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+    let env = HashMap::from([
+        ("ALPHA_KEY".to_owned(), "x".to_owned()),
+        ("REDIS_PASSWORD".to_owned(), "x".to_owned()),
+    ]);
+    let mut checked = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            Config::load(&path, &env).unwrap_or_else(|e| panic!("{e}"));
+            checked += 1;
+        }
+    }
+    assert!(
+        checked >= 2,
+        "examples/ holds the demo and the reference config"
+    );
+}

@@ -23,7 +23,10 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("session.call_timeout", "must be greater than zero"));
     }
     if s.max_backend_init_concurrency == 0 {
-        return Err(invalid("session.max_backend_init_concurrency", "must be at least 1"));
+        return Err(invalid(
+            "session.max_backend_init_concurrency",
+            "must be at least 1",
+        ));
     }
     if s.max_sessions == 0 {
         return Err(invalid("session.max_sessions", "must be at least 1"));
@@ -38,7 +41,10 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     let names: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
     for (i, name) in a.priority.iter().enumerate() {
         if !names.contains(name.as_str()) {
-            return Err(invalid(format!("aggregation.priority.{i}"), format!("no backend is named `{name}`")));
+            return Err(invalid(
+                format!("aggregation.priority.{i}"),
+                format!("no backend is named `{name}`"),
+            ));
         }
     }
     if config.http.max_body_bytes < 1024 {
@@ -48,15 +54,30 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("replica_id", "must not be empty"));
     }
     if config.store.kind == StoreKind::Redis {
-        let url = config.store.redis.as_ref().map(|r| r.url.as_str()).unwrap_or_default();
+        let url = config
+            .store
+            .redis
+            .as_ref()
+            .map(|r| r.url.as_str())
+            .unwrap_or_default();
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(invalid("store.redis.url", "store.kind redis needs a redis:// or rediss:// URL"));
+            return Err(invalid(
+                "store.redis.url",
+                "store.kind redis needs a redis:// or rediss:// URL",
+            ));
         }
     }
     if config.membership.kind == MembershipKind::Static {
         for (id, addr) in &config.membership.members {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
-                return Err(invalid(format!("membership.members.{id}"), format!("`{addr}` is not host:port")));
+            if addr
+                .rsplit_once(':')
+                .and_then(|(_, p)| p.parse::<u16>().ok())
+                .is_none()
+            {
+                return Err(invalid(
+                    format!("membership.members.{id}"),
+                    format!("`{addr}` is not host:port"),
+                ));
             }
         }
     }
@@ -68,22 +89,41 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
     for (i, b) in config.backends.iter().enumerate() {
         let field = |f: &str| format!("backends.{i}.{f}");
         let name_ok = !b.name.is_empty()
-            && b.name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            && b.name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
-            return Err(invalid(field("name"), format!("`{}` must match [a-z0-9-]+", b.name)));
+            return Err(invalid(
+                field("name"),
+                format!("`{}` must match [a-z0-9-]+", b.name),
+            ));
         }
         if !seen.insert(b.name.as_str()) {
-            return Err(invalid(field("name"), format!("`{}` is used by two backends", b.name)));
+            return Err(invalid(
+                field("name"),
+                format!("`{}` is used by two backends", b.name),
+            ));
         }
         match (&b.url, &b.command) {
-            (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
-            (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
+            (Some(_), Some(_)) => {
+                return Err(invalid(field("url"), "set either url or command, not both"))
+            }
+            (None, None) => {
+                return Err(invalid(
+                    field("url"),
+                    "set url (Streamable HTTP) or command (stdio)",
+                ))
+            }
             (Some(url), None) => {
                 let parsed: http::Uri = url
                     .parse()
                     .map_err(|e| invalid(field("url"), format!("`{url}` is not a URL: {e}")))?;
-                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
-                    return Err(invalid(field("url"), format!("`{url}` must be an http:// or https:// URL")));
+                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none()
+                {
+                    return Err(invalid(
+                        field("url"),
+                        format!("`{url}` must be an http:// or https:// URL"),
+                    ));
                 }
             }
             (None, Some(cmd)) => {
@@ -94,10 +134,16 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
         }
         for (key, value) in &b.headers {
             if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
-                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header name"));
+                return Err(invalid(
+                    field(&format!("headers.{key}")),
+                    "is not a valid header name",
+                ));
             }
             if http::HeaderValue::from_str(value).is_err() {
-                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
+                return Err(invalid(
+                    field(&format!("headers.{key}")),
+                    "is not a valid header value",
+                ));
             }
         }
     }

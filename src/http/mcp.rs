@@ -16,8 +16,8 @@ use serde_json::{json, Value};
 
 use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
 use crate::app::App;
-use crate::mcp::{self, Command, RpcError};
 use crate::mcp::Incoming as Message;
+use crate::mcp::{self, Command, RpcError};
 use crate::session::{self, ManagerError, Session};
 
 /// Dispatches `/mcp` by HTTP method.
@@ -28,7 +28,9 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
         _ => {
             // No standalone GET stream yet: 405 is what the transport spec prescribes then.
             let mut response = reply::empty(StatusCode::METHOD_NOT_ALLOWED);
-            response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+            response
+                .headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
             response
         }
     }
@@ -46,8 +48,14 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
 fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
-    let Some(accept) = header_str(headers, "accept") else { return Some(Format::Json) };
-    let accepts = |t: &str| accept.split(',').any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t));
+    let Some(accept) = header_str(headers, "accept") else {
+        return Some(Format::Json);
+    };
+    let accepts = |t: &str| {
+        accept
+            .split(',')
+            .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t))
+    };
     if accepts("application/json") || accepts("*/*") || accepts("application/*") {
         Some(Format::Json)
     } else if accepts("text/event-stream") {
@@ -64,9 +72,15 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
             .with_status(StatusCode::NOT_ACCEPTABLE)
     })?;
     let content_type = header_str(headers, "content-type").unwrap_or_default();
-    if !content_type.trim_start().to_ascii_lowercase().starts_with("application/json") {
-        return Err(RpcError::invalid_request("Content-Type must be application/json")
-            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
+    if !content_type
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("application/json")
+    {
+        return Err(
+            RpcError::invalid_request("Content-Type must be application/json")
+                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
+        );
     }
     if let Some(version) = headers.get(PROTOCOL_HEADER) {
         let version = version.to_str().unwrap_or_default();
@@ -81,9 +95,14 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, RpcError> {
+async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<bytes::Bytes, RpcError> {
     let too_large = || {
-        RpcError::invalid_request(format!("request body exceeds {limit} bytes")).with_status(StatusCode::PAYLOAD_TOO_LARGE)
+        RpcError::invalid_request(format!("request body exceeds {limit} bytes"))
+            .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
     let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
@@ -92,7 +111,9 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
+        Err(e) => Err(RpcError::invalid_request(format!(
+            "cannot read request body: {e}"
+        ))),
     }
 }
 
@@ -119,9 +140,11 @@ async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
 
 /// The session a request names: 400 without a header, 404 if unknown here.
 fn resolve(app: &App, session_id: Option<&str>) -> Result<Arc<Session>, RpcError> {
-    let id = session_id.ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
+    let id =
+        session_id.ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
     tracing::Span::current().record("session.id", id);
-    let not_found = || RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND);
+    let not_found =
+        || RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND);
     if !session::is_well_formed(id) {
         return Err(not_found());
     }
@@ -145,7 +168,11 @@ async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) 
                 Err(e) => return reject(e, Some(&id)),
             };
             match run(app, &session, &method, command).await {
-                Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(&id, result)),
+                Ok(result) => reply::message(
+                    StatusCode::OK,
+                    format,
+                    &mcp::jsonrpc::result_body(&id, result),
+                ),
                 Err(e) => reject(e, Some(&id)),
             }
         }
@@ -164,18 +191,34 @@ async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) 
 }
 
 /// Applies a command to a session, with the request metrics.
-async fn run(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
+async fn run(
+    app: &App,
+    session: &Session,
+    method: &str,
+    command: Command,
+) -> Result<Value, RpcError> {
     let started = Instant::now();
     let label = Command::method_label(method);
     let result = command.apply(session).await;
     let status = if result.is_ok() { "ok" } else { "error" };
-    app.metrics.requests.with_label_values(&[label, status]).inc();
-    app.metrics.request_duration.with_label_values(&[label]).observe(started.elapsed().as_secs_f64());
+    app.metrics
+        .requests
+        .with_label_values(&[label, status])
+        .inc();
+    app.metrics
+        .request_duration
+        .with_label_values(&[label])
+        .observe(started.elapsed().as_secs_f64());
     result
 }
 
 /// A JSON array of messages (2025-03-26 batching): requests run concurrently.
-async fn batch(app: &App, items: Vec<Value>, session_id: Option<&str>, format: Format) -> Response<Body> {
+async fn batch(
+    app: &App,
+    items: Vec<Value>,
+    session_id: Option<&str>,
+    format: Format,
+) -> Response<Body> {
     if items.is_empty() {
         return reject(RpcError::invalid_request("empty batch"), None);
     }
@@ -189,7 +232,11 @@ async fn batch(app: &App, items: Vec<Value>, session_id: Option<&str>, format: F
         .into_iter()
         .map(|item| Box::pin(batch_item(app, Arc::clone(&session), item)) as _)
         .collect();
-    let bodies: Vec<Value> = futures_util::future::join_all(answers).await.into_iter().flatten().collect();
+    let bodies: Vec<Value> = futures_util::future::join_all(answers)
+        .await
+        .into_iter()
+        .flatten()
+        .collect();
     if bodies.is_empty() {
         return reply::empty(StatusCode::ACCEPTED);
     }
@@ -202,7 +249,9 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
         Err((id, e)) => Some(e.to_body(id.as_ref())),
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
-                Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
+                Ok(Command::Initialize(_)) => {
+                    Err(RpcError::invalid_request("initialize cannot be batched"))
+                }
                 Ok(command) => run(app, &session, &method, command).await,
                 Err(e) => Err(e),
             };
@@ -216,7 +265,10 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
 }
 
 async fn initialize(app: &App, id: &Value, params: Value, format: Format) -> Response<Body> {
-    let requested = params.get("protocolVersion").and_then(Value::as_str).unwrap_or_default();
+    let requested = params
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let version = mcp::negotiate(requested);
     let session = match app.manager.create(params, version.to_owned(), None).await {
         Ok(s) => s,
@@ -230,7 +282,11 @@ async fn initialize(app: &App, id: &Value, params: Value, format: Format) -> Res
         "serverInfo": { "name": "vmcp", "version": env!("CARGO_PKG_VERSION") },
         "instructions": session.instructions(),
     });
-    let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result));
+    let mut response = reply::message(
+        StatusCode::OK,
+        format,
+        &mcp::jsonrpc::result_body(id, result),
+    );
     if let Ok(v) = HeaderValue::from_str(session.id()) {
         response.headers_mut().insert(SESSION_HEADER, v);
     }
@@ -244,7 +300,10 @@ fn unavailable(e: &ManagerError) -> RpcError {
 
 async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
     let Some(id) = header_str(headers, SESSION_HEADER) else {
-        return reject(RpcError::invalid_request("missing Mcp-Session-Id header"), None);
+        return reject(
+            RpcError::invalid_request("missing Mcp-Session-Id header"),
+            None,
+        );
     };
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {

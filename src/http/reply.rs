@@ -31,13 +31,20 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
     let text = payload.to_string();
     let (content_type, body) = match format {
         Format::Json => ("application/json", text),
-        Format::Sse => ("text/event-stream", format!("event: message\ndata: {text}\n\n")),
+        Format::Sse => (
+            "text/event-stream",
+            format!("event: message\ndata: {text}\n\n"),
+        ),
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if format == Format::Sse {
-        response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     }
     response
 }
@@ -47,7 +54,9 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
 pub fn error(err: &RpcError, id: Option<&Value>) -> Response<Body> {
     let mut response = message(err.status, Format::Json, &err.to_body(id));
     if err.status == StatusCode::SERVICE_UNAVAILABLE {
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     }
     response
 }
@@ -63,6 +72,8 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Response<Body> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
 }

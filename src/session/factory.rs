@@ -37,16 +37,35 @@ struct Failure {
 }
 
 impl SessionFactory {
-    pub fn new(backends: Vec<Arc<Backend>>, session: SessionConfig, aggregation: AggregationConfig, metrics: Metrics) -> Self {
-        Self { backends, session, aggregation, metrics }
+    pub fn new(
+        backends: Vec<Arc<Backend>>,
+        session: SessionConfig,
+        aggregation: AggregationConfig,
+        metrics: Metrics,
+    ) -> Self {
+        Self {
+            backends,
+            session,
+            aggregation,
+            metrics,
+        }
     }
 
     /// Opens one backend session per backend and assembles the session.
-    pub async fn create(&self, id: String, client_init: Value, protocol_version: String, identity: Option<String>) -> Session {
+    pub async fn create(
+        &self,
+        id: String,
+        client_init: Value,
+        protocol_version: String,
+        identity: Option<String>,
+    ) -> Session {
         let started = Instant::now();
         // Boxed futures: rustc cannot prove a closure-built stream `Send` for every lifetime.
-        let opens: Vec<BoxFuture<'_, Result<(BackendSession, Listing), Failure>>> =
-            self.backends.iter().map(|b| Box::pin(self.open(b, &client_init)) as _).collect();
+        let opens: Vec<BoxFuture<'_, Result<(BackendSession, Listing), Failure>>> = self
+            .backends
+            .iter()
+            .map(|b| Box::pin(self.open(b, &client_init)) as _)
+            .collect();
         let opened: Vec<_> = stream::iter(opens)
             .buffer_unordered(self.session.max_backend_init_concurrency)
             .collect()
@@ -60,12 +79,17 @@ impl SessionFactory {
         }
         // Keep config order, so priority and listing order do not depend on who answered first.
         healthy.sort_by_key(|(s, _)| self.backends.iter().position(|b| b.name() == s.name()));
-        self.metrics.session_create_duration.observe(started.elapsed().as_secs_f64());
+        self.metrics
+            .session_create_duration
+            .observe(started.elapsed().as_secs_f64());
         if healthy.is_empty() && !self.backends.is_empty() {
             tracing::warn!(session.id = %id, "session created with no healthy backend");
         }
         let catalog = {
-            let pairs: Vec<_> = healthy.iter().map(|(s, l)| (&s.backend().config, l)).collect();
+            let pairs: Vec<_> = healthy
+                .iter()
+                .map(|(s, l)| (&s.backend().config, l))
+                .collect();
             Catalog::build(&self.aggregation, &pairs)
         };
         let now = unix_ms();
@@ -101,28 +125,42 @@ impl SessionFactory {
     }
 
     /// Handshake and listing of one backend, under the per-backend timeout.
-    async fn open(&self, backend: &Arc<Backend>, client_init: &Value) -> Result<(BackendSession, Listing), Failure> {
+    async fn open(
+        &self,
+        backend: &Arc<Backend>,
+        client_init: &Value,
+    ) -> Result<(BackendSession, Listing), Failure> {
         let started = Instant::now();
         let timeout = self.session.init_timeout;
-        let result = match tokio::time::timeout(timeout, connect_and_list(backend, client_init)).await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::Timeout(timeout)),
-        };
+        let result =
+            match tokio::time::timeout(timeout, connect_and_list(backend, client_init)).await {
+                Ok(r) => r,
+                Err(_) => Err(BackendError::Timeout(timeout)),
+            };
         let name = backend.name();
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
-        self.metrics.backend_inits.with_label_values(&[name, outcome]).inc();
+        self.metrics
+            .backend_inits
+            .with_label_values(&[name, outcome])
+            .inc();
         self.metrics
             .backend_init_duration
             .with_label_values(&[name])
             .observe(started.elapsed().as_secs_f64());
         result.map_err(|e| {
             tracing::warn!(backend = name, error = %e, "backend left out of the session");
-            Failure { backend: name.to_owned(), reason: e.to_string() }
+            Failure {
+                backend: name.to_owned(),
+                reason: e.to_string(),
+            }
         })
     }
 }
 
-async fn connect_and_list(backend: &Arc<Backend>, client_init: &Value) -> Result<(BackendSession, Listing), BackendError> {
+async fn connect_and_list(
+    backend: &Arc<Backend>,
+    client_init: &Value,
+) -> Result<(BackendSession, Listing), BackendError> {
     let session = backend.connect(client_init).await?;
     match list_everything(&session).await {
         Ok(listing) => Ok((session, listing)),
@@ -144,19 +182,26 @@ pub(crate) async fn list_everything(session: &BackendSession) -> Result<Listing,
     }
     if session.has_capability("resources") {
         listing.resources = list_all(session, "resources/list", "resources").await?;
-        listing.resource_templates = list_all(session, "resources/templates/list", "resourceTemplates").await?;
+        listing.resource_templates =
+            list_all(session, "resources/templates/list", "resourceTemplates").await?;
     }
     Ok(listing)
 }
 
 /// Follows `nextCursor` until the backend's list ends.
-async fn list_all(session: &BackendSession, method: &str, key: &str) -> Result<Vec<Value>, BackendError> {
+async fn list_all(
+    session: &BackendSession,
+    method: &str,
+    key: &str,
+) -> Result<Vec<Value>, BackendError> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_LIST_PAGES {
         let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
         // The outer init timeout bounds the whole listing; this one never fires first.
-        let mut page = session.request(method, params, std::time::Duration::MAX / 4).await?;
+        let mut page = session
+            .request(method, params, std::time::Duration::MAX / 4)
+            .await?;
         if let Some(Value::Array(chunk)) = page.get_mut(key).map(Value::take) {
             items.extend(chunk);
         }
@@ -165,7 +210,9 @@ async fn list_all(session: &BackendSession, method: &str, key: &str) -> Result<V
             _ => return Ok(items),
         }
     }
-    Err(BackendError::Protocol(format!("{method}: more than {MAX_LIST_PAGES} pages")))
+    Err(BackendError::Protocol(format!(
+        "{method}: more than {MAX_LIST_PAGES} pages"
+    )))
 }
 
 /// The gateway's `instructions`: which backends this session has, with theirs.
@@ -177,11 +224,18 @@ fn instructions(healthy: &[(BackendSession, Listing)], failed: &[Failure]) -> St
         format!("vmcp aggregates these MCP servers: {}.", names.join(", "))
     };
     if !failed.is_empty() {
-        let down: Vec<String> = failed.iter().map(|f| format!("{} ({})", f.backend, f.reason)).collect();
+        let down: Vec<String> = failed
+            .iter()
+            .map(|f| format!("{} ({})", f.backend, f.reason))
+            .collect();
         text.push_str(&format!(" Unavailable: {}.", down.join("; ")));
     }
     for (session, _) in healthy {
-        if let Some(own) = session.init_result().get("instructions").and_then(Value::as_str) {
+        if let Some(own) = session
+            .init_result()
+            .get("instructions")
+            .and_then(Value::as_str)
+        {
             text.push_str(&format!("\n\n[{}] {}", session.name(), own));
         }
     }

@@ -110,7 +110,12 @@ impl SessionManager {
     }
 
     /// Creates a session: reserves a slot, opens the backends, records metadata.
-    pub async fn create(&self, client_init: Value, protocol_version: String, identity: Option<String>) -> Result<Arc<Session>, ManagerError> {
+    pub async fn create(
+        &self,
+        client_init: Value,
+        protocol_version: String,
+        identity: Option<String>,
+    ) -> Result<Arc<Session>, ManagerError> {
         if self.draining.is_cancelled() {
             return Err(ManagerError::Draining);
         }
@@ -120,13 +125,18 @@ impl SessionManager {
         }
         let mut reservation = Reservation(&self.reserved, false);
         let id = id::new_session_id()?;
-        let session = Arc::new(self.factory.create(id.clone(), client_init, protocol_version, identity).await);
+        let session = Arc::new(
+            self.factory
+                .create(id.clone(), client_init, protocol_version, identity)
+                .await,
+        );
         if let Err(e) = self.store.put(session.metadata()).await {
             session.close().await;
             return Err(e.into());
         }
         session.touch(self.now_ms());
-        self.write_sessions().insert(id.clone(), Arc::clone(&session));
+        self.write_sessions()
+            .insert(id.clone(), Arc::clone(&session));
         reservation.1 = true;
         self.schedule(Instant::now() + self.idle_timeout, id);
         self.metrics.sessions_created.inc();
@@ -136,7 +146,12 @@ impl SessionManager {
 
     /// The live session `id`, marked as used now.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        let session = self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()?;
+        let session = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned()?;
         session.touch(self.now_ms());
         Some(session)
     }
@@ -150,10 +165,15 @@ impl SessionManager {
 
     /// Removes and closes `id` if it is live here.
     async fn remove(&self, id: &str, reason: CloseReason) -> bool {
-        let Some(session) = self.write_sessions().remove(id) else { return false };
+        let Some(session) = self.write_sessions().remove(id) else {
+            return false;
+        };
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         self.metrics.sessions_active.dec();
-        self.metrics.sessions_closed.with_label_values(&[reason.label()]).inc();
+        self.metrics
+            .sessions_closed
+            .with_label_values(&[reason.label()])
+            .inc();
         session.close().await;
         tracing::info!(session.id = %id, reason = reason.label(), "session ended");
         true
@@ -164,7 +184,10 @@ impl SessionManager {
     }
 
     pub fn len(&self) -> usize {
-        self.sessions.read().unwrap_or_else(|p| p.into_inner()).len()
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,7 +216,13 @@ impl SessionManager {
             due
         };
         for (_, id) in due {
-            let Some(session) = self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(&id).cloned() else {
+            let Some(session) = self
+                .sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&id)
+                .cloned()
+            else {
                 continue; // deleted meanwhile
             };
             let real = self.epoch + Duration::from_millis(session.last_seen()) + self.idle_timeout;
@@ -208,7 +237,11 @@ impl SessionManager {
                 tracing::warn!(session.id = %id, error = %e, "expired session not removed from the store");
             }
         }
-        self.deadlines.lock().unwrap_or_else(|p| p.into_inner()).first().map(|(d, _)| *d)
+        self.deadlines
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .first()
+            .map(|(d, _)| *d)
     }
 
     /// Runs the idle reaper until `shutdown` fires.
@@ -240,7 +273,14 @@ impl SessionManager {
 
     /// Closes every session of this replica, waiting for their in-flight calls.
     pub async fn close_all(&self) {
-        let ids: Vec<String> = self.sessions.read().unwrap_or_else(|p| p.into_inner()).keys().cloned().collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.remove(id, CloseReason::Shutdown))).await;
+        let ids: Vec<String> = self
+            .sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        futures_util::future::join_all(ids.iter().map(|id| self.remove(id, CloseReason::Shutdown)))
+            .await;
     }
 }

@@ -46,7 +46,10 @@ pub enum SessionError {
     #[error("backend `{0}` is not available in this session")]
     BackendUnavailable(String),
     #[error("backend `{backend}`: {error}")]
-    Backend { backend: String, error: BackendError },
+    Backend {
+        backend: String,
+        error: BackendError,
+    },
 }
 
 type Backends = Arc<HashMap<Arc<str>, Arc<BackendSession>>>;
@@ -168,26 +171,38 @@ impl Session {
     pub async fn call_tool(&self, mut params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
-        let route = view.catalog.tool(name).ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
+        let route = view
+            .catalog
+            .tool(name)
+            .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "tools/call", params).await
+        self.forward(&view, &route.backend, "tools/call", params)
+            .await
     }
 
     /// `prompts/get`: like `call_tool`, for prompts.
     pub async fn get_prompt(&self, mut params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
-        let route = view.catalog.prompt(name).ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
+        let route = view
+            .catalog
+            .prompt(name)
+            .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "prompts/get", params).await
+        self.forward(&view, &route.backend, "prompts/get", params)
+            .await
     }
 
     /// `resources/read`: routes by URI, which is passed through unchanged.
     pub async fn read_resource(&self, params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let uri = str_param(&params, "uri")?;
-        let backend = view.catalog.resource(uri).ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
-        self.forward(&view, &backend, "resources/read", params).await
+        let backend = view
+            .catalog
+            .resource(uri)
+            .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
+        self.forward(&view, &backend, "resources/read", params)
+            .await
     }
 
     /// `completion/complete`: routes by the prompt or resource it refers to.
@@ -197,24 +212,40 @@ impl Session {
         let backend = match reference.get("type").and_then(Value::as_str) {
             Some("ref/prompt") => {
                 let name = str_param(&reference, "name")?;
-                let route = view.catalog.prompt(name).ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
+                let route = view
+                    .catalog
+                    .prompt(name)
+                    .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
                 params["ref"]["name"] = Value::String(route.name.clone());
                 route.backend.clone()
             }
             Some("ref/resource") => {
                 let uri = str_param(&reference, "uri")?;
-                view.catalog.resource(uri).ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?
+                view.catalog
+                    .resource(uri)
+                    .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?
             }
-            _ => return Err(SessionError::InvalidParams("ref.type must be ref/prompt or ref/resource".into())),
+            _ => {
+                return Err(SessionError::InvalidParams(
+                    "ref.type must be ref/prompt or ref/resource".into(),
+                ))
+            }
         };
-        self.forward(&view, &backend, "completion/complete", params).await
+        self.forward(&view, &backend, "completion/complete", params)
+            .await
     }
 
     /// `logging/setLevel`: applied to every backend that supports logging.
     pub async fn set_log_level(&self, params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
-        let targets: Vec<&Arc<BackendSession>> = view.backends.values().filter(|b| b.has_capability("logging")).collect();
-        let calls = targets.iter().map(|b| self.forward(&view, b.name(), "logging/setLevel", params.clone()));
+        let targets: Vec<&Arc<BackendSession>> = view
+            .backends
+            .values()
+            .filter(|b| b.has_capability("logging"))
+            .collect();
+        let calls = targets
+            .iter()
+            .map(|b| self.forward(&view, b.name(), "logging/setLevel", params.clone()));
         for result in futures_util::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::debug!(session.id = %self.id, error = %e, "logging/setLevel not applied");
@@ -223,20 +254,34 @@ impl Session {
         Ok(json!({}))
     }
 
-    async fn forward(&self, view: &View<'_>, backend: &str, method: &'static str, params: Value) -> Result<Value, SessionError> {
+    async fn forward(
+        &self,
+        view: &View<'_>,
+        backend: &str,
+        method: &'static str,
+        params: Value,
+    ) -> Result<Value, SessionError> {
         let session = view
             .backends
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
         let started = std::time::Instant::now();
-        let result = session.request(method, Some(params), self.call_timeout).await;
+        let result = session
+            .request(method, Some(params), self.call_timeout)
+            .await;
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
-        self.metrics.backend_calls.with_label_values(&[backend, method, outcome]).inc();
+        self.metrics
+            .backend_calls
+            .with_label_values(&[backend, method, outcome])
+            .inc();
         self.metrics
             .backend_call_duration
             .with_label_values(&[backend, method])
             .observe(started.elapsed().as_secs_f64());
-        result.map_err(|error| SessionError::Backend { backend: backend.to_owned(), error })
+        result.map_err(|error| SessionError::Backend {
+            backend: backend.to_owned(),
+            error,
+        })
     }
 
     /// Refuses new calls, waits for in-flight ones, then closes every backend

@@ -14,7 +14,10 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, SessionMetadata>) -> T) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut HashMap<String, SessionMetadata>) -> T,
+    ) -> Result<T, StoreError> {
         let mut guard = self
             .sessions
             .lock()
@@ -31,11 +34,18 @@ impl SessionStore for MemoryStore {
         ready(result).boxed()
     }
 
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>> {
+    fn get<'a>(
+        &'a self,
+        id: &'a str,
+    ) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>> {
         ready(self.with(|m| m.get(id).cloned())).boxed()
     }
 
-    fn touch<'a>(&'a self, id: &'a str, last_seen_ms: u64) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn touch<'a>(
+        &'a self,
+        id: &'a str,
+        last_seen_ms: u64,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
         let result = self.with(|m| {
             if let Some(meta) = m.get_mut(id) {
                 meta.last_seen_ms = last_seen_ms;
@@ -68,7 +78,9 @@ mod tests {
             client_init: serde_json::json!({}),
             backends: vec![BackendRecord {
                 name: "alpha".into(),
-                target: BackendTarget::StreamableHttp { url: "http://x/mcp".into() },
+                target: BackendTarget::StreamableHttp {
+                    url: "http://x/mcp".into(),
+                },
                 session_id: Some("abc".into()),
                 protocol_version: Some("2025-06-18".into()),
             }],

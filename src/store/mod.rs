@@ -71,9 +71,11 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Stores a new session (overwrites an existing one with the same id).
     fn put(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Loads a session, `None` if absent or expired.
-    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
+    fn get<'a>(&'a self, id: &'a str)
+        -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
     /// Extends the session's lifetime (sliding idle timeout).
-    fn touch<'a>(&'a self, id: &'a str, last_seen_ms: u64) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn touch<'a>(&'a self, id: &'a str, last_seen_ms: u64)
+        -> BoxFuture<'a, Result<(), StoreError>>;
     /// Removes a session; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Checks that the store answers (for `/readyz`).

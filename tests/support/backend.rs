@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use rmcp::model::*;
 use rmcp::service::RequestContext;
-use rmcp::transport::streamable_http_server::{session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService};
+use rmcp::transport::streamable_http_server::{
+    session::local::LocalSessionManager, StreamableHttpServerConfig, StreamableHttpService,
+};
 use rmcp::{ErrorData, RoleServer, ServerHandler};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -55,20 +57,35 @@ impl Handler {
             .iter()
             .map(|t| json!({"name": t, "description": format!("{t} of {}", self.name), "inputSchema": schema}))
             .collect();
-        tools.extend((0..self.options.extra_tools).map(|i| json!({"name": format!("tool-{i}"), "inputSchema": {"type": "object"}})));
+        tools.extend(
+            (0..self.options.extra_tools)
+                .map(|i| json!({"name": format!("tool-{i}"), "inputSchema": {"type": "object"}})),
+        );
         tools
     }
 }
 
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
-        let caps = ServerCapabilities::builder().enable_tools().enable_prompts().enable_resources().enable_completions().build();
+        let caps = ServerCapabilities::builder()
+            .enable_tools()
+            .enable_prompts()
+            .enable_resources()
+            .enable_completions()
+            .build();
         ServerConfig::new(caps).with_instructions(format!("test backend {}", self.name))
     }
 
-    async fn list_tools(&self, request: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListToolsResult, ErrorData> {
+    async fn list_tools(
+        &self,
+        request: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
         let all = self.tools();
-        let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let start: usize = request
+            .and_then(|r| r.cursor)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
         let end = (start + 50).min(all.len());
         let mut result = json!({"tools": all[start..end]});
         if end < all.len() {
@@ -77,12 +94,22 @@ impl ServerHandler for Handler {
         Ok(from_json(result))
     }
 
-    async fn call_tool(&self, request: CallToolRequestParams, _: RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
         let args = request.arguments.unwrap_or_default();
         match request.name.as_ref() {
-            "echo" => Ok(text_result(format!("{}:{}", self.name, args.get("message").and_then(Value::as_str).unwrap_or("")))),
-            "counter" => Ok(text_result((self.counter.fetch_add(1, Ordering::SeqCst) + 1).to_string())),
+            "echo" => Ok(text_result(format!(
+                "{}:{}",
+                self.name,
+                args.get("message").and_then(Value::as_str).unwrap_or("")
+            ))),
+            "counter" => Ok(text_result(
+                (self.counter.fetch_add(1, Ordering::SeqCst) + 1).to_string(),
+            )),
             "slow" => {
                 let ms = args.get("ms").and_then(Value::as_u64).unwrap_or(500);
                 tokio::time::sleep(Duration::from_millis(ms)).await;
@@ -94,35 +121,70 @@ impl ServerHandler for Handler {
         }
     }
 
-    async fn list_prompts(&self, _: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListPromptsResult, ErrorData> {
-        Ok(from_json(json!({"prompts": [{"name": "greet", "arguments": [{"name": "who", "required": false}]}]})))
+    async fn list_prompts(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListPromptsResult, ErrorData> {
+        Ok(from_json(
+            json!({"prompts": [{"name": "greet", "arguments": [{"name": "who", "required": false}]}]}),
+        ))
     }
 
-    async fn get_prompt(&self, request: GetPromptRequestParams, _: RequestContext<RoleServer>) -> Result<GetPromptResponse, ErrorData> {
-        let who = request.arguments.and_then(|a| a.get("who").and_then(Value::as_str).map(str::to_owned)).unwrap_or_else(|| "you".into());
+    async fn get_prompt(
+        &self,
+        request: GetPromptRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<GetPromptResponse, ErrorData> {
+        let who = request
+            .arguments
+            .and_then(|a| a.get("who").and_then(Value::as_str).map(str::to_owned))
+            .unwrap_or_else(|| "you".into());
         let result: GetPromptResult = from_json(json!({
             "messages": [{"role": "user", "content": {"type": "text", "text": format!("{} greets {who}", self.name)}}]
         }));
         Ok(result.into())
     }
 
-    async fn list_resources(&self, _: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourcesResult, ErrorData> {
-        Ok(from_json(json!({"resources": [{"uri": format!("mem://{}/info", self.name), "name": "info"}]})))
+    async fn list_resources(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourcesResult, ErrorData> {
+        Ok(from_json(
+            json!({"resources": [{"uri": format!("mem://{}/info", self.name), "name": "info"}]}),
+        ))
     }
 
-    async fn list_resource_templates(&self, _: Option<PaginatedRequestParams>, _: RequestContext<RoleServer>) -> Result<ListResourceTemplatesResult, ErrorData> {
-        Ok(from_json(json!({"resourceTemplates": [{"uriTemplate": format!("mem://{}/items/{{id}}", self.name), "name": "item"}]})))
+    async fn list_resource_templates(
+        &self,
+        _: Option<PaginatedRequestParams>,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ListResourceTemplatesResult, ErrorData> {
+        Ok(from_json(
+            json!({"resourceTemplates": [{"uriTemplate": format!("mem://{}/items/{{id}}", self.name), "name": "item"}]}),
+        ))
     }
 
-    async fn read_resource(&self, request: ReadResourceRequestParams, _: RequestContext<RoleServer>) -> Result<ReadResourceResponse, ErrorData> {
+    async fn read_resource(
+        &self,
+        request: ReadResourceRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<ReadResourceResponse, ErrorData> {
         let result: ReadResourceResult = from_json(json!({
             "contents": [{"uri": request.uri, "text": format!("{} has {}", self.name, request.uri)}]
         }));
         Ok(result.into())
     }
 
-    async fn complete(&self, _: CompleteRequestParams, _: RequestContext<RoleServer>) -> Result<CompleteResult, ErrorData> {
-        Ok(from_json(json!({"completion": {"values": [format!("{}-a", self.name), format!("{}-b", self.name)]}})))
+    async fn complete(
+        &self,
+        _: CompleteRequestParams,
+        _: RequestContext<RoleServer>,
+    ) -> Result<CompleteResult, ErrorData> {
+        Ok(from_json(
+            json!({"completion": {"values": [format!("{}-a", self.name), format!("{}-b", self.name)]}}),
+        ))
     }
 }
 
@@ -145,7 +207,9 @@ impl TestBackend {
     }
 
     pub async fn start_with(name: &str, options: Options) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
@@ -155,7 +219,12 @@ impl TestBackend {
         let service = StreamableHttpService::new(
             move || {
                 factory_stats.sessions_opened.fetch_add(1, Ordering::SeqCst);
-                Ok(Handler { name: name.clone(), counter: AtomicU64::new(0), stats: Arc::clone(&factory_stats), options: options.clone() })
+                Ok(Handler {
+                    name: name.clone(),
+                    counter: AtomicU64::new(0),
+                    stats: Arc::clone(&factory_stats),
+                    options: options.clone(),
+                })
             },
             Arc::new(LocalSessionManager::default()),
             config,

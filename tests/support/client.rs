@@ -21,23 +21,37 @@ pub struct Reply {
 
 impl Reply {
     pub fn result(&self) -> &Value {
-        assert!(self.body.get("error").is_none(), "expected a result, got {}", self.body);
+        assert!(
+            self.body.get("error").is_none(),
+            "expected a result, got {}",
+            self.body
+        );
         &self.body["result"]
     }
 
     pub fn error_code(&self) -> i64 {
-        self.body["error"]["code"].as_i64().unwrap_or_else(|| panic!("expected an error, got {}", self.body))
+        self.body["error"]["code"]
+            .as_i64()
+            .unwrap_or_else(|| panic!("expected an error, got {}", self.body))
     }
 
     /// The text of the first content block of a tool result.
     pub fn text(&self) -> String {
-        self.result()["content"][0]["text"].as_str().unwrap_or_default().to_owned()
+        self.result()["content"][0]["text"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 }
 
 impl Client {
     pub fn new(url: &str) -> Self {
-        Self { http: reqwest::Client::new(), url: url.to_owned(), session: None, next_id: 1.into() }
+        Self {
+            http: reqwest::Client::new(),
+            url: url.to_owned(),
+            session: None,
+            next_id: 1.into(),
+        }
     }
 
     /// Same session, other entry point (another replica).
@@ -67,15 +81,26 @@ impl Client {
     async fn reply(resp: reqwest::Response) -> Reply {
         let status = resp.status();
         let headers = resp.headers().clone();
-        let is_sse = headers.get("content-type").is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
+        let is_sse = headers
+            .get("content-type")
+            .is_some_and(|v| v.to_str().unwrap_or("").starts_with("text/event-stream"));
         let text = resp.text().await.unwrap_or_default();
         let json_text = if is_sse {
-            text.lines().filter_map(|l| l.strip_prefix("data:")).map(str::trim).filter(|d| !d.is_empty()).last().unwrap_or("").to_owned()
+            text.lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim)
+                .rfind(|d| !d.is_empty())
+                .unwrap_or("")
+                .to_owned()
         } else {
             text
         };
         let body = serde_json::from_str(&json_text).unwrap_or(Value::Null);
-        Reply { status, headers, body }
+        Reply {
+            status,
+            headers,
+            body,
+        }
     }
 
     pub async fn initialize(&mut self) -> Reply {
@@ -89,7 +114,10 @@ impl Client {
             )
             .await;
         assert_eq!(reply.status, StatusCode::OK, "initialize failed: {reply:?}");
-        self.session = reply.headers.get("mcp-session-id").map(|v| v.to_str().expect("ascii").to_owned());
+        self.session = reply
+            .headers
+            .get("mcp-session-id")
+            .map(|v| v.to_str().expect("ascii").to_owned());
         assert!(self.session.is_some(), "no Mcp-Session-Id");
         let initialized = self.notify("notifications/initialized").await;
         assert_eq!(initialized, StatusCode::ACCEPTED);
@@ -97,17 +125,23 @@ impl Client {
     }
 
     pub async fn request(&self, method: &str, params: Value) -> Reply {
-        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
-        self.post_raw(body.to_string(), &[("mcp-protocol-version", "2025-06-18")]).await
+        self.post_raw(body.to_string(), &[("mcp-protocol-version", "2025-06-18")])
+            .await
     }
 
     pub async fn call_tool(&self, name: &str, arguments: Value) -> Reply {
-        self.request("tools/call", json!({"name": name, "arguments": arguments})).await
+        self.request("tools/call", json!({"name": name, "arguments": arguments}))
+            .await
     }
 
     pub async fn notify(&self, method: &str) -> StatusCode {
-        self.post_raw(json!({"jsonrpc": "2.0", "method": method}).to_string(), &[]).await.status
+        self.post_raw(json!({"jsonrpc": "2.0", "method": method}).to_string(), &[])
+            .await
+            .status
     }
 
     /// Names in a list result (`tools`, `prompts`, ...), following every page.
@@ -115,11 +149,17 @@ impl Client {
         let mut names = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let params = cursor
+                .as_ref()
+                .map_or_else(|| json!({}), |c| json!({"cursor": c}));
             let reply = self.request(method, params).await;
             let result = reply.result();
             for item in result[key].as_array().expect("list") {
-                let name = item.get("uri").or_else(|| item.get("name")).and_then(Value::as_str).expect("named");
+                let name = item
+                    .get("uri")
+                    .or_else(|| item.get("name"))
+                    .and_then(Value::as_str)
+                    .expect("named");
                 names.push(name.to_owned());
             }
             match result.get("nextCursor").and_then(Value::as_str) {

@@ -9,7 +9,11 @@ fn deps_dir() -> PathBuf {
 }
 
 fn require(path: PathBuf) -> PathBuf {
-    assert!(path.exists(), "{} is missing: run scripts/test.sh (it installs the test peers)", path.display());
+    assert!(
+        path.exists(),
+        "{} is missing: run scripts/test.sh (it installs the test peers)",
+        path.display()
+    );
     path
 }
 
@@ -25,5 +29,8 @@ pub fn python() -> PathBuf {
 
 /// A TCP port that was free a moment ago (for peers that take a port number).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }

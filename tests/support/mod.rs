@@ -24,7 +24,10 @@ pub use client::Client;
 /// Serves a tower service (rmcp's `StreamableHttpService`) over HTTP/1.
 pub async fn serve_tower<S, B>(listener: TcpListener, service: S, stop: CancellationToken)
 where
-    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>> + Clone + Send + 'static,
+    S: tower_service::Service<http::Request<hyper::body::Incoming>, Response = http::Response<B>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     B: hyper::body::Body + Send + 'static,
@@ -40,7 +43,8 @@ where
         let service = TowerToHyperService::new(service.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -87,13 +91,20 @@ impl Replica {
     }
 
     pub async fn start_env(yaml: &str, env: HashMap<String, String>) -> Self {
-        let config = Config::parse(yaml, std::path::Path::new("test.yaml"), &env).expect("valid test config");
+        let config = Config::parse(yaml, std::path::Path::new("test.yaml"), &env)
+            .expect("valid test config");
         let app = App::new(config, Metrics::standalone()).expect("app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(vmcp::app::run(listener, Arc::clone(&app), stop.clone()));
-        Self { url: format!("{base}/mcp"), base, app, stop, task: Some(task) }
+        Self {
+            url: format!("{base}/mcp"),
+            base,
+            app,
+            stop,
+            task: Some(task),
+        }
     }
 
     pub fn client(&self) -> Client {

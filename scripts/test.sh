@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# The whole test suite, on a fresh Debian machine with a Rust toolchain:
+# installs what the tests need (Node.js + npm, python3-venv, redis-server via
+# apt; server-everything via npm; the Python MCP SDK via pip, all under
+# target/test-deps), then runs fmt, clippy and every test.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+EVERYTHING_VERSION=2026.8.31
+PY_MCP_VERSION=2.3.0
+deps="$PWD/target/test-deps"
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+command -v node >/dev/null || missing+=(nodejs)
+command -v npm >/dev/null || missing+=(npm)
+command -v redis-server >/dev/null || missing+=(redis-server)
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> apt-get install ${missing[*]}"
+  as_root apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+mkdir -p "$deps"
+if [ ! -f "$deps/node_modules/@modelcontextprotocol/server-everything/dist/index.js" ]; then
+  echo "==> npm install @modelcontextprotocol/server-everything@$EVERYTHING_VERSION"
+  npm install --prefix "$deps" --no-audit --no-fund --silent "@modelcontextprotocol/server-everything@$EVERYTHING_VERSION"
+fi
+if ! "$deps/venv/bin/python" -c 'import mcp' 2>/dev/null; then
+  echo "==> pip install mcp==$PY_MCP_VERSION"
+  python3 -m venv "$deps/venv"
+  "$deps/venv/bin/pip" install -q "mcp==$PY_MCP_VERSION"
+fi
+export VMCP_TEST_DEPS="$deps"
+
+echo "==> cargo fmt --check"
+cargo fmt --check
+echo "==> cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "==> tests"
+if cargo nextest --version >/dev/null 2>&1; then
+  cargo nextest run --locked --no-fail-fast
+else
+  cargo test --locked --no-fail-fast
+fi
