@@ -7,16 +7,17 @@ use tokio_util::sync::CancellationToken;
 
 use crate::backend::{Backend, BackendError};
 use crate::config::{Config, StoreKind};
+use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
-use crate::store::{MemoryStore, SessionStore};
+use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     #[error("backend `{0}`: {1}")]
     Backend(String, BackendError),
-    #[error("store.kind `redis` is not available in this build yet")]
-    StoreUnsupported,
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
 }
 
 /// Everything one replica shares between requests.
@@ -32,29 +33,37 @@ impl App {
         let backends = config
             .backends
             .iter()
-            .map(|b| {
-                Backend::new(b.clone())
+            .enumerate()
+            .map(|(i, b)| {
+                Backend::new(b.clone(), i)
                     .map(Arc::new)
                     .map_err(|e| AppError::Backend(b.name.clone(), e))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store: Arc<dyn SessionStore> = match config.store.kind {
-            StoreKind::Memory => Arc::new(MemoryStore::default()),
-            StoreKind::Redis => return Err(AppError::StoreUnsupported),
+        let store: Arc<dyn SessionStore> = match (&config.store.kind, &config.store.redis) {
+            (StoreKind::Redis, Some(redis)) => Arc::new(RedisStore::new(
+                &redis.url,
+                &redis.key_prefix,
+                config.session.idle_timeout,
+                metrics.clone(),
+            )?),
+            _ => Arc::new(MemoryStore::default()),
         };
+        let limits = Limits {
+            idle_timeout: config.session.idle_timeout,
+            max_sessions: config.session.max_sessions,
+            touch_interval: config.store.touch_interval.min(config.session.idle_timeout / 4),
+            shared_store: config.store.kind == StoreKind::Redis,
+        };
+        let identity = IdentityHasher::new(config.session.identity_key.as_deref());
         let factory = SessionFactory::new(
             backends,
             config.session.clone(),
             config.aggregation.clone(),
             metrics.clone(),
-        );
-        let manager = SessionManager::new(
-            factory,
             store,
-            metrics.clone(),
-            config.session.idle_timeout,
-            config.session.max_sessions,
         );
+        let manager = SessionManager::new(Arc::new(factory), identity, metrics.clone(), limits);
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -68,7 +77,7 @@ impl App {
 /// `http.shutdown_timeout`), then closes every session and its backend sessions.
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let reaper_stop = CancellationToken::new();
-    let reaper = tokio::spawn(Arc::clone(&app.manager).run_reaper(reaper_stop.clone()));
+    let reaper = tokio::spawn(Arc::clone(&app.manager).run_background(reaper_stop.clone()));
     let draining = {
         let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
         async move {
@@ -76,10 +85,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             app.manager.start_draining();
         }
     };
-    tokio::join!(
-        crate::http::serve(listener, Arc::clone(&app), shutdown),
-        draining
-    );
+    tokio::join!(crate::http::serve(listener, Arc::clone(&app), shutdown), draining);
     reaper_stop.cancel();
     let _ = reaper.await;
     let closing = app.manager.close_all();

@@ -7,8 +7,7 @@
 //! the MCP method table; never session ids or client-chosen tool names.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 use crate::config::LogFormat;
@@ -23,11 +22,7 @@ pub fn init_tracing(format: LogFormat) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     let result = match format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),
         LogFormat::Text => builder.try_init(),
     };
     if let Err(e) = result {
@@ -58,6 +53,15 @@ pub struct Metrics {
     pub backend_calls: IntCounterVec,
     pub backend_call_duration: HistogramVec,
     pub session_create_duration: Histogram,
+    /// Labels `op`, `outcome` (ok, error).
+    pub store_operations: IntCounterVec,
+    pub store_duration: HistogramVec,
+    /// Foreign-session rebuilds; label `outcome` (ok, not_found, error).
+    pub session_rebuilds: IntCounterVec,
+    pub session_rebuild_duration: Histogram,
+    /// Backend sessions restored by a rebuild or self-heal; labels `backend`,
+    /// `outcome` (resumed, reinitialized, failed).
+    pub backend_rebuilds: IntCounterVec,
     /// Label `version`.
     pub build_info: IntCounterVec,
 }
@@ -66,39 +70,20 @@ impl Metrics {
     /// Creates every metric and registers it into `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
         let hist = |name: &str, help: &str, labels: &[&str]| {
-            HistogramVec::new(
-                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
-                labels,
-            )
+            HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
         };
         let metrics = Self {
-            sessions_active: IntGauge::new(
-                "vmcp_sessions_active",
-                "Client sessions held by this replica",
-            )?,
-            sessions_created: IntCounter::new(
-                "vmcp_sessions_created_total",
-                "Client sessions created",
-            )?,
+            sessions_active: IntGauge::new("vmcp_sessions_active", "Client sessions held by this replica")?,
+            sessions_created: IntCounter::new("vmcp_sessions_created_total", "Client sessions created")?,
             sessions_closed: IntCounterVec::new(
-                Opts::new(
-                    "vmcp_sessions_closed_total",
-                    "Client sessions closed, by reason",
-                ),
+                Opts::new("vmcp_sessions_closed_total", "Client sessions closed, by reason"),
                 &["reason"],
             )?,
             requests: IntCounterVec::new(
-                Opts::new(
-                    "vmcp_requests_total",
-                    "MCP requests answered, by method and status",
-                ),
+                Opts::new("vmcp_requests_total", "MCP requests answered, by method and status"),
                 &["method", "status"],
             )?,
-            request_duration: hist(
-                "vmcp_request_duration_seconds",
-                "MCP request latency",
-                &["method"],
-            )?,
+            request_duration: hist("vmcp_request_duration_seconds", "MCP request latency", &["method"])?,
             backend_inits: IntCounterVec::new(
                 Opts::new(
                     "vmcp_backend_inits_total",
@@ -112,10 +97,7 @@ impl Metrics {
                 &["backend"],
             )?,
             backend_calls: IntCounterVec::new(
-                Opts::new(
-                    "vmcp_backend_calls_total",
-                    "Calls forwarded to backends, by outcome",
-                ),
+                Opts::new("vmcp_backend_calls_total", "Calls forwarded to backends, by outcome"),
                 &["backend", "method", "outcome"],
             )?,
             backend_call_duration: hist(
@@ -130,6 +112,33 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
             )?,
+            store_operations: IntCounterVec::new(
+                Opts::new("vmcp_store_operations_total", "Session store operations, by outcome"),
+                &["op", "outcome"],
+            )?,
+            store_duration: hist(
+                "vmcp_store_operation_duration_seconds",
+                "Session store latency",
+                &["op"],
+            )?,
+            session_rebuilds: IntCounterVec::new(
+                Opts::new(
+                    "vmcp_session_rebuilds_total",
+                    "Foreign sessions rebuilt from the store, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            session_rebuild_duration: Histogram::with_opts(
+                HistogramOpts::new(
+                    "vmcp_session_rebuild_duration_seconds",
+                    "Time to rebuild a foreign session",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )?,
+            backend_rebuilds: IntCounterVec::new(
+                Opts::new("vmcp_backend_rebuilds_total", "Backend sessions restored, by outcome"),
+                &["backend", "outcome"],
+            )?,
             build_info: IntCounterVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],
@@ -137,10 +146,7 @@ impl Metrics {
             registry,
         };
         metrics.register_all()?;
-        metrics
-            .build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .inc();
+        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
         Ok(metrics)
     }
 
@@ -156,6 +162,11 @@ impl Metrics {
         r.register(Box::new(self.backend_calls.clone()))?;
         r.register(Box::new(self.backend_call_duration.clone()))?;
         r.register(Box::new(self.session_create_duration.clone()))?;
+        r.register(Box::new(self.store_operations.clone()))?;
+        r.register(Box::new(self.store_duration.clone()))?;
+        r.register(Box::new(self.session_rebuilds.clone()))?;
+        r.register(Box::new(self.session_rebuild_duration.clone()))?;
+        r.register(Box::new(self.backend_rebuilds.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -40,10 +40,7 @@ async fn hanging_and_refusing_backends_are_left_out_within_the_timeout() {
     let tools = client.list_names("tools/list", "tools").await;
     assert!(tools.iter().all(|t| t.starts_with("good_")), "{tools:?}");
     assert_eq!(
-        client
-            .call_tool("good_echo", json!({"message": "ok"}))
-            .await
-            .text(),
+        client.call_tool("good_echo", json!({"message": "ok"})).await.text(),
         "good:ok"
     );
     assert_eq!(
@@ -76,8 +73,7 @@ async fn delete_waits_for_an_in_flight_call_then_closes_backend_sessions() {
     let mut client = replica.client();
     client.initialize().await;
     let caller = client.via(&replica.url);
-    let slow =
-        tokio::spawn(async move { caller.call_tool("slowpoke_slow", json!({"ms": 800})).await });
+    let slow = tokio::spawn(async move { caller.call_tool("slowpoke_slow", json!({"ms": 800})).await });
     tokio::time::sleep(Duration::from_millis(200)).await;
     let started = Instant::now();
     assert_eq!(client.delete().await, http::StatusCode::NO_CONTENT);
@@ -86,11 +82,7 @@ async fn delete_waits_for_an_in_flight_call_then_closes_backend_sessions() {
         "DELETE waited for the in-flight call"
     );
     let slow = slow.await.unwrap();
-    assert_eq!(
-        slow.text(),
-        "slept 800",
-        "the in-flight call completed normally"
-    );
+    assert_eq!(slow.text(), "slept 800", "the in-flight call completed normally");
     // The backend session was DELETEd once the call had finished.
     wait_until(|| backend.stats.sessions_dropped.load(Ordering::SeqCst) == 1).await;
     assert_eq!(
@@ -98,10 +90,7 @@ async fn delete_waits_for_an_in_flight_call_then_closes_backend_sessions() {
         http::StatusCode::NOT_FOUND
     );
     assert_eq!(client.delete().await, http::StatusCode::NOT_FOUND);
-    assert_eq!(
-        replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"),
-        1.0
-    );
+    assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"), 1.0);
 }
 
 #[tokio::test]
@@ -119,35 +108,22 @@ async fn idle_sessions_expire_at_their_deadline_and_close_backend_sessions() {
     // Keep one session in use past the other's deadline.
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        assert_eq!(
-            busy.call_tool("b_echo", json!({})).await.status,
-            http::StatusCode::OK
-        );
+        assert_eq!(busy.call_tool("b_echo", json!({})).await.status, http::StatusCode::OK);
     }
     // The idle one was closed by the reaper without any request touching it.
     assert_eq!(backend.stats.sessions_dropped.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        replica.metric("vmcp_sessions_closed_total{reason=\"idle\"}"),
-        1.0
-    );
+    assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"idle\"}"), 1.0);
     assert_eq!(
         idle.call_tool("b_echo", json!({})).await.status,
         http::StatusCode::NOT_FOUND
     );
-    assert_eq!(
-        busy.call_tool("b_echo", json!({})).await.status,
-        http::StatusCode::OK
-    );
+    assert_eq!(busy.call_tool("b_echo", json!({})).await.status, http::StatusCode::OK);
 }
 
 #[tokio::test]
 async fn initialize_beyond_max_sessions_gets_503_with_retry_after() {
     let backend = TestBackend::start("b").await;
-    let replica = Replica::start(&config_yaml(
-        &[("b", &backend.url)],
-        "session:\n  max_sessions: 2\n",
-    ))
-    .await;
+    let replica = Replica::start(&config_yaml(&[("b", &backend.url)], "session:\n  max_sessions: 2\n")).await;
     let (mut one, mut two) = (replica.client(), replica.client());
     one.initialize().await;
     two.initialize().await;
@@ -181,10 +157,7 @@ async fn fifty_concurrent_sessions_keep_their_own_backend_state() {
                 client.initialize().await;
                 for n in 1..=5 {
                     let tool = if i % 2 == 0 { "a_counter" } else { "b_counter" };
-                    assert_eq!(
-                        client.call_tool(tool, json!({})).await.text(),
-                        n.to_string()
-                    );
+                    assert_eq!(client.call_tool(tool, json!({})).await.text(), n.to_string());
                 }
                 assert_eq!(
                     client
@@ -217,10 +190,7 @@ async fn graceful_shutdown_finishes_in_flight_calls_and_closes_backend_sessions(
     replica.shutdown().await;
     assert_eq!(slow.await.unwrap().text(), "slept 600");
     wait_until(|| backend.stats.sessions_dropped.load(Ordering::SeqCst) == 1).await;
-    assert_eq!(
-        replica.metric("vmcp_sessions_closed_total{reason=\"shutdown\"}"),
-        1.0
-    );
+    assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"shutdown\"}"), 1.0);
 }
 
 /// Polls `cond` for up to 5 s (backend-side cleanup is asynchronous).

@@ -9,11 +9,7 @@ use support::{config_yaml, Replica, TestBackend};
 
 async fn setup() -> (TestBackend, Replica, support::Client) {
     let backend = TestBackend::start("b").await;
-    let replica = Replica::start(&config_yaml(
-        &[("b", &backend.url)],
-        "http:\n  max_body_bytes: 65536\n",
-    ))
-    .await;
+    let replica = Replica::start(&config_yaml(&[("b", &backend.url)], "http:\n  max_body_bytes: 65536\n")).await;
     let mut client = replica.client();
     client.initialize().await;
     (backend, replica, client)
@@ -23,17 +19,11 @@ async fn setup() -> (TestBackend, Replica, support::Client) {
 async fn json_rpc_errors_have_their_codes() {
     let (_b, _r, client) = setup().await;
     let parse = client.post_raw("{not json", &[]).await;
-    assert_eq!(
-        (parse.status, parse.error_code()),
-        (StatusCode::BAD_REQUEST, -32700)
-    );
+    assert_eq!((parse.status, parse.error_code()), (StatusCode::BAD_REQUEST, -32700));
     assert_eq!(parse.body["id"], serde_json::Value::Null);
 
     let unknown = client.request("tools/explode", json!({})).await;
-    assert_eq!(
-        (unknown.status, unknown.error_code()),
-        (StatusCode::OK, -32601)
-    );
+    assert_eq!((unknown.status, unknown.error_code()), (StatusCode::OK, -32601));
     assert_eq!(unknown.body["id"], 1);
 
     let bad_params = client.request("tools/call", json!({"name": 42})).await;
@@ -44,19 +34,10 @@ async fn json_rpc_errors_have_their_codes() {
     assert_eq!(bad_args.error_code(), -32602);
 
     for (body, why) in [
-        (
-            json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}),
-            "wrong version",
-        ),
+        (json!({"jsonrpc": "1.0", "id": 1, "method": "ping"}), "wrong version"),
         (json!({"id": 1, "method": "ping"}), "no jsonrpc"),
-        (
-            json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}),
-            "object id",
-        ),
-        (
-            json!({"jsonrpc": "2.0", "id": 1, "method": 7}),
-            "numeric method",
-        ),
+        (json!({"jsonrpc": "2.0", "id": {"a": 1}, "method": "ping"}), "object id"),
+        (json!({"jsonrpc": "2.0", "id": 1, "method": 7}), "numeric method"),
         (
             json!({"jsonrpc": "2.0", "id": 1, "method": "ping", "params": [1, 2]}),
             "array params",
@@ -73,10 +54,7 @@ async fn json_rpc_errors_have_their_codes() {
     }
     // The session is unharmed.
     assert_eq!(
-        client
-            .call_tool("b_echo", json!({"message": "still"}))
-            .await
-            .text(),
+        client.call_tool("b_echo", json!({"message": "still"})).await.text(),
         "b:still"
     );
 }
@@ -86,10 +64,7 @@ async fn transport_errors_have_their_statuses() {
     let (_b, replica, client) = setup().await;
     let no_session = support::Client::new(&replica.url);
     let reply = no_session.request("tools/list", json!({})).await;
-    assert_eq!(
-        (reply.status, reply.error_code()),
-        (StatusCode::BAD_REQUEST, -32600)
-    );
+    assert_eq!((reply.status, reply.error_code()), (StatusCode::BAD_REQUEST, -32600));
 
     let mut stranger = support::Client::new(&replica.url);
     stranger.session = Some("0123456789abcdef0123456789abcdef01234567".into());
@@ -98,10 +73,7 @@ async fn transport_errors_have_their_statuses() {
         StatusCode::NOT_FOUND
     );
     stranger.session = Some("bad id with spaces".into());
-    assert_eq!(
-        stranger.request("ping", json!({})).await.status,
-        StatusCode::NOT_FOUND
-    );
+    assert_eq!(stranger.request("ping", json!({})).await.status, StatusCode::NOT_FOUND);
     assert_eq!(stranger.delete().await, StatusCode::NOT_FOUND);
     assert_eq!(
         support::Client::new(&replica.url).delete().await,
@@ -164,10 +136,7 @@ async fn transport_errors_have_their_statuses() {
         (StatusCode::BAD_REQUEST, -32700)
     );
     assert_eq!(
-        client
-            .call_tool("b_echo", json!({"message": "alive"}))
-            .await
-            .text(),
+        client.call_tool("b_echo", json!({"message": "alive"})).await.text(),
         "b:alive"
     );
 }
@@ -175,19 +144,10 @@ async fn transport_errors_have_their_statuses() {
 #[tokio::test]
 async fn notifications_batches_and_sse_answers() {
     let (_b, _r, client) = setup().await;
-    assert_eq!(
-        client.notify("notifications/cancelled").await,
-        StatusCode::ACCEPTED
-    );
-    assert_eq!(
-        client.notify("notifications/whatever").await,
-        StatusCode::ACCEPTED
-    );
+    assert_eq!(client.notify("notifications/cancelled").await, StatusCode::ACCEPTED);
+    assert_eq!(client.notify("notifications/whatever").await, StatusCode::ACCEPTED);
     let response = client
-        .post_raw(
-            json!({"jsonrpc": "2.0", "id": 99, "result": {}}).to_string(),
-            &[],
-        )
+        .post_raw(json!({"jsonrpc": "2.0", "id": 99, "result": {}}).to_string(), &[])
         .await;
     assert_eq!(response.status, StatusCode::ACCEPTED);
 

@@ -28,10 +28,7 @@ async fn everything_http() -> Everything {
         .spawn()
         .expect("node runs server-everything");
     for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
             return Everything {
                 url: format!("http://127.0.0.1:{port}/mcp"),
                 _child: child,
@@ -61,10 +58,7 @@ session:
     let mut client = replica.client();
     let init = client.initialize().await;
     assert!(
-        !init.result()["instructions"]
-            .as_str()
-            .unwrap()
-            .contains("Unavailable"),
+        !init.result()["instructions"].as_str().unwrap().contains("Unavailable"),
         "{}",
         init.body
     );
@@ -74,55 +68,30 @@ session:
         "{tools:?}"
     );
     assert_eq!(
-        client
-            .call_tool("stdio_echo", json!({"message": "one"}))
-            .await
-            .text(),
+        client.call_tool("stdio_echo", json!({"message": "one"})).await.text(),
         "Echo: one"
     );
     assert_eq!(
-        client
-            .call_tool("web_echo", json!({"message": "two"}))
-            .await
-            .text(),
+        client.call_tool("web_echo", json!({"message": "two"})).await.text(),
         "Echo: two"
     );
-    let sum = client
-        .call_tool("web_get-sum", json!({"a": 2, "b": 3}))
-        .await;
+    let sum = client.call_tool("web_get-sum", json!({"a": 2, "b": 3})).await;
     assert!(sum.text().contains('5'), "{}", sum.body);
 
     let resources = client.list_names("resources/list", "resources").await;
     assert!(!resources.is_empty());
-    let read = client
-        .request("resources/read", json!({"uri": resources[0]}))
-        .await;
-    assert!(read.result()["contents"]
-        .as_array()
-        .is_some_and(|c| !c.is_empty()));
+    let read = client.request("resources/read", json!({"uri": resources[0]})).await;
+    assert!(read.result()["contents"].as_array().is_some_and(|c| !c.is_empty()));
     let prompts = client.list_names("prompts/list", "prompts").await;
-    assert!(
-        prompts.iter().any(|p| p.starts_with("stdio_"))
-            && prompts.iter().any(|p| p.starts_with("web_"))
-    );
+    assert!(prompts.iter().any(|p| p.starts_with("stdio_")) && prompts.iter().any(|p| p.starts_with("web_")));
     assert_eq!(client.delete().await, http::StatusCode::NO_CONTENT);
 }
 
 #[tokio::test]
 async fn python_sdk_client_drives_vmcp() {
-    let (alpha, beta) = (
-        TestBackend::start("alpha").await,
-        TestBackend::start("beta").await,
-    );
-    let replica = Replica::start(&config_yaml(
-        &[("alpha", &alpha.url), ("beta", &beta.url)],
-        "",
-    ))
-    .await;
-    let script = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/clients/python_client.py"
-    );
+    let (alpha, beta) = (TestBackend::start("alpha").await, TestBackend::start("beta").await);
+    let replica = Replica::start(&config_yaml(&[("alpha", &alpha.url), ("beta", &beta.url)], "")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_client.py");
     let output = Command::new(deps::python())
         .arg(script)
         .arg(&replica.url)
@@ -140,13 +109,7 @@ async fn python_sdk_client_drives_vmcp() {
     assert_eq!(seen["echo"], "beta:from python");
     assert_eq!(seen["resource"], "beta has mem://beta/info");
     assert_eq!(seen["prompt"], "alpha greets python");
-    assert!(seen["tools"]
-        .as_array()
-        .unwrap()
-        .contains(&json!("alpha_echo")));
+    assert!(seen["tools"].as_array().unwrap().contains(&json!("alpha_echo")));
     // The SDK DELETEs its session on exit.
-    assert_eq!(
-        replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"),
-        1.0
-    );
+    assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"), 1.0);
 }

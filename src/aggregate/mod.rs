@@ -63,13 +63,7 @@ impl Catalog {
         catalog
     }
 
-    fn add_named(
-        &mut self,
-        config: &AggregationConfig,
-        id: &Arc<str>,
-        backend: &BackendConfig,
-        listing: &Listing,
-    ) {
+    fn add_named(&mut self, config: &AggregationConfig, id: &Arc<str>, backend: &BackendConfig, listing: &Listing) {
         let kinds = [
             (
                 &listing.tools,
@@ -175,9 +169,7 @@ mod tests {
                 .map(|t| json!({"name": t, "inputSchema": {"type": "object"}}))
                 .collect(),
             resources: vec![json!({"uri": format!("mem://{}", tools[0]), "name": "r"})],
-            resource_templates: vec![
-                json!({"uriTemplate": format!("tpl://{}/{{id}}", tools[0]), "name": "t"}),
-            ],
+            resource_templates: vec![json!({"uriTemplate": format!("tpl://{}/{{id}}", tools[0]), "name": "t"})],
             ..Default::default()
         }
     }
@@ -187,11 +179,7 @@ mod tests {
         let (a, b) = (backend("alpha"), backend("beta"));
         let (la, lb) = (listing(&["echo", "add"]), listing(&["echo"]));
         let catalog = Catalog::build(&AggregationConfig::default(), &[(&a, &la), (&b, &lb)]);
-        let names: Vec<_> = catalog
-            .tools
-            .iter()
-            .map(|t| t["name"].as_str().unwrap())
-            .collect();
+        let names: Vec<_> = catalog.tools.iter().map(|t| t["name"].as_str().unwrap()).collect();
         assert_eq!(names, ["alpha_echo", "alpha_add", "beta_echo"]);
         let route = catalog.tool("beta_echo").unwrap();
         assert_eq!((&*route.backend, route.name.as_str()), ("beta", "echo"));

@@ -19,12 +19,7 @@ pub fn allowed(filter: &ItemFilter, name: &str) -> bool {
 }
 
 /// The client-facing name of backend item `name`, or `None` if filtered out.
-pub fn client_name(
-    config: &AggregationConfig,
-    backend: &str,
-    filter: &ItemFilter,
-    name: &str,
-) -> Option<String> {
+pub fn client_name(config: &AggregationConfig, backend: &str, filter: &ItemFilter, name: &str) -> Option<String> {
     if !allowed(filter, name) {
         return None;
     }
@@ -95,9 +90,6 @@ mod tests {
             priority: vec!["c".into(), "a".into()],
             ..Default::default()
         };
-        assert_eq!(
-            priority_order(&config, &["a", "b", "c"]),
-            vec!["c", "a", "b"]
-        );
+        assert_eq!(priority_order(&config, &["a", "b", "c"]), vec!["c", "a", "b"]);
     }
 }

@@ -12,9 +12,7 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use http::{HeaderName, HeaderValue};
 use rmcp::model::{ClientJsonRpcMessage, JsonRpcMessage, NumberOrString, ServerJsonRpcMessage};
-use rmcp::transport::streamable_http_client::{
-    StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse,
-};
+use rmcp::transport::streamable_http_client::{StreamableHttpClient, StreamableHttpError, StreamableHttpPostResponse};
 use serde_json::{json, Value};
 
 use super::{rpc_error, BackendError};
@@ -32,8 +30,7 @@ impl HttpBackend {
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
                 .map_err(|e| BackendError::Protocol(format!("header name {k}: {e}")))?;
-            let value = HeaderValue::from_str(v)
-                .map_err(|e| BackendError::Protocol(format!("header {k}: {e}")))?;
+            let value = HeaderValue::from_str(v).map_err(|e| BackendError::Protocol(format!("header {k}: {e}")))?;
             parsed.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -54,27 +51,21 @@ impl HttpBackend {
 
     /// Handshake: `initialize`, then `notifications/initialized` on the new session.
     pub async fn connect(&self, params: Value) -> Result<HttpSession, BackendError> {
-        let message = to_message(
-            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}),
-        )?;
+        let message = to_message(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": params}))?;
         let response = self
             .client
             .post_message(self.url.clone(), message, None, None, self.headers.clone())
             .await
             .map_err(classify)?;
         let session_id = match &response {
-            StreamableHttpPostResponse::Json(_, sid) | StreamableHttpPostResponse::Sse(_, sid) => {
-                sid.clone()
-            }
+            StreamableHttpPostResponse::Json(_, sid) | StreamableHttpPostResponse::Sse(_, sid) => sid.clone(),
             _ => None,
         };
         let init = await_response(response, &NumberOrString::Number(0)).await?;
         let protocol_version = init
             .get("protocolVersion")
             .and_then(Value::as_str)
-            .ok_or_else(|| {
-                BackendError::Protocol("initialize result without protocolVersion".into())
-            })?
+            .ok_or_else(|| BackendError::Protocol("initialize result without protocolVersion".into()))?
             .to_owned();
         let session = HttpSession {
             url: self.url.clone(),
@@ -88,6 +79,29 @@ impl HttpBackend {
         session.notify("notifications/initialized", None).await?;
         Ok(session)
     }
+}
+
+impl HttpBackend {
+    /// A session the backend already knows (from stored metadata): no I/O.
+    pub fn resume(&self, session_id: &str, protocol_version: String, capabilities: Value) -> HttpSession {
+        HttpSession {
+            url: self.url.clone(),
+            client: self.client.clone(),
+            headers: self.headers.clone(),
+            session_id: Some(Arc::from(session_id)),
+            init: json!({ "protocolVersion": protocol_version, "capabilities": capabilities }),
+            protocol_version,
+            next_id: AtomicI64::new(random_first_id()),
+        }
+    }
+}
+
+/// Request ids of a resumed session start at a random offset, so they cannot
+/// collide with ids the previous holder of the session may still have in flight.
+fn random_first_id() -> i64 {
+    let mut bytes = [0u8; 4];
+    let _ = getrandom::fill(&mut bytes);
+    (i64::from(u32::from_le_bytes(bytes)) << 16) + 1
 }
 
 /// One backend session over Streamable HTTP.
@@ -122,11 +136,7 @@ impl HttpSession {
         headers
     }
 
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Option<Value>,
-    ) -> Result<Value, BackendError> {
+    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, BackendError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let mut body = json!({"jsonrpc": "2.0", "id": id, "method": method});
         if let Some(p) = params {
@@ -180,26 +190,15 @@ impl HttpSession {
 }
 
 fn to_message(body: Value) -> Result<ClientJsonRpcMessage, BackendError> {
-    serde_json::from_value(body)
-        .map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))
+    serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))
 }
 
 /// Waits for the response with id `id` in a JSON body or an SSE stream.
-async fn await_response(
-    response: StreamableHttpPostResponse,
-    id: &NumberOrString,
-) -> Result<Value, BackendError> {
+async fn await_response(response: StreamableHttpPostResponse, id: &NumberOrString) -> Result<Value, BackendError> {
     match response {
-        StreamableHttpPostResponse::Accepted => {
-            Err(BackendError::Protocol("202 Accepted for a request".into()))
-        }
-        StreamableHttpPostResponse::Json(message, _) => {
-            match_response(message, id).unwrap_or_else(|| {
-                Err(BackendError::Protocol(
-                    "JSON answer is not our response".into(),
-                ))
-            })
-        }
+        StreamableHttpPostResponse::Accepted => Err(BackendError::Protocol("202 Accepted for a request".into())),
+        StreamableHttpPostResponse::Json(message, _) => match_response(message, id)
+            .unwrap_or_else(|| Err(BackendError::Protocol("JSON answer is not our response".into()))),
         StreamableHttpPostResponse::Sse(mut stream, _) => {
             while let Some(event) = stream.next().await {
                 let event = event.map_err(|e| BackendError::Transport(format!("SSE: {e}")))?;
@@ -217,9 +216,7 @@ async fn await_response(
                     return result;
                 }
             }
-            Err(BackendError::Transport(
-                "SSE stream ended before the response".into(),
-            ))
+            Err(BackendError::Transport("SSE stream ended before the response".into()))
         }
         _ => Err(BackendError::Protocol("unsupported response kind".into())),
     }
@@ -227,18 +224,12 @@ async fn await_response(
 
 /// `Some` if `message` answers request `id`; notifications and requests from
 /// the backend are skipped here (relaying them is the streaming layer's job).
-fn match_response(
-    message: ServerJsonRpcMessage,
-    id: &NumberOrString,
-) -> Option<Result<Value, BackendError>> {
+fn match_response(message: ServerJsonRpcMessage, id: &NumberOrString) -> Option<Result<Value, BackendError>> {
     match message {
-        JsonRpcMessage::Response(r) if &r.id == id => Some(
-            serde_json::to_value(r.result)
-                .map_err(|e| BackendError::Protocol(format!("result: {e}"))),
-        ),
-        JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|eid| eid == id) => {
-            Some(Err(rpc_error(&e.error)))
+        JsonRpcMessage::Response(r) if &r.id == id => {
+            Some(serde_json::to_value(r.result).map_err(|e| BackendError::Protocol(format!("result: {e}"))))
         }
+        JsonRpcMessage::Error(e) if e.id.as_ref().is_none_or(|eid| eid == id) => Some(Err(rpc_error(&e.error))),
         _ => None,
     }
 }

@@ -67,17 +67,17 @@ pub enum Transport {
 /// One configured backend, shared by every session of this replica.
 pub struct Backend {
     pub config: BackendConfig,
+    /// Index in the configured backend list (aggregation order).
+    pub position: usize,
     transport: Transport,
 }
 
 impl Backend {
     /// Builds the shared client for `config` (no I/O).
-    pub fn new(config: BackendConfig) -> Result<Self, BackendError> {
+    pub fn new(config: BackendConfig, position: usize) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
             (Some(url), _) => Transport::Http(HttpBackend::new(url, &config.headers)?),
-            (None, Some(command)) => {
-                Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone()))
-            }
+            (None, Some(command)) => Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone())),
             (None, None) => {
                 return Err(BackendError::Protocol(format!(
                     "backend {} has no url or command",
@@ -85,7 +85,11 @@ impl Backend {
                 )))
             }
         };
-        Ok(Self { config, transport })
+        Ok(Self {
+            config,
+            position,
+            transport,
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -105,16 +109,34 @@ impl Backend {
     }
 
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
-    pub async fn connect(
-        self: &Arc<Self>,
-        client_init: &Value,
-    ) -> Result<BackendSession, BackendError> {
+    pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
         let params = backend_init_params(client_init);
         let conn = match &self.transport {
             Transport::Http(h) => Conn::Http(h.connect(params).await?),
             Transport::Stdio(s) => Conn::Stdio(s.connect(params).await?),
         };
         Ok(BackendSession {
+            backend: Arc::clone(self),
+            conn,
+        })
+    }
+}
+
+impl Backend {
+    /// Takes over a stored backend session without a handshake, so the backend
+    /// keeps its per-session state. Only Streamable HTTP sessions with an id can
+    /// be resumed; `None` means the caller must [`Backend::connect`] afresh.
+    pub fn resume(self: &Arc<Self>, record: &BackendRecord) -> Option<BackendSession> {
+        let (Transport::Http(http), Some(session_id)) = (&self.transport, &record.session_id) else {
+            return None;
+        };
+        if record.target != self.target() {
+            return None; // the backend moved: its old sessions are elsewhere
+        }
+        let version = record.protocol_version.clone()?;
+        let capabilities = record.capabilities.clone().unwrap_or_else(|| serde_json::json!({}));
+        let conn = Conn::Http(http.resume(session_id, version, capabilities));
+        Some(BackendSession {
             backend: Arc::clone(self),
             conn,
         })
@@ -159,12 +181,7 @@ impl BackendSession {
     }
 
     /// Sends one request and waits for its result, at most `timeout`.
-    pub async fn request(
-        &self,
-        method: &str,
-        params: Option<Value>,
-        timeout: Duration,
-    ) -> Result<Value, BackendError> {
+    pub async fn request(&self, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, BackendError> {
         let call = async {
             match &self.conn {
                 Conn::Http(s) => s.request(method, params).await,
@@ -195,13 +212,18 @@ impl BackendSession {
         }
     }
 
+    /// Lets go of the backend session without ending it on the backend, so
+    /// another replica can resume it. A stdio child is ours alone: it is killed.
+    pub async fn release(&self) {
+        if let Conn::Stdio(s) = &self.conn {
+            s.close().await;
+        }
+    }
+
     /// This backend session as session metadata.
     pub fn record(&self) -> BackendRecord {
         let (session_id, protocol_version) = match &self.conn {
-            Conn::Http(s) => (
-                s.session_id().map(str::to_owned),
-                Some(s.protocol_version().to_owned()),
-            ),
+            Conn::Http(s) => (s.session_id().map(str::to_owned), Some(s.protocol_version().to_owned())),
             Conn::Stdio(s) => (None, s.protocol_version()),
         };
         BackendRecord {
@@ -209,6 +231,7 @@ impl BackendSession {
             target: self.backend.target(),
             session_id,
             protocol_version,
+            capabilities: self.init_result().get("capabilities").cloned(),
         }
     }
 }
@@ -218,10 +241,7 @@ impl BackendSession {
 /// roots), so a backend never asks something nobody will answer.
 fn backend_init_params(client_init: &Value) -> Value {
     let mut params = client_init.clone();
-    if let Some(caps) = params
-        .get_mut("capabilities")
-        .and_then(Value::as_object_mut)
-    {
+    if let Some(caps) = params.get_mut("capabilities").and_then(Value::as_object_mut) {
         for unsupported in ["sampling", "elicitation", "roots", "tasks"] {
             caps.remove(unsupported);
         }

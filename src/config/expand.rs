@@ -31,11 +31,7 @@ pub fn expand_tree(value: &mut Value, lookup: &dyn Lookup) -> Result<(), (String
     walk(value, &mut Vec::new(), lookup)
 }
 
-fn walk(
-    value: &mut Value,
-    path: &mut Vec<String>,
-    lookup: &dyn Lookup,
-) -> Result<(), (String, String)> {
+fn walk(value: &mut Value, path: &mut Vec<String>, lookup: &dyn Lookup) -> Result<(), (String, String)> {
     match value {
         Value::String(s) => {
             *s = expand(s, lookup).map_err(|m| (path.join("."), m))?;
@@ -104,10 +100,7 @@ mod tests {
 
     #[test]
     fn expands_known_variables() {
-        assert_eq!(
-            expand("Bearer ${KEY}!", &env()).as_deref(),
-            Ok("Bearer s3cret!")
-        );
+        assert_eq!(expand("Bearer ${KEY}!", &env()).as_deref(), Ok("Bearer s3cret!"));
         assert_eq!(expand("no vars $5", &env()).as_deref(), Ok("no vars $5"));
         assert_eq!(expand("$${KEY}", &env()).as_deref(), Ok("${KEY}"));
     }

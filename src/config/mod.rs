@@ -22,10 +22,7 @@ pub use expand::{Lookup, ProcessEnv};
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("{file}: cannot read: {source}")]
-    Read {
-        file: PathBuf,
-        source: std::io::Error,
-    },
+    Read { file: PathBuf, source: std::io::Error },
     #[error("{file}: invalid YAML: {message}")]
     Syntax { file: PathBuf, message: String },
     #[error("{file}: field `{field}`: {message}")]
@@ -125,6 +122,9 @@ pub struct SessionConfig {
     /// Deadline of one forwarded call to a backend.
     #[serde(with = "duration")]
     pub call_timeout: Duration,
+    /// Key of the identity hashes that bind sessions to callers; the same on
+    /// every replica. Unset: a random key kept in the store.
+    pub identity_key: Option<String>,
 }
 
 impl Default for SessionConfig {
@@ -135,6 +135,7 @@ impl Default for SessionConfig {
             max_backend_init_concurrency: 10,
             max_sessions: 100_000,
             call_timeout: Duration::from_secs(300),
+            identity_key: None,
         }
     }
 }
@@ -182,11 +183,25 @@ pub enum StoreKind {
     Redis,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
     pub kind: StoreKind,
     pub redis: Option<RedisConfig>,
+    /// A session's store lifetime is extended at most this often (and at
+    /// least every `session.idle_timeout / 4`), in the background.
+    #[serde(with = "duration")]
+    pub touch_interval: Duration,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self {
+            kind: StoreKind::Memory,
+            redis: None,
+            touch_interval: Duration::from_secs(15),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -332,11 +347,8 @@ mod duration {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "`{text}` is not a duration like 250ms, 5s or 30m: {e}"
-            ))
-        })
+        humantime::parse_duration(&text)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like 250ms, 5s or 30m: {e}")))
     }
 }
 

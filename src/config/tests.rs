@@ -10,11 +10,7 @@ fn parse(yaml: &str) -> Result<Config, ConfigError> {
 
 fn field_error(yaml: &str) -> (String, String) {
     match parse(yaml) {
-        Err(ConfigError::Field {
-            field,
-            message,
-            file,
-        }) => {
+        Err(ConfigError::Field { field, message, file }) => {
             assert_eq!(file, Path::new("vmcp.yaml"));
             (field, message)
         }
@@ -79,9 +75,7 @@ fn errors_name_the_field() {
     let (field, _) = field_error("backends:\n  - name: Bad_Name\n    url: http://x/mcp\n");
     assert_eq!(field, "backends.0.name");
 
-    let (field, _) = field_error(
-        "backends:\n  - name: a\n    url: http://x/mcp\n  - name: a\n    url: http://y/mcp\n",
-    );
+    let (field, _) = field_error("backends:\n  - name: a\n    url: http://x/mcp\n  - name: a\n    url: http://y/mcp\n");
     assert_eq!(field, "backends.1.name");
 
     let (field, _) = field_error("backends:\n  - name: a\n");
@@ -90,9 +84,8 @@ fn errors_name_the_field() {
     let (field, _) = field_error("backends:\n  - name: a\n    url: ftp://x\n");
     assert_eq!(field, "backends.0.url");
 
-    let (field, msg) = field_error(
-        "backends:\n  - name: a\n    url: http://x/mcp\n    headers: { k: \"${MISSING}\" }\n",
-    );
+    let (field, msg) =
+        field_error("backends:\n  - name: a\n    url: http://x/mcp\n    headers: { k: \"${MISSING}\" }\n");
     assert_eq!(field, "backends.0.headers.k");
     assert!(msg.contains("MISSING"));
 
@@ -131,10 +124,7 @@ fn environment_overrides_apply() {
     let env = HashMap::from([
         ("VMCP_REPLICA_ID".to_owned(), "pod-7".to_owned()),
         ("VMCP_LOG_FORMAT".to_owned(), "json".to_owned()),
-        (
-            "VMCP_REDIS_URL".to_owned(),
-            "redis://:pw@10.0.0.1:6379/0".to_owned(),
-        ),
+        ("VMCP_REDIS_URL".to_owned(), "redis://:pw@10.0.0.1:6379/0".to_owned()),
     ]);
     let c = Config::parse("store:\n  kind: redis\n", Path::new("x.yaml"), &env).unwrap();
     assert_eq!(c.replica_id, "pod-7");
@@ -157,8 +147,5 @@ fn example_configs_in_the_repository_are_valid() {
             checked += 1;
         }
     }
-    assert!(
-        checked >= 2,
-        "examples/ holds the demo and the reference config"
-    );
+    assert!(checked >= 2, "examples/ holds the demo and the reference config");
 }

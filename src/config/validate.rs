@@ -23,10 +23,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("session.call_timeout", "must be greater than zero"));
     }
     if s.max_backend_init_concurrency == 0 {
-        return Err(invalid(
-            "session.max_backend_init_concurrency",
-            "must be at least 1",
-        ));
+        return Err(invalid("session.max_backend_init_concurrency", "must be at least 1"));
     }
     if s.max_sessions == 0 {
         return Err(invalid("session.max_sessions", "must be at least 1"));
@@ -54,12 +51,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("replica_id", "must not be empty"));
     }
     if config.store.kind == StoreKind::Redis {
-        let url = config
-            .store
-            .redis
-            .as_ref()
-            .map(|r| r.url.as_str())
-            .unwrap_or_default();
+        let url = config.store.redis.as_ref().map(|r| r.url.as_str()).unwrap_or_default();
         if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             return Err(invalid(
                 "store.redis.url",
@@ -69,11 +61,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     }
     if config.membership.kind == MembershipKind::Static {
         for (id, addr) in &config.membership.members {
-            if addr
-                .rsplit_once(':')
-                .and_then(|(_, p)| p.parse::<u16>().ok())
-                .is_none()
-            {
+            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
                 return Err(invalid(
                     format!("membership.members.{id}"),
                     format!("`{addr}` is not host:port"),
@@ -93,33 +81,19 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
                 .chars()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         if !name_ok {
-            return Err(invalid(
-                field("name"),
-                format!("`{}` must match [a-z0-9-]+", b.name),
-            ));
+            return Err(invalid(field("name"), format!("`{}` must match [a-z0-9-]+", b.name)));
         }
         if !seen.insert(b.name.as_str()) {
-            return Err(invalid(
-                field("name"),
-                format!("`{}` is used by two backends", b.name),
-            ));
+            return Err(invalid(field("name"), format!("`{}` is used by two backends", b.name)));
         }
         match (&b.url, &b.command) {
-            (Some(_), Some(_)) => {
-                return Err(invalid(field("url"), "set either url or command, not both"))
-            }
-            (None, None) => {
-                return Err(invalid(
-                    field("url"),
-                    "set url (Streamable HTTP) or command (stdio)",
-                ))
-            }
+            (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
+            (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
             (Some(url), None) => {
                 let parsed: http::Uri = url
                     .parse()
                     .map_err(|e| invalid(field("url"), format!("`{url}` is not a URL: {e}")))?;
-                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none()
-                {
+                if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
                     return Err(invalid(
                         field("url"),
                         format!("`{url}` must be an http:// or https:// URL"),
@@ -134,16 +108,10 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
         }
         for (key, value) in &b.headers {
             if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
-                return Err(invalid(
-                    field(&format!("headers.{key}")),
-                    "is not a valid header name",
-                ));
+                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header name"));
             }
             if http::HeaderValue::from_str(value).is_err() {
-                return Err(invalid(
-                    field(&format!("headers.{key}")),
-                    "is not a valid header value",
-                ));
+                return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
             }
         }
     }

@@ -18,19 +18,19 @@ use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
 use crate::app::App;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, RpcError};
-use crate::session::{self, ManagerError, Session};
+use crate::session::{self, ManagerError, ResolveError, Session};
 
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     match *req.method() {
         Method::POST => post(app, req).await,
         Method::DELETE => delete(app, req.headers()).await,
+        Method::GET => stream(app, req.headers()).await,
         _ => {
-            // No standalone GET stream yet: 405 is what the transport spec prescribes then.
             let mut response = reply::empty(StatusCode::METHOD_NOT_ALLOWED);
             response
                 .headers_mut()
-                .insert(header::ALLOW, HeaderValue::from_static("POST, DELETE"));
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             response
         }
     }
@@ -77,10 +77,8 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
         .to_ascii_lowercase()
         .starts_with("application/json")
     {
-        return Err(
-            RpcError::invalid_request("Content-Type must be application/json")
-                .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE),
-        );
+        return Err(RpcError::invalid_request("Content-Type must be application/json")
+            .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
     if let Some(version) = headers.get(PROTOCOL_HEADER) {
         let version = version.to_str().unwrap_or_default();
@@ -95,11 +93,7 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
 }
 
 /// Reads the whole body, refusing more than `limit` bytes with 413.
-async fn read_body(
-    body: Incoming,
-    headers: &HeaderMap,
-    limit: usize,
-) -> Result<bytes::Bytes, RpcError> {
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, RpcError> {
     let too_large = || {
         RpcError::invalid_request(format!("request body exceeds {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -111,9 +105,7 @@ async fn read_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(RpcError::invalid_request(format!(
-            "cannot read request body: {e}"
-        ))),
+        Err(e) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
     }
 }
 
@@ -131,27 +123,35 @@ async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
         Ok(v) => v,
         Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
     };
-    let session_id = header_str(&parts.headers, SESSION_HEADER);
     match value {
-        Value::Array(items) => batch(app, items, session_id, format).await,
-        single => one(app, single, session_id, format).await,
+        Value::Array(items) => batch(app, items, &parts.headers, format).await,
+        single => one(app, single, &parts.headers, format).await,
     }
 }
 
-/// The session a request names: 400 without a header, 404 if unknown here.
-fn resolve(app: &App, session_id: Option<&str>) -> Result<Arc<Session>, RpcError> {
-    let id =
-        session_id.ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
+/// The session a request names: 400 without a header; 404 if unknown, expired
+/// or bound to another identity; 503 if the store cannot be asked.
+async fn resolve(app: &App, headers: &HeaderMap) -> Result<Arc<Session>, RpcError> {
+    let id = header_str(headers, SESSION_HEADER)
+        .ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
     tracing::Span::current().record("session.id", id);
-    let not_found =
-        || RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND);
     if !session::is_well_formed(id) {
         return Err(not_found());
     }
-    app.manager.get(id).ok_or_else(not_found)
+    app.manager
+        .resolve(id, header_str(headers, "authorization"))
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound => not_found(),
+            other => RpcError::internal(other.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
+        })
 }
 
-async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) -> Response<Body> {
+fn not_found() -> RpcError {
+    RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND)
+}
+
+async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Response<Body> {
     match Message::classify(value) {
         Err((id, e)) => reject(e, id.as_ref()),
         Ok(Message::Request { id, method, params }) => {
@@ -161,29 +161,25 @@ async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) 
                 Err(e) => return reject(e, Some(&id)),
             };
             if let Command::Initialize(params) = command {
-                return initialize(app, &id, params, format).await;
+                return initialize(app, &id, params, headers, format).await;
             }
-            let session = match resolve(app, session_id) {
+            let session = match resolve(app, headers).await {
                 Ok(s) => s,
                 Err(e) => return reject(e, Some(&id)),
             };
             match run(app, &session, &method, command).await {
-                Ok(result) => reply::message(
-                    StatusCode::OK,
-                    format,
-                    &mcp::jsonrpc::result_body(&id, result),
-                ),
+                Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(&id, result)),
                 Err(e) => reject(e, Some(&id)),
             }
         }
         Ok(Message::Notification { method, .. }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
-            match resolve(app, session_id) {
+            match resolve(app, headers).await {
                 Ok(_) => reply::empty(StatusCode::ACCEPTED),
                 Err(e) => reject(e, None),
             }
         }
-        Ok(Message::Response { .. }) => match resolve(app, session_id) {
+        Ok(Message::Response { .. }) => match resolve(app, headers).await {
             Ok(_) => reply::empty(StatusCode::ACCEPTED),
             Err(e) => reject(e, None),
         },
@@ -191,20 +187,12 @@ async fn one(app: &App, value: Value, session_id: Option<&str>, format: Format) 
 }
 
 /// Applies a command to a session, with the request metrics.
-async fn run(
-    app: &App,
-    session: &Session,
-    method: &str,
-    command: Command,
-) -> Result<Value, RpcError> {
+async fn run(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
     let started = Instant::now();
     let label = Command::method_label(method);
     let result = command.apply(session).await;
     let status = if result.is_ok() { "ok" } else { "error" };
-    app.metrics
-        .requests
-        .with_label_values(&[label, status])
-        .inc();
+    app.metrics.requests.with_label_values(&[label, status]).inc();
     app.metrics
         .request_duration
         .with_label_values(&[label])
@@ -213,16 +201,11 @@ async fn run(
 }
 
 /// A JSON array of messages (2025-03-26 batching): requests run concurrently.
-async fn batch(
-    app: &App,
-    items: Vec<Value>,
-    session_id: Option<&str>,
-    format: Format,
-) -> Response<Body> {
+async fn batch(app: &App, items: Vec<Value>, headers: &HeaderMap, format: Format) -> Response<Body> {
     if items.is_empty() {
         return reject(RpcError::invalid_request("empty batch"), None);
     }
-    let session = match resolve(app, session_id) {
+    let session = match resolve(app, headers).await {
         Ok(s) => s,
         Err(e) => return reject(e, None),
     };
@@ -249,9 +232,7 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
         Err((id, e)) => Some(e.to_body(id.as_ref())),
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
-                Ok(Command::Initialize(_)) => {
-                    Err(RpcError::invalid_request("initialize cannot be batched"))
-                }
+                Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
                 Ok(command) => run(app, &session, &method, command).await,
                 Err(e) => Err(e),
             };
@@ -264,13 +245,17 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
     }
 }
 
-async fn initialize(app: &App, id: &Value, params: Value, format: Format) -> Response<Body> {
+async fn initialize(app: &App, id: &Value, params: Value, headers: &HeaderMap, format: Format) -> Response<Body> {
     let requested = params
         .get("protocolVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let version = mcp::negotiate(requested);
-    let session = match app.manager.create(params, version.to_owned(), None).await {
+    let session = match app
+        .manager
+        .create(params, version.to_owned(), header_str(headers, "authorization"))
+        .await
+    {
         Ok(s) => s,
         Err(e) => return reject(unavailable(&e), Some(id)),
     };
@@ -282,11 +267,7 @@ async fn initialize(app: &App, id: &Value, params: Value, format: Format) -> Res
         "serverInfo": { "name": "vmcp", "version": env!("CARGO_PKG_VERSION") },
         "instructions": session.instructions(),
     });
-    let mut response = reply::message(
-        StatusCode::OK,
-        format,
-        &mcp::jsonrpc::result_body(id, result),
-    );
+    let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result));
     if let Ok(v) = HeaderValue::from_str(session.id()) {
         response.headers_mut().insert(SESSION_HEADER, v);
     }
@@ -300,18 +281,41 @@ fn unavailable(e: &ManagerError) -> RpcError {
 
 async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
     let Some(id) = header_str(headers, SESSION_HEADER) else {
-        return reject(
-            RpcError::invalid_request("missing Mcp-Session-Id header"),
-            None,
-        );
+        return reject(RpcError::invalid_request("missing Mcp-Session-Id header"), None);
     };
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {
         return reply::empty(StatusCode::NOT_FOUND);
     }
-    match app.manager.delete(id).await {
+    match app.manager.delete(id, header_str(headers, "authorization")).await {
         Ok(true) => reply::empty(StatusCode::NO_CONTENT),
         Ok(false) => reply::empty(StatusCode::NOT_FOUND),
-        Err(e) => reject(unavailable(&e), None),
+        Err(e) => reject(
+            RpcError::internal(e.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
+            None,
+        ),
+    }
+}
+
+/// `GET /mcp`: the session's stream of server-to-client messages (SSE).
+async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
+    let accepts_sse = header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    if !accepts_sse {
+        return reject(
+            RpcError::invalid_request("GET needs Accept: text/event-stream").with_status(StatusCode::NOT_ACCEPTABLE),
+            None,
+        );
+    }
+    match resolve(app, headers).await {
+        Ok(session) => reply::event_stream(session.subscribe(), session_closed(session)),
+        Err(e) => reject(e, None),
+    }
+}
+
+/// Resolves when `session` is closed (polling: closing is rare and a stream's
+/// end may lag by a second).
+async fn session_closed(session: Arc<Session>) {
+    while !session.is_closed() {
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     }
 }

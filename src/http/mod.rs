@@ -57,10 +57,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
     }
     drop(listener);
     let deadline = app.config.http.shutdown_timeout;
-    if tokio::time::timeout(deadline, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    if tokio::time::timeout(deadline, graceful.shutdown()).await.is_err() {
         tracing::warn!(
             ?deadline,
             "in-flight requests did not finish before the shutdown deadline"
@@ -83,11 +80,9 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
             (_, "/mcp") => mcp::handle(app, req).await,
             (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => ready(app).await,
-            (&Method::GET, "/metrics") => reply::text(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                app.metrics.render(),
-            ),
+            (&Method::GET, "/metrics") => {
+                reply::text(StatusCode::OK, "text/plain; version=0.0.4", app.metrics.render())
+            }
             _ => reply::empty(StatusCode::NOT_FOUND),
         }
     }
@@ -98,18 +93,10 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
 /// Ready when not draining and the store answers.
 async fn ready(app: &App) -> Response<Body> {
     if app.manager.is_draining() {
-        return reply::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            "draining\n".into(),
-        );
+        return reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
     }
     match app.manager.store().ping().await {
         Ok(()) => reply::text(StatusCode::OK, "text/plain", "ready\n".into()),
-        Err(e) => reply::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "text/plain",
-            format!("store: {e}\n"),
-        ),
+        Err(e) => reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("store: {e}\n")),
     }
 }

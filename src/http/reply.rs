@@ -4,19 +4,19 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 use serde_json::Value;
 
 use crate::mcp::RpcError;
 
 /// Every response body of the front door (streams will share this type).
-pub type Body = BoxBody<Bytes, Infallible>;
+pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed()
+    Full::new(bytes.into()).boxed_unsync()
 }
 
 /// How the client wants POST answers: JSON when it accepts it, else SSE.
@@ -31,10 +31,7 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
     let text = payload.to_string();
     let (content_type, body) = match format {
         Format::Json => ("application/json", text),
-        Format::Sse => (
-            "text/event-stream",
-            format!("event: message\ndata: {text}\n\n"),
-        ),
+        Format::Sse => ("text/event-stream", format!("event: message\ndata: {text}\n\n")),
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
@@ -65,6 +62,39 @@ pub fn error(err: &RpcError, id: Option<&Value>) -> Response<Body> {
 pub fn empty(status: StatusCode) -> Response<Body> {
     let mut response = Response::new(full(Bytes::new()));
     *response.status_mut() = status;
+    response
+}
+
+/// Keep-alive comments on idle event streams, so proxies do not cut them.
+const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// An SSE response carrying each message of `events` until `end` resolves.
+pub fn event_stream(
+    events: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    end: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Response<Body> {
+    use futures_util::StreamExt;
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    use tokio::sync::broadcast::error::RecvError;
+
+    let end = Box::pin(end);
+    let frames = futures_util::stream::unfold((events, end), |(mut events, mut end)| async move {
+        let text = tokio::select! {
+            _ = &mut end => return None,
+            received = tokio::time::timeout(KEEP_ALIVE, events.recv()) => match received {
+                Ok(Ok(message)) => format!("event: message\ndata: {message}\n\n"),
+                Ok(Err(RecvError::Lagged(n))) => format!(": {n} messages dropped (slow reader)\n\n"),
+                Ok(Err(RecvError::Closed)) => return None,
+                Err(_) => ": keep-alive\n\n".to_owned(),
+            },
+        };
+        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(text))), (events, end)))
+    });
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
 }
 

@@ -32,17 +32,13 @@ pub enum Command {
 /// `params` must deserialize into `T`; the untouched value is kept for forwarding.
 fn checked<T: DeserializeOwned>(params: Option<Value>) -> Result<Value, RpcError> {
     let value = params.unwrap_or_else(|| json!({}));
-    serde_json::from_value::<T>(value.clone())
-        .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
+    serde_json::from_value::<T>(value.clone()).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
     Ok(value)
 }
 
 fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
     let value = checked::<PaginatedRequestParams>(params)?;
-    let cursor = value
-        .get("cursor")
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    let cursor = value.get("cursor").and_then(Value::as_str).map(str::to_owned);
     Ok(Command::List(kind, cursor))
 }
 
@@ -81,19 +77,13 @@ impl Command {
             "completion/complete",
             "logging/setLevel",
         ];
-        KNOWN
-            .iter()
-            .copied()
-            .find(|m| *m == method)
-            .unwrap_or("other")
+        KNOWN.iter().copied().find(|m| *m == method).unwrap_or("other")
     }
 
     /// Runs the command against `session` (everything but `initialize`).
     pub async fn apply(self, session: &Session) -> Result<Value, RpcError> {
         let result = match self {
-            Self::Initialize(_) => {
-                return Err(RpcError::invalid_request("session already initialized"))
-            }
+            Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
             Self::Ping => Ok(json!({})),
             Self::List(kind, cursor) => session.list(kind, cursor.as_deref()),
             Self::CallTool(p) => session.call_tool(p).await,
@@ -114,32 +104,22 @@ const REQUEST_TIMEOUT: i32 = -32001;
 /// How a session error is answered.
 pub fn to_rpc(e: SessionError) -> RpcError {
     match e {
-        SessionError::Closed => {
-            RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND)
+        SessionError::Closed => RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND),
+        SessionError::UnknownTool(_) | SessionError::UnknownPrompt(_) | SessionError::InvalidParams(_) => {
+            RpcError::invalid_params(e.to_string())
         }
-        SessionError::UnknownTool(_)
-        | SessionError::UnknownPrompt(_)
-        | SessionError::InvalidParams(_) => RpcError::invalid_params(e.to_string()),
-        SessionError::UnknownResource(_) => {
-            RpcError::new(RESOURCE_NOT_FOUND, e.to_string(), StatusCode::OK)
-        }
+        SessionError::UnknownResource(_) => RpcError::new(RESOURCE_NOT_FOUND, e.to_string(), StatusCode::OK),
         SessionError::BackendUnavailable(_) => RpcError::internal(e.to_string()),
         SessionError::Backend { backend, error } => match error {
-            BackendError::Rpc {
-                code,
-                message,
-                data,
-            } => RpcError {
+            BackendError::Rpc { code, message, data } => RpcError {
                 code,
                 message,
                 data,
                 status: StatusCode::OK,
             },
-            BackendError::Timeout(_) => RpcError::new(
-                REQUEST_TIMEOUT,
-                format!("backend `{backend}`: {error}"),
-                StatusCode::OK,
-            ),
+            BackendError::Timeout(_) => {
+                RpcError::new(REQUEST_TIMEOUT, format!("backend `{backend}`: {error}"), StatusCode::OK)
+            }
             other => RpcError::internal(format!("backend `{backend}`: {other}")),
         },
     }
@@ -157,28 +137,20 @@ mod tests {
             codes::METHOD_NOT_FOUND
         );
         assert_eq!(
-            Command::parse("tools/call", Some(json!({"name": 5})))
-                .unwrap_err()
-                .code,
+            Command::parse("tools/call", Some(json!({"name": 5}))).unwrap_err().code,
             codes::INVALID_PARAMS
         );
         assert_eq!(
             Command::parse("tools/call", None).unwrap_err().code,
             codes::INVALID_PARAMS
         );
-        assert!(Command::parse(
-            "tools/call",
-            Some(json!({"name": "x", "arguments": {"a": 1}}))
-        )
-        .is_ok());
+        assert!(Command::parse("tools/call", Some(json!({"name": "x", "arguments": {"a": 1}}))).is_ok());
         assert!(matches!(
             Command::parse("tools/list", None),
             Ok(Command::List(ListKind::Tools, None))
         ));
         assert_eq!(
-            Command::parse("resources/read", Some(json!({})))
-                .unwrap_err()
-                .code,
+            Command::parse("resources/read", Some(json!({}))).unwrap_err().code,
             codes::INVALID_PARAMS
         );
     }

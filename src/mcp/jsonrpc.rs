@@ -83,22 +83,19 @@ pub enum Incoming {
         params: Option<Value>,
     },
     /// A response or error to a request the server sent.
-    Response { id: Value },
+    Response {
+        id: Value,
+    },
 }
 
 impl Incoming {
     /// Checks the envelope; on failure returns the id (if readable) and the error.
     pub fn classify(value: Value) -> Result<Self, (Option<Value>, RpcError)> {
         let Value::Object(mut obj) = value else {
-            return Err((
-                None,
-                RpcError::invalid_request("a JSON-RPC message must be an object"),
-            ));
+            return Err((None, RpcError::invalid_request("a JSON-RPC message must be an object")));
         };
         let id = obj.remove("id");
-        let fail = |id: &Option<Value>, msg: &str| {
-            Err((id.clone().filter(valid_id), RpcError::invalid_request(msg)))
-        };
+        let fail = |id: &Option<Value>, msg: &str| Err((id.clone().filter(valid_id), RpcError::invalid_request(msg)));
         if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
             return fail(&id, "`jsonrpc` must be \"2.0\"");
         }
@@ -115,9 +112,7 @@ impl Incoming {
             (Some(Value::String(method)), Some(id)) => Ok(Self::Request { id, method, params }),
             (Some(Value::String(method)), None) => Ok(Self::Notification { method, params }),
             (Some(_), id) => fail(&id, "`method` must be a string"),
-            (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => {
-                Ok(Self::Response { id })
-            }
+            (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Self::Response { id }),
             (None, id) => fail(&id, "neither a request, a notification nor a response"),
         }
     }
@@ -135,9 +130,7 @@ mod tests {
     fn classifies_messages() {
         let req = Incoming::classify(json!({"jsonrpc": "2.0", "id": 1, "method": "ping"})).unwrap();
         assert!(matches!(req, Incoming::Request { .. }));
-        let note =
-            Incoming::classify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"}))
-                .unwrap();
+        let note = Incoming::classify(json!({"jsonrpc": "2.0", "method": "notifications/initialized"})).unwrap();
         assert!(matches!(note, Incoming::Notification { .. }));
         let resp = Incoming::classify(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).unwrap();
         assert!(matches!(resp, Incoming::Response { .. }));
@@ -145,16 +138,11 @@ mod tests {
 
     #[test]
     fn rejects_bad_envelopes_keeping_the_id() {
-        let (id, e) =
-            Incoming::classify(json!({"jsonrpc": "1.0", "id": 7, "method": "x"})).unwrap_err();
+        let (id, e) = Incoming::classify(json!({"jsonrpc": "1.0", "id": 7, "method": "x"})).unwrap_err();
         assert_eq!((id, e.code), (Some(json!(7)), codes::INVALID_REQUEST));
-        let (id, _) = Incoming::classify(json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "x"}))
-            .unwrap_err();
+        let (id, _) = Incoming::classify(json!({"jsonrpc": "2.0", "id": {"x": 1}, "method": "x"})).unwrap_err();
         assert_eq!(id, None);
         assert!(Incoming::classify(json!([1])).is_err());
-        assert!(Incoming::classify(
-            json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]})
-        )
-        .is_err());
+        assert!(Incoming::classify(json!({"jsonrpc": "2.0", "id": 1, "method": "x", "params": [1]})).is_err());
     }
 }

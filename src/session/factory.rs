@@ -2,21 +2,27 @@
 //! `max_backend_init_concurrency` at a time, each under its own
 //! `init_timeout`. A backend that fails or hangs is logged and left out; the
 //! session goes on with the rest (even with none).
+//!
+//! [`SessionFactory::restore`] does the same for a session another replica
+//! created: it **resumes** each stored HTTP backend session (no handshake, so
+//! the backend keeps its state) and re-initializes only those the backend no
+//! longer knows (404) and stdio backends (their process lived elsewhere).
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
 use super::{inflight::Inflight, Session, State};
 use crate::aggregate::{Catalog, Listing};
 use crate::backend::{Backend, BackendError, BackendSession};
 use crate::config::{AggregationConfig, SessionConfig};
-use crate::store::{unix_ms, SessionMetadata};
+use crate::store::{unix_ms, BackendRecord, SessionMetadata, SessionStore};
 use crate::telemetry::Metrics;
 
 /// Backend pages followed at most per list, against a backend that never ends its cursor chain.
@@ -26,8 +32,9 @@ const MAX_LIST_PAGES: usize = 1000;
 pub struct SessionFactory {
     backends: Vec<Arc<Backend>>,
     session: SessionConfig,
-    aggregation: AggregationConfig,
+    aggregation: Arc<AggregationConfig>,
     metrics: Metrics,
+    store: Arc<dyn SessionStore>,
 }
 
 /// A backend that could not be opened, and why (for logs and instructions).
@@ -36,36 +43,85 @@ struct Failure {
     reason: String,
 }
 
+/// An open backend session and what it listed.
+pub(crate) type Opened = (BackendSession, Listing);
+
+/// How a backend session was obtained (the `outcome` of `vmcp_backend_rebuilds_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Created,
+    Resumed,
+    Reinitialized,
+}
+
 impl SessionFactory {
     pub fn new(
         backends: Vec<Arc<Backend>>,
         session: SessionConfig,
         aggregation: AggregationConfig,
         metrics: Metrics,
+        store: Arc<dyn SessionStore>,
     ) -> Self {
         Self {
             backends,
             session,
-            aggregation,
+            aggregation: Arc::new(aggregation),
             metrics,
+            store,
         }
     }
 
-    /// Opens one backend session per backend and assembles the session.
+    /// Opens one backend session per backend and assembles a new session.
     pub async fn create(
-        &self,
+        self: &Arc<Self>,
         id: String,
         client_init: Value,
         protocol_version: String,
         identity: Option<String>,
     ) -> Session {
         let started = Instant::now();
-        // Boxed futures: rustc cannot prove a closure-built stream `Send` for every lifetime.
-        let opens: Vec<BoxFuture<'_, Result<(BackendSession, Listing), Failure>>> = self
+        let opens: Vec<_> = self.backends.iter().map(|b| self.open(b, &client_init, None)).collect();
+        let (healthy, failed) = self.open_all(opens).await;
+        self.metrics
+            .session_create_duration
+            .observe(started.elapsed().as_secs_f64());
+        if healthy.is_empty() && !self.backends.is_empty() {
+            tracing::warn!(session.id = %id, "session created with no healthy backend");
+        }
+        let instructions = instructions(&healthy, &failed);
+        let now = unix_ms();
+        let meta = SessionMetadata {
+            id,
+            created_at_ms: now,
+            last_seen_ms: now,
+            identity,
+            protocol_version,
+            client_init,
+            backends: Vec::new(),
+        };
+        self.assemble(meta, healthy, instructions)
+    }
+
+    /// Rebuilds a session from its stored metadata: every configured backend
+    /// is resumed from its record where possible, else opened afresh.
+    pub async fn restore(self: &Arc<Self>, meta: SessionMetadata) -> Session {
+        let opens: Vec<_> = self
             .backends
             .iter()
-            .map(|b| Box::pin(self.open(b, &client_init)) as _)
+            .map(|b| self.open(b, &meta.client_init, meta.backends.iter().find(|r| r.name == b.name())))
             .collect();
+        let (healthy, _) = self.open_all(opens).await;
+        self.assemble(meta, healthy, String::new())
+    }
+
+    /// Re-initializes one backend for an existing session (self-heal).
+    pub(crate) async fn reopen(&self, backend: &Arc<Backend>, client_init: &Value) -> Result<Opened, BackendError> {
+        self.open(backend, client_init, None)
+            .await
+            .map_err(|f| BackendError::Transport(f.reason))
+    }
+
+    async fn open_all(&self, opens: Vec<BoxFuture<'_, Result<Opened, Failure>>>) -> (Vec<Opened>, Vec<Failure>) {
         let opened: Vec<_> = stream::iter(opens)
             .buffer_unordered(self.session.max_backend_init_concurrency)
             .collect()
@@ -77,98 +133,149 @@ impl SessionFactory {
                 Err(f) => failed.push(f),
             }
         }
-        // Keep config order, so priority and listing order do not depend on who answered first.
+        // Config order, so priority and listing order do not depend on who answered first.
         healthy.sort_by_key(|(s, _)| self.backends.iter().position(|b| b.name() == s.name()));
-        self.metrics
-            .session_create_duration
-            .observe(started.elapsed().as_secs_f64());
-        if healthy.is_empty() && !self.backends.is_empty() {
-            tracing::warn!(session.id = %id, "session created with no healthy backend");
+        (healthy, failed)
+    }
+
+    fn assemble(self: &Arc<Self>, mut meta: SessionMetadata, healthy: Vec<Opened>, instructions: String) -> Session {
+        meta.backends = healthy.iter().map(|(s, _)| s.record()).collect();
+        let mut backends = HashMap::new();
+        let mut listings = HashMap::new();
+        for (session, listing) in healthy {
+            let name: Arc<str> = Arc::from(session.name());
+            listings.insert(Arc::clone(&name), Arc::new(listing));
+            backends.insert(name, Arc::new(session));
         }
-        let catalog = {
-            let pairs: Vec<_> = healthy
-                .iter()
-                .map(|(s, l)| (&s.backend().config, l))
-                .collect();
-            Catalog::build(&self.aggregation, &pairs)
-        };
-        let now = unix_ms();
-        let meta = SessionMetadata {
-            id: id.clone(),
-            created_at_ms: now,
-            last_seen_ms: now,
-            identity,
-            protocol_version,
-            client_init,
-            backends: healthy.iter().map(|(s, _)| s.record()).collect(),
-        };
-        let instructions = instructions(&healthy, &failed);
-        let backends: HashMap<Arc<str>, Arc<BackendSession>> = healthy
-            .into_iter()
-            .map(|(s, _)| (Arc::from(s.name()), Arc::new(s)))
-            .collect();
+        let catalog = build_catalog(&self.aggregation, &backends, &listings);
+        let (events, _) = broadcast::channel(64);
         Session {
-            id,
+            id: meta.id.clone(),
             meta,
             state: RwLock::new(State {
                 closed: false,
                 backends: Arc::new(backends),
+                listings: Arc::new(listings),
                 catalog: Arc::new(catalog),
             }),
             inflight: Inflight::default(),
             last_seen: AtomicU64::new(0),
-            call_timeout: self.session.call_timeout,
-            page_size: self.aggregation.page_size,
-            metrics: self.metrics.clone(),
+            last_store_touch: AtomicU64::new(0),
             instructions,
+            factory: Arc::clone(self),
+            heal: tokio::sync::Mutex::new(()),
+            events,
         }
     }
 
-    /// Handshake and listing of one backend, under the per-backend timeout.
-    async fn open(
+    /// Opens (or resumes, given a `record`) one backend under the per-backend timeout.
+    fn open<'a>(
+        &'a self,
+        backend: &'a Arc<Backend>,
+        client_init: &'a Value,
+        record: Option<&'a BackendRecord>,
+    ) -> BoxFuture<'a, Result<Opened, Failure>> {
+        Box::pin(async move {
+            let started = Instant::now();
+            let timeout = self.session.init_timeout;
+            let result = tokio::time::timeout(timeout, open_or_resume(backend, client_init, record))
+                .await
+                .unwrap_or(Err(BackendError::Timeout(timeout)));
+            self.record_open(backend.name(), record.is_some(), started.elapsed(), &result);
+            result.map(|(opened, _)| opened).map_err(|e| {
+                tracing::warn!(backend = backend.name(), error = %e, "backend left out of the session");
+                Failure {
+                    backend: backend.name().to_owned(),
+                    reason: e.to_string(),
+                }
+            })
+        })
+    }
+
+    fn record_open(
         &self,
-        backend: &Arc<Backend>,
-        client_init: &Value,
-    ) -> Result<(BackendSession, Listing), Failure> {
-        let started = Instant::now();
-        let timeout = self.session.init_timeout;
-        let result =
-            match tokio::time::timeout(timeout, connect_and_list(backend, client_init)).await {
-                Ok(r) => r,
-                Err(_) => Err(BackendError::Timeout(timeout)),
-            };
-        let name = backend.name();
+        name: &str,
+        restoring: bool,
+        took: Duration,
+        result: &Result<(Opened, Outcome), BackendError>,
+    ) {
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
-        self.metrics
-            .backend_inits
-            .with_label_values(&[name, outcome])
-            .inc();
+        self.metrics.backend_inits.with_label_values(&[name, outcome]).inc();
         self.metrics
             .backend_init_duration
             .with_label_values(&[name])
-            .observe(started.elapsed().as_secs_f64());
-        result.map_err(|e| {
-            tracing::warn!(backend = name, error = %e, "backend left out of the session");
-            Failure {
-                backend: name.to_owned(),
-                reason: e.to_string(),
-            }
-        })
+            .observe(took.as_secs_f64());
+        if restoring {
+            let label = match result {
+                Ok((_, Outcome::Resumed)) => "resumed",
+                Ok(_) => "reinitialized",
+                Err(_) => "failed",
+            };
+            self.metrics.backend_rebuilds.with_label_values(&[name, label]).inc();
+            tracing::info!(backend = name, outcome = label, "backend session restored");
+        }
+    }
+
+    pub(crate) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.session.call_timeout
+    }
+
+    pub(crate) fn aggregation(&self) -> &Arc<AggregationConfig> {
+        &self.aggregation
+    }
+
+    pub(crate) fn store(&self) -> &Arc<dyn SessionStore> {
+        &self.store
     }
 }
 
-async fn connect_and_list(
+/// Resumes the stored backend session if it can, else opens a new one.
+async fn open_or_resume(
     backend: &Arc<Backend>,
     client_init: &Value,
-) -> Result<(BackendSession, Listing), BackendError> {
+    record: Option<&BackendRecord>,
+) -> Result<(Opened, Outcome), BackendError> {
+    if let Some(resumed) = record.and_then(|r| backend.resume(r)) {
+        match list_everything(&resumed).await {
+            Ok(listing) => return Ok(((resumed, listing), Outcome::Resumed)),
+            Err(BackendError::SessionExpired) => {} // the backend forgot it: start over
+            Err(e) => return Err(e),
+        }
+    }
     let session = backend.connect(client_init).await?;
     match list_everything(&session).await {
-        Ok(listing) => Ok((session, listing)),
+        Ok(listing) => Ok((
+            (session, listing),
+            if record.is_some() {
+                Outcome::Reinitialized
+            } else {
+                Outcome::Created
+            },
+        )),
         Err(e) => {
             session.close().await;
             Err(e)
         }
     }
+}
+
+/// The catalog of the given backends, in config order.
+pub(crate) fn build_catalog(
+    aggregation: &AggregationConfig,
+    backends: &HashMap<Arc<str>, Arc<BackendSession>>,
+    listings: &HashMap<Arc<str>, Arc<Listing>>,
+) -> Catalog {
+    let mut pairs: Vec<_> = listings
+        .iter()
+        .filter_map(|(name, listing)| backends.get(name).map(|s| (&s.backend().config, listing.as_ref())))
+        .collect();
+    // Catalog::build orders by `aggregation.priority`, then by the order given here.
+    pairs.sort_by_key(|(config, _)| backends.get(config.name.as_str()).map(|s| s.backend().position));
+    Catalog::build(aggregation, &pairs)
 }
 
 /// Every tool, prompt, resource and template the backend advertises.
@@ -182,26 +289,19 @@ pub(crate) async fn list_everything(session: &BackendSession) -> Result<Listing,
     }
     if session.has_capability("resources") {
         listing.resources = list_all(session, "resources/list", "resources").await?;
-        listing.resource_templates =
-            list_all(session, "resources/templates/list", "resourceTemplates").await?;
+        listing.resource_templates = list_all(session, "resources/templates/list", "resourceTemplates").await?;
     }
     Ok(listing)
 }
 
 /// Follows `nextCursor` until the backend's list ends.
-async fn list_all(
-    session: &BackendSession,
-    method: &str,
-    key: &str,
-) -> Result<Vec<Value>, BackendError> {
+async fn list_all(session: &BackendSession, method: &str, key: &str) -> Result<Vec<Value>, BackendError> {
     let mut items = Vec::new();
     let mut cursor: Option<String> = None;
     for _ in 0..MAX_LIST_PAGES {
         let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
-        // The outer init timeout bounds the whole listing; this one never fires first.
-        let mut page = session
-            .request(method, params, std::time::Duration::MAX / 4)
-            .await?;
+        // The caller's init timeout bounds the whole listing; this one never fires first.
+        let mut page = session.request(method, params, Duration::MAX / 4).await?;
         if let Some(Value::Array(chunk)) = page.get_mut(key).map(Value::take) {
             items.extend(chunk);
         }
@@ -216,7 +316,7 @@ async fn list_all(
 }
 
 /// The gateway's `instructions`: which backends this session has, with theirs.
-fn instructions(healthy: &[(BackendSession, Listing)], failed: &[Failure]) -> String {
+fn instructions(healthy: &[Opened], failed: &[Failure]) -> String {
     let mut text = if healthy.is_empty() {
         String::from("vmcp: no backend is available in this session; tools, prompts and resources are empty.")
     } else {
@@ -224,18 +324,11 @@ fn instructions(healthy: &[(BackendSession, Listing)], failed: &[Failure]) -> St
         format!("vmcp aggregates these MCP servers: {}.", names.join(", "))
     };
     if !failed.is_empty() {
-        let down: Vec<String> = failed
-            .iter()
-            .map(|f| format!("{} ({})", f.backend, f.reason))
-            .collect();
+        let down: Vec<String> = failed.iter().map(|f| format!("{} ({})", f.backend, f.reason)).collect();
         text.push_str(&format!(" Unavailable: {}.", down.join("; ")));
     }
     for (session, _) in healthy {
-        if let Some(own) = session
-            .init_result()
-            .get("instructions")
-            .and_then(Value::as_str)
-        {
+        if let Some(own) = session.init_result().get("instructions").and_then(Value::as_str) {
             text.push_str(&format!("\n\n[{}] {}", session.name(), own));
         }
     }

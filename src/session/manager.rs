@@ -1,24 +1,30 @@
-//! The sessions of this replica: creation under a `max_sessions` cap, lookup,
-//! DELETE, shutdown, and the idle reaper.
+//! The sessions of this replica: creation under a `max_sessions` cap, lookup
+//! (rebuilding sessions created elsewhere from the store), DELETE, shutdown,
+//! and the idle reaper.
 //!
 //! The reaper sleeps until the earliest recorded deadline (like mini-redis's
 //! purge task). Requests only bump an atomic `last_seen`; when an entry comes
 //! due the reaper checks the real deadline and reschedules it if the session
 //! was used since. So the request path never touches the reaper's set, yet a
 //! session is closed (backend sessions included) at its expiry, not lazily.
+//!
+//! With a shared store the request path does not wait for Redis either: the
+//! session's store lifetime is extended by a background touch at most once per
+//! `touch_interval`, and deletions on other replicas arrive on a feed.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::{id, Session, SessionFactory};
-use crate::store::{SessionStore, StoreError};
+use super::{id, IdentityHasher, Session, SessionFactory};
+use crate::store::{SessionStore, StoreError, Touch};
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +39,26 @@ pub enum ManagerError {
     Random(#[from] id::RandomError),
 }
 
-/// Why a session ended (the `reason` label of `vmcp_sessions_closed_total`).
+/// Why a request's session cannot be served.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ResolveError {
+    /// Unknown, expired, deleted, or bound to another identity (never say which).
+    #[error("session not found")]
+    NotFound,
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+    #[error("this replica holds its maximum of {0} sessions")]
+    Full(usize),
+}
+
+/// Why a session ended here (the `reason` label of `vmcp_sessions_closed_total`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CloseReason {
     Delete,
     Idle,
     Shutdown,
+    /// The runtime was given up while the session lives on for other replicas.
+    Released,
 }
 
 impl CloseReason {
@@ -47,19 +67,34 @@ impl CloseReason {
             Self::Delete => "delete",
             Self::Idle => "idle",
             Self::Shutdown => "shutdown",
+            Self::Released => "released",
         }
     }
 }
 
+/// Knobs of the manager, from `session.*` and `store.*`.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub idle_timeout: Duration,
+    pub max_sessions: usize,
+    pub touch_interval: Duration,
+    /// Whether other replicas share the store (then runtimes are released, not closed, at shutdown).
+    pub shared_store: bool,
+}
+
+type Rebuild = Arc<OnceCell<Result<Arc<Session>, ResolveError>>>;
+
 pub struct SessionManager {
-    factory: SessionFactory,
+    factory: Arc<SessionFactory>,
     store: Arc<dyn SessionStore>,
+    identity: IdentityHasher,
     metrics: Metrics,
-    idle_timeout: Duration,
-    max_sessions: usize,
+    limits: Limits,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     /// Sessions held plus sessions being created, for the `max_sessions` cap.
     reserved: AtomicUsize,
+    /// Foreign sessions being rebuilt: concurrent requests share one rebuild.
+    rebuilding: Mutex<HashMap<String, Rebuild>>,
     /// `(deadline, id)`: one entry per live session, possibly stale (see module doc).
     deadlines: Mutex<BTreeSet<(Instant, String)>>,
     reaper_wake: Notify,
@@ -78,22 +113,21 @@ impl Drop for Reservation<'_> {
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl SessionManager {
-    pub fn new(
-        factory: SessionFactory,
-        store: Arc<dyn SessionStore>,
-        metrics: Metrics,
-        idle_timeout: Duration,
-        max_sessions: usize,
-    ) -> Self {
+    pub fn new(factory: Arc<SessionFactory>, identity: IdentityHasher, metrics: Metrics, limits: Limits) -> Self {
         Self {
+            store: Arc::clone(factory.store()),
             factory,
-            store,
+            identity,
             metrics,
-            idle_timeout,
-            max_sessions,
+            limits,
             sessions: RwLock::default(),
             reserved: AtomicUsize::new(0),
+            rebuilding: Mutex::default(),
             deadlines: Mutex::default(),
             reaper_wake: Notify::new(),
             epoch: Instant::now(),
@@ -109,73 +143,219 @@ impl SessionManager {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Creates a session: reserves a slot, opens the backends, records metadata.
+    fn reserve(&self) -> Option<Reservation<'_>> {
+        if self.reserved.fetch_add(1, Ordering::AcqRel) >= self.limits.max_sessions {
+            self.reserved.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Reservation(&self.reserved, false))
+    }
+
+    /// Creates a session bound to the caller (`authorization` header value).
     pub async fn create(
         &self,
         client_init: Value,
         protocol_version: String,
-        identity: Option<String>,
+        authorization: Option<&str>,
     ) -> Result<Arc<Session>, ManagerError> {
         if self.draining.is_cancelled() {
             return Err(ManagerError::Draining);
         }
-        if self.reserved.fetch_add(1, Ordering::AcqRel) >= self.max_sessions {
-            self.reserved.fetch_sub(1, Ordering::AcqRel);
-            return Err(ManagerError::Full(self.max_sessions));
-        }
-        let mut reservation = Reservation(&self.reserved, false);
+        let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
+        let identity = self.identity.identify(self.store.as_ref(), authorization).await?;
         let id = id::new_session_id()?;
-        let session = Arc::new(
-            self.factory
-                .create(id.clone(), client_init, protocol_version, identity)
-                .await,
-        );
-        if let Err(e) = self.store.put(session.metadata()).await {
+        let session = Arc::new(self.factory.create(id, client_init, protocol_version, identity).await);
+        if let Err(e) = self.store.put(&session.metadata_now()).await {
             session.close().await;
             return Err(e.into());
         }
-        session.touch(self.now_ms());
-        self.write_sessions()
-            .insert(id.clone(), Arc::clone(&session));
         reservation.1 = true;
-        self.schedule(Instant::now() + self.idle_timeout, id);
+        self.adopt(&session);
         self.metrics.sessions_created.inc();
-        self.metrics.sessions_active.inc();
         Ok(session)
     }
 
-    /// The live session `id`, marked as used now.
-    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        let session = self
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id)
-            .cloned()?;
+    /// Starts tracking a session that is now live here.
+    fn adopt(&self, session: &Arc<Session>) {
+        let now = self.now_ms();
+        session.touch(now);
+        session.last_store_touch().store(now, Ordering::Relaxed);
+        self.write_sessions()
+            .insert(session.id().to_owned(), Arc::clone(session));
+        self.schedule(Instant::now() + self.limits.idle_timeout, session.id().to_owned());
+        self.metrics.sessions_active.inc();
+    }
+
+    fn local(&self, id: &str) -> Option<Arc<Session>> {
+        self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
+    }
+
+    /// The session a request names, if the caller may use it: the live one
+    /// here, or one rebuilt from the store if another replica created it.
+    pub async fn resolve(
+        self: &Arc<Self>,
+        id: &str,
+        authorization: Option<&str>,
+    ) -> Result<Arc<Session>, ResolveError> {
+        let identity = self
+            .identity
+            .identify(self.store.as_ref(), authorization)
+            .await
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        let session = match self.local(id) {
+            Some(s) => s,
+            None => self.rebuild_once(id).await?,
+        };
+        if session.identity() != identity.as_deref() {
+            tracing::warn!(session.id = %id, "request for a session bound to another identity");
+            return Err(ResolveError::NotFound);
+        }
         session.touch(self.now_ms());
-        Some(session)
+        self.touch_store(&session);
+        Ok(session)
     }
 
-    /// Ends session `id` (client DELETE); `false` if it is unknown.
-    pub async fn delete(&self, id: &str) -> Result<bool, ManagerError> {
-        let removed = self.remove(id, CloseReason::Delete).await;
-        let stored = self.store.delete(id).await?;
-        Ok(removed || stored)
+    /// Rebuilds foreign session `id` once, however many requests ask at once.
+    async fn rebuild_once(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
+        let cell: Rebuild = Arc::clone(lock(&self.rebuilding).entry(id.to_owned()).or_default());
+        let result = cell.get_or_init(|| self.rebuild(id)).await.clone();
+        let mut rebuilding = lock(&self.rebuilding);
+        if rebuilding.get(id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            rebuilding.remove(id);
+        }
+        result
     }
 
-    /// Removes and closes `id` if it is live here.
+    async fn rebuild(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
+        if let Some(session) = self.local(id) {
+            return Ok(session); // a rebuild that just finished
+        }
+        let started = std::time::Instant::now();
+        let result = self.restore(id).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(ResolveError::NotFound) => "not_found",
+            Err(_) => "error",
+        };
+        self.metrics.session_rebuilds.with_label_values(&[outcome]).inc();
+        if result.is_ok() {
+            self.metrics
+                .session_rebuild_duration
+                .observe(started.elapsed().as_secs_f64());
+            tracing::info!(session.id = %id, took_ms = started.elapsed().as_millis() as u64, "foreign session rebuilt");
+        }
+        result
+    }
+
+    async fn restore(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
+        let meta = match self.store.get(id).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => return Err(ResolveError::NotFound),
+            Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
+        };
+        let mut reservation = self.reserve().ok_or(ResolveError::Full(self.limits.max_sessions))?;
+        let stored = meta.backends.clone();
+        let session = Arc::new(self.factory.restore(meta).await);
+        if session.backend_sessions() != stored {
+            match self.store.update(&session.metadata_now()).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    session.close().await; // deleted while we rebuilt it
+                    return Err(ResolveError::NotFound);
+                }
+                Err(e) => tracing::warn!(session.id = %id, error = %e, "rebuilt backend sessions not stored"),
+            }
+        }
+        reservation.1 = true;
+        self.adopt(&session);
+        Ok(session)
+    }
+
+    /// Extends the session's store lifetime in the background, at most once per interval.
+    fn touch_store(self: &Arc<Self>, session: &Arc<Session>) {
+        if !self.limits.shared_store {
+            return; // the reaper alone decides; nothing else reads the memory store
+        }
+        let now = self.now_ms();
+        let last = session.last_store_touch().load(Ordering::Relaxed);
+        let interval = self.limits.touch_interval.as_millis() as u64;
+        if now.saturating_sub(last) < interval
+            || session
+                .last_store_touch()
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        let (manager, session) = (Arc::clone(self), Arc::clone(session));
+        tokio::spawn(async move { manager.refresh(&session).await });
+    }
+
+    async fn refresh(&self, session: &Session) {
+        let id = session.id();
+        let found = match self.store.touch(id).await {
+            Ok(Touch::Missing) => match self.store.update(&session.metadata_now()).await {
+                Ok(true) => {
+                    tracing::info!(session.id = %id, "session metadata was missing from the store; written again");
+                    Ok(Touch::Alive)
+                }
+                Ok(false) => Ok(Touch::Deleted),
+                Err(e) => Err(e),
+            },
+            other => other,
+        };
+        match found {
+            Ok(Touch::Deleted) => {
+                self.remove(id, CloseReason::Delete).await;
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(session.id = %id, error = %e, "session lifetime not extended in the store"),
+        }
+    }
+
+    /// Ends session `id` for a client DELETE. `false` if unknown to this caller.
+    pub async fn delete(self: &Arc<Self>, id: &str, authorization: Option<&str>) -> Result<bool, ResolveError> {
+        let identity = self
+            .identity
+            .identify(self.store.as_ref(), authorization)
+            .await
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        let owner = match self.local(id) {
+            Some(session) => session.identity().map(str::to_owned),
+            None => match self.store.get(id).await {
+                Ok(Some(meta)) => meta.identity,
+                Ok(None) => return Ok(false),
+                Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
+            },
+        };
+        if owner != identity {
+            tracing::warn!(session.id = %id, "DELETE for a session bound to another identity");
+            return Ok(false);
+        }
+        self.remove(id, CloseReason::Delete).await;
+        self.store
+            .delete(id)
+            .await
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        Ok(true)
+    }
+
+    /// Removes `id` if it is live here: closes it, or only releases the runtime.
     async fn remove(&self, id: &str, reason: CloseReason) -> bool {
         let Some(session) = self.write_sessions().remove(id) else {
             return false;
         };
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         self.metrics.sessions_active.dec();
-        self.metrics
-            .sessions_closed
-            .with_label_values(&[reason.label()])
-            .inc();
-        session.close().await;
-        tracing::info!(session.id = %id, reason = reason.label(), "session ended");
+        self.metrics.sessions_closed.with_label_values(&[reason.label()]).inc();
+        let keep_backends =
+            reason == CloseReason::Released || (reason == CloseReason::Shutdown && self.limits.shared_store);
+        if keep_backends {
+            session.release().await;
+        } else {
+            session.close().await;
+        }
+        tracing::info!(session.id = %id, reason = reason.label(), "session ended here");
         true
     }
 
@@ -184,10 +364,7 @@ impl SessionManager {
     }
 
     pub fn len(&self) -> usize {
-        self.sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .len()
+        self.sessions.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,7 +372,7 @@ impl SessionManager {
     }
 
     fn schedule(&self, deadline: Instant, id: String) {
-        let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+        let mut deadlines = lock(&self.deadlines);
         let earliest = deadlines.first().is_none_or(|(d, _)| deadline < *d);
         deadlines.insert((deadline, id));
         drop(deadlines);
@@ -204,11 +381,11 @@ impl SessionManager {
         }
     }
 
-    /// Closes every session idle past its deadline; returns the next deadline.
+    /// Ends every session idle past its deadline; returns the next deadline.
     async fn reap(&self) -> Option<Instant> {
         let now = Instant::now();
         let due: Vec<(Instant, String)> = {
-            let mut deadlines = self.deadlines.lock().unwrap_or_else(|p| p.into_inner());
+            let mut deadlines = lock(&self.deadlines);
             let mut due = Vec::new();
             while deadlines.first().is_some_and(|(d, _)| *d <= now) {
                 due.extend(deadlines.pop_first());
@@ -216,36 +393,53 @@ impl SessionManager {
             due
         };
         for (_, id) in due {
-            let Some(session) = self
-                .sessions
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&id)
-                .cloned()
-            else {
-                continue; // deleted meanwhile
-            };
-            let real = self.epoch + Duration::from_millis(session.last_seen()) + self.idle_timeout;
+            let Some(session) = self.local(&id) else { continue }; // ended meanwhile
+            let real = self.epoch + Duration::from_millis(session.last_seen()) + self.limits.idle_timeout;
             let busy = session.inflight() > 0;
             if real > now || busy {
                 // Used since it was scheduled, or busy right now: not idle.
-                self.schedule(if busy { now + self.idle_timeout } else { real }, id);
+                self.schedule(if busy { now + self.limits.idle_timeout } else { real }, id);
                 continue;
             }
-            self.remove(&id, CloseReason::Idle).await;
-            if let Err(e) = self.store.delete(&id).await {
-                tracing::warn!(session.id = %id, error = %e, "expired session not removed from the store");
-            }
+            self.expire(&id).await;
         }
-        self.deadlines
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .map(|(d, _)| *d)
+        lock(&self.deadlines).first().map(|(d, _)| *d)
     }
 
-    /// Runs the idle reaper until `shutdown` fires.
-    pub async fn run_reaper(self: Arc<Self>, shutdown: CancellationToken) {
+    /// Idle here. With a shared store the session may live on through another
+    /// replica (its store entry was touched since): then only the runtime goes.
+    async fn expire(&self, id: &str) {
+        let alive_elsewhere = self.limits.shared_store && matches!(self.store.get(id).await, Ok(Some(_)) | Err(_));
+        if alive_elsewhere {
+            self.remove(id, CloseReason::Released).await;
+            return;
+        }
+        self.remove(id, CloseReason::Idle).await;
+        if let Err(e) = self.store.delete(id).await {
+            tracing::warn!(session.id = %id, error = %e, "expired session not removed from the store");
+        }
+    }
+
+    /// Runs the idle reaper and follows deletions made on other replicas,
+    /// until `shutdown` fires.
+    pub async fn run_background(self: Arc<Self>, shutdown: CancellationToken) {
+        let deletions = {
+            let manager = Arc::clone(&self);
+            let mut feed = self.store.deletions();
+            async move {
+                while let Some(id) = feed.next().await {
+                    manager.remove(&id, CloseReason::Delete).await;
+                }
+            }
+        };
+        tokio::select! {
+            _ = self.run_reaper() => {}
+            _ = deletions => {}
+            _ = shutdown.cancelled() => {}
+        }
+    }
+
+    async fn run_reaper(&self) {
         loop {
             let next = self.reap().await;
             let sleep = async {
@@ -257,7 +451,6 @@ impl SessionManager {
             tokio::select! {
                 _ = sleep => {}
                 _ = self.reaper_wake.notified() => {}
-                _ = shutdown.cancelled() => return,
             }
         }
     }
@@ -271,7 +464,8 @@ impl SessionManager {
         self.draining.is_cancelled()
     }
 
-    /// Closes every session of this replica, waiting for their in-flight calls.
+    /// Ends every session here, waiting for their in-flight calls. With a
+    /// shared store the backend sessions stay open for the next replica.
     pub async fn close_all(&self) {
         let ids: Vec<String> = self
             .sessions
@@ -280,7 +474,6 @@ impl SessionManager {
             .keys()
             .cloned()
             .collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.remove(id, CloseReason::Shutdown)))
-            .await;
+        futures_util::future::join_all(ids.iter().map(|id| self.remove(id, CloseReason::Shutdown))).await;
     }
 }

@@ -8,25 +8,27 @@
 //! in-flight ones before it closes the backend sessions.
 
 mod factory;
+mod heal;
 mod id;
+mod identity;
 mod inflight;
 mod manager;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use serde_json::{json, Value};
+use tokio::sync::broadcast;
 
-use crate::aggregate::{page, Catalog};
+use crate::aggregate::{page, Catalog, Listing};
 use crate::backend::{BackendError, BackendSession};
-use crate::store::SessionMetadata;
-use crate::telemetry::Metrics;
+use crate::store::{unix_ms, SessionMetadata};
 
 pub use factory::SessionFactory;
 pub use id::{is_well_formed, new_session_id};
-pub use manager::{CloseReason, ManagerError, SessionManager};
+pub use identity::IdentityHasher;
+pub use manager::{CloseReason, Limits, ManagerError, ResolveError, SessionManager};
 
 use inflight::{Inflight, InflightGuard};
 
@@ -46,32 +48,37 @@ pub enum SessionError {
     #[error("backend `{0}` is not available in this session")]
     BackendUnavailable(String),
     #[error("backend `{backend}`: {error}")]
-    Backend {
-        backend: String,
-        error: BackendError,
-    },
+    Backend { backend: String, error: BackendError },
 }
 
 type Backends = Arc<HashMap<Arc<str>, Arc<BackendSession>>>;
+type Listings = Arc<HashMap<Arc<str>, Arc<Listing>>>;
 
 struct State {
     closed: bool,
     backends: Backends,
+    /// What each backend listed, so re-initializing one backend can rebuild the catalog.
+    listings: Listings,
     catalog: Arc<Catalog>,
 }
 
 /// One client session on this replica.
 pub struct Session {
     id: String,
+    /// The metadata at creation; `metadata_now()` adds the current backend sessions.
     meta: SessionMetadata,
     state: RwLock<State>,
     inflight: Inflight,
     /// Milliseconds since the manager's epoch of the last request (for the reaper).
     last_seen: AtomicU64,
-    call_timeout: Duration,
-    page_size: usize,
-    metrics: Metrics,
+    /// Same clock: when the store last extended this session's lifetime.
+    last_store_touch: AtomicU64,
     instructions: String,
+    factory: Arc<SessionFactory>,
+    /// Serialises self-heal, so concurrent 404s re-initialize a backend once.
+    heal: tokio::sync::Mutex<()>,
+    /// Server-to-client messages (JSON text) for the client's GET stream.
+    events: broadcast::Sender<Arc<str>>,
 }
 
 /// What a call needs, copied out from under the lock.
@@ -86,9 +93,22 @@ impl Session {
         &self.id
     }
 
-    /// The metadata this session was created with (backend list included).
-    pub fn metadata(&self) -> &SessionMetadata {
-        &self.meta
+    /// The metadata as it is now: current backend session ids, last use now.
+    pub fn metadata_now(&self) -> SessionMetadata {
+        let mut meta = self.meta.clone();
+        meta.backends = self.backend_sessions();
+        meta.last_seen_ms = unix_ms();
+        meta
+    }
+
+    /// The identity hash this session is bound to (`None`: anonymous).
+    pub fn identity(&self) -> Option<&str> {
+        self.meta.identity.as_deref()
+    }
+
+    /// A receiver of the messages this session sends to its client.
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
+        self.events.subscribe()
     }
 
     /// The gateway's `instructions` for the client's `initialize` result.
@@ -96,28 +116,35 @@ impl Session {
         &self.instructions
     }
 
-    /// Union of the backends' capabilities, as the gateway advertises them.
+    /// What the gateway advertises: tools, prompts and resources always (their
+    /// lists may change as backends come and go), completions if any backend has them.
     pub fn capabilities(&self) -> Value {
         let state = self.read();
-        let has = |cap: &str| state.backends.values().any(|b| b.has_capability(cap));
-        let mut caps = serde_json::Map::new();
-        caps.insert("tools".into(), json!({ "listChanged": true }));
-        caps.insert("prompts".into(), json!({ "listChanged": true }));
-        caps.insert("resources".into(), json!({ "listChanged": true }));
-        if has("completions") {
-            caps.insert("completions".into(), json!({}));
+        let mut caps = json!({
+            "tools": { "listChanged": true },
+            "prompts": { "listChanged": true },
+            "resources": { "listChanged": true },
+        });
+        if state.backends.values().any(|b| b.has_capability("completions")) {
+            caps["completions"] = json!({});
         }
-        Value::Object(caps)
+        caps
     }
 
-    /// The backend sessions' records, as they are now.
+    /// The backend sessions' records, as they are now, in name order.
     pub fn backend_sessions(&self) -> Vec<crate::store::BackendRecord> {
-        self.read().backends.values().map(|b| b.record()).collect()
+        let mut records: Vec<_> = self.read().backends.values().map(|b| b.record()).collect();
+        records.sort_by(|a, b| a.name.cmp(&b.name));
+        records
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, State> {
         // A poisoned lock only means a panic elsewhere; the state itself is plain data.
         self.state.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, State> {
+        self.state.write().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Counts the call in and copies out what it needs; refuses when closed.
@@ -141,6 +168,10 @@ impl Session {
         self.last_seen.load(Ordering::Relaxed)
     }
 
+    pub(crate) fn last_store_touch(&self) -> &AtomicU64 {
+        &self.last_store_touch
+    }
+
     pub fn inflight(&self) -> usize {
         self.inflight.count()
     }
@@ -158,7 +189,7 @@ impl Session {
             ListKind::Resources => &view.catalog.resources,
             ListKind::ResourceTemplates => &view.catalog.resource_templates,
         };
-        let (chunk, next) = page::page(items, cursor, self.page_size)
+        let (chunk, next) = page::page(items, cursor, self.factory.aggregation().page_size)
             .map_err(|e| SessionError::InvalidParams(e.to_string()))?;
         let mut result = json!({ kind.key(): chunk });
         if let Some(next) = next {
@@ -176,8 +207,7 @@ impl Session {
             .tool(name)
             .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "tools/call", params)
-            .await
+        self.forward(&view, &route.backend, "tools/call", params).await
     }
 
     /// `prompts/get`: like `call_tool`, for prompts.
@@ -189,8 +219,7 @@ impl Session {
             .prompt(name)
             .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "prompts/get", params)
-            .await
+        self.forward(&view, &route.backend, "prompts/get", params).await
     }
 
     /// `resources/read`: routes by URI, which is passed through unchanged.
@@ -201,8 +230,7 @@ impl Session {
             .catalog
             .resource(uri)
             .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
-        self.forward(&view, &backend, "resources/read", params)
-            .await
+        self.forward(&view, &backend, "resources/read", params).await
     }
 
     /// `completion/complete`: routes by the prompt or resource it refers to.
@@ -231,21 +259,21 @@ impl Session {
                 ))
             }
         };
-        self.forward(&view, &backend, "completion/complete", params)
-            .await
+        self.forward(&view, &backend, "completion/complete", params).await
     }
 
     /// `logging/setLevel`: applied to every backend that supports logging.
     pub async fn set_log_level(&self, params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
-        let targets: Vec<&Arc<BackendSession>> = view
+        let targets: Vec<Arc<str>> = view
             .backends
-            .values()
-            .filter(|b| b.has_capability("logging"))
+            .iter()
+            .filter(|(_, b)| b.has_capability("logging"))
+            .map(|(name, _)| Arc::clone(name))
             .collect();
         let calls = targets
             .iter()
-            .map(|b| self.forward(&view, b.name(), "logging/setLevel", params.clone()));
+            .map(|name| self.forward(&view, name, "logging/setLevel", params.clone()));
         for result in futures_util::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::debug!(session.id = %self.id, error = %e, "logging/setLevel not applied");
@@ -254,6 +282,8 @@ impl Session {
         Ok(json!({}))
     }
 
+    /// Sends a call to `backend`; if the backend forgot our backend session
+    /// (404: the call was not executed), re-initializes it and retries once.
     async fn forward(
         &self,
         view: &View<'_>,
@@ -265,30 +295,50 @@ impl Session {
             .backends
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
-        let started = std::time::Instant::now();
-        let result = session
-            .request(method, Some(params), self.call_timeout)
-            .await;
-        let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
-        self.metrics
-            .backend_calls
-            .with_label_values(&[backend, method, outcome])
-            .inc();
-        self.metrics
-            .backend_call_duration
-            .with_label_values(&[backend, method])
-            .observe(started.elapsed().as_secs_f64());
+        let result = match self.send(session, method, params.clone()).await {
+            Err(BackendError::SessionExpired) => {
+                let healed = self.heal(backend, session).await?;
+                self.send(&healed, method, params).await
+            }
+            other => other,
+        };
         result.map_err(|error| SessionError::Backend {
             backend: backend.to_owned(),
             error,
         })
     }
 
-    /// Refuses new calls, waits for in-flight ones, then closes every backend
+    async fn send(&self, session: &BackendSession, method: &'static str, params: Value) -> Result<Value, BackendError> {
+        let metrics = self.factory.metrics();
+        let started = std::time::Instant::now();
+        let result = session.request(method, Some(params), self.factory.call_timeout()).await;
+        let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
+        metrics
+            .backend_calls
+            .with_label_values(&[session.name(), method, outcome])
+            .inc();
+        metrics
+            .backend_call_duration
+            .with_label_values(&[session.name(), method])
+            .observe(started.elapsed().as_secs_f64());
+        result
+    }
+
+    /// Refuses new calls, waits for in-flight ones, then ends every backend
     /// session in parallel. Idempotent.
     pub async fn close(&self) {
+        self.shut(true).await;
+    }
+
+    /// Like `close()`, but leaves HTTP backend sessions open on the backends so
+    /// that another replica can resume them (stdio children are still killed).
+    pub async fn release(&self) {
+        self.shut(false).await;
+    }
+
+    async fn shut(&self, end_backend_sessions: bool) {
         let backends = {
-            let mut state = self.state.write().unwrap_or_else(|p| p.into_inner());
+            let mut state = self.write();
             if state.closed {
                 return;
             }
@@ -296,8 +346,12 @@ impl Session {
             std::mem::take(&mut state.backends)
         };
         self.inflight.wait_idle().await;
-        futures_util::future::join_all(backends.values().map(|b| b.close())).await;
-        tracing::debug!(session.id = %self.id, "session closed");
+        if end_backend_sessions {
+            futures_util::future::join_all(backends.values().map(|b| b.close())).await;
+        } else {
+            futures_util::future::join_all(backends.values().map(|b| b.release())).await;
+        }
+        tracing::debug!(session.id = %self.id, end_backend_sessions, "session shut");
     }
 }
 

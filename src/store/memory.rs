@@ -5,19 +5,31 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use futures_util::future::{ready, BoxFuture, FutureExt};
+use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::{SessionMetadata, SessionStore, StoreError};
+use super::{SessionMetadata, SessionStore, StoreError, Touch};
 
-#[derive(Default)]
 pub struct MemoryStore {
     sessions: Mutex<HashMap<String, SessionMetadata>>,
+    salt: Vec<u8>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        let mut salt = vec![0u8; 32];
+        if getrandom::fill(&mut salt).is_err() {
+            // Only this process ever sees these hashes; a fixed salt still separates them from raw tokens.
+            tracing::warn!("OS random source failed; identity hashes use a fixed salt");
+        }
+        Self {
+            sessions: Mutex::default(),
+            salt,
+        }
+    }
 }
 
 impl MemoryStore {
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut HashMap<String, SessionMetadata>) -> T,
-    ) -> Result<T, StoreError> {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<String, SessionMetadata>) -> T) -> Result<T, StoreError> {
         let mut guard = self
             .sessions
             .lock()
@@ -34,22 +46,28 @@ impl SessionStore for MemoryStore {
         ready(result).boxed()
     }
 
-    fn get<'a>(
-        &'a self,
-        id: &'a str,
-    ) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>> {
+    fn update(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<bool, StoreError>> {
+        let result = self.with(|m| match m.get_mut(&meta.id) {
+            Some(slot) => {
+                *slot = meta.clone();
+                true
+            }
+            None => false,
+        });
+        ready(result).boxed()
+    }
+
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>> {
         ready(self.with(|m| m.get(id).cloned())).boxed()
     }
 
-    fn touch<'a>(
-        &'a self,
-        id: &'a str,
-        last_seen_ms: u64,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        let result = self.with(|m| {
-            if let Some(meta) = m.get_mut(id) {
-                meta.last_seen_ms = last_seen_ms;
+    fn touch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Touch, StoreError>> {
+        let result = self.with(|m| match m.get_mut(id) {
+            Some(meta) => {
+                meta.last_seen_ms = super::unix_ms();
+                Touch::Alive
             }
+            None => Touch::Deleted,
         });
         ready(result).boxed()
     }
@@ -61,6 +79,15 @@ impl SessionStore for MemoryStore {
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
         ready(Ok(())).boxed()
     }
+
+    fn deletions(&self) -> BoxStream<'static, String> {
+        // One process: the manager that deletes is the only one holding the runtime.
+        stream::pending().boxed()
+    }
+
+    fn identity_salt(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
+        ready(Ok(self.salt.clone())).boxed()
+    }
 }
 
 #[cfg(test)]
@@ -68,7 +95,7 @@ mod tests {
     use super::*;
     use crate::store::{BackendRecord, BackendTarget};
 
-    fn meta(id: &str) -> SessionMetadata {
+    pub(crate) fn meta(id: &str) -> SessionMetadata {
         SessionMetadata {
             id: id.into(),
             created_at_ms: 1,
@@ -83,19 +110,23 @@ mod tests {
                 },
                 session_id: Some("abc".into()),
                 protocol_version: Some("2025-06-18".into()),
+                capabilities: Some(serde_json::json!({"tools": {}})),
             }],
         }
     }
 
     #[tokio::test]
-    async fn put_get_touch_delete() {
+    async fn put_get_update_touch_delete() {
         let store = MemoryStore::default();
         store.put(&meta("s1")).await.unwrap();
-        store.touch("s1", 42).await.unwrap();
-        assert_eq!(store.get("s1").await.unwrap().unwrap().last_seen_ms, 42);
+        assert_eq!(store.touch("s1").await.unwrap(), Touch::Alive);
+        assert!(store.get("s1").await.unwrap().unwrap().last_seen_ms > 1);
+        assert!(store.update(&meta("s1")).await.unwrap());
         assert!(store.delete("s1").await.unwrap());
         assert!(!store.delete("s1").await.unwrap());
+        assert!(!store.update(&meta("s1")).await.unwrap(), "no resurrection");
         assert!(store.get("s1").await.unwrap().is_none());
+        assert_eq!(store.touch("s1").await.unwrap(), Touch::Deleted);
     }
 
     #[test]

@@ -6,10 +6,13 @@
 //! `crate::session` only.
 
 mod memory;
+mod redis;
 
 use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
+pub use self::redis::RedisStore;
 pub use memory::MemoryStore;
 
 /// How a backend is reached; recorded so another replica can rebuild it.
@@ -34,6 +37,9 @@ pub struct BackendRecord {
     /// Protocol version negotiated with this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub protocol_version: Option<String>,
+    /// The backend's advertised capabilities (so a resumed session knows what to list).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<serde_json::Value>,
 }
 
 /// The serialisable state of one client session.
@@ -63,23 +69,40 @@ pub enum StoreError {
     Corrupt(String),
 }
 
+/// What a touch found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Touch {
+    /// The session is stored; its lifetime was extended.
+    Alive,
+    /// The session is not stored (expired, or the store lost it) and was not deleted.
+    Missing,
+    /// The session was deleted (a tombstone exists): its runtime must go.
+    Deleted,
+}
+
 /// Where session metadata lives: memory (one replica) or Redis (replicated).
 ///
 /// Methods return boxed futures so the store can be a trait object chosen at
 /// start-up from the config.
 pub trait SessionStore: Send + Sync + 'static {
-    /// Stores a new session (overwrites an existing one with the same id).
+    /// Stores a new session.
     fn put(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<(), StoreError>>;
-    /// Loads a session, `None` if absent or expired.
-    fn get<'a>(&'a self, id: &'a str)
-        -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
+    /// Writes a live session's metadata (new backend session ids, or again
+    /// after the store lost it) unless the session was deleted; `false` then,
+    /// so a deleted session is never resurrected.
+    fn update(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<bool, StoreError>>;
+    /// Loads a session, `None` if absent, expired or deleted.
+    fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
     /// Extends the session's lifetime (sliding idle timeout).
-    fn touch<'a>(&'a self, id: &'a str, last_seen_ms: u64)
-        -> BoxFuture<'a, Result<(), StoreError>>;
-    /// Removes a session; `true` if it existed.
+    fn touch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Touch, StoreError>>;
+    /// Removes a session and leaves a tombstone; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
     /// Checks that the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
+    /// Ids of sessions deleted anywhere (other replicas included), as they happen.
+    fn deletions(&self) -> BoxStream<'static, String>;
+    /// A secret shared by every replica on this store, to key identity hashes.
+    fn identity_salt(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>>;
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).

@@ -52,7 +52,8 @@ fn text_result(text: String) -> CallToolResponse {
 
 impl Handler {
     fn tools(&self) -> Vec<Value> {
-        let schema = json!({"type": "object", "properties": {"message": {"type": "string"}, "ms": {"type": "integer"}}});
+        let schema =
+            json!({"type": "object", "properties": {"message": {"type": "string"}, "ms": {"type": "integer"}}});
         let mut tools: Vec<Value> = ["echo", "counter", "slow", "whoami"]
             .iter()
             .map(|t| json!({"name": t, "description": format!("{t} of {}", self.name), "inputSchema": schema}))
@@ -82,10 +83,7 @@ impl ServerHandler for Handler {
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
         let all = self.tools();
-        let start: usize = request
-            .and_then(|r| r.cursor)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
+        let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
         let end = (start + 50).min(all.len());
         let mut result = json!({"tools": all[start..end]});
         if end < all.len() {
@@ -207,9 +205,7 @@ impl TestBackend {
     }
 
     pub async fn start_with(name: &str, options: Options) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();

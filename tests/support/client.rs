@@ -21,11 +21,7 @@ pub struct Reply {
 
 impl Reply {
     pub fn result(&self) -> &Value {
-        assert!(
-            self.body.get("error").is_none(),
-            "expected a result, got {}",
-            self.body
-        );
+        assert!(self.body.get("error").is_none(), "expected a result, got {}", self.body);
         &self.body["result"]
     }
 
@@ -96,11 +92,7 @@ impl Client {
             text
         };
         let body = serde_json::from_str(&json_text).unwrap_or(Value::Null);
-        Reply {
-            status,
-            headers,
-            body,
-        }
+        Reply { status, headers, body }
     }
 
     pub async fn initialize(&mut self) -> Reply {
@@ -125,9 +117,7 @@ impl Client {
     }
 
     pub async fn request(&self, method: &str, params: Value) -> Reply {
-        let id = self
-            .next_id
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.next_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let body = json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params});
         self.post_raw(body.to_string(), &[("mcp-protocol-version", "2025-06-18")])
             .await
@@ -149,9 +139,7 @@ impl Client {
         let mut names = Vec::new();
         let mut cursor: Option<String> = None;
         loop {
-            let params = cursor
-                .as_ref()
-                .map_or_else(|| json!({}), |c| json!({"cursor": c}));
+            let params = cursor.as_ref().map_or_else(|| json!({}), |c| json!({"cursor": c}));
             let reply = self.request(method, params).await;
             let result = reply.result();
             for item in result[key].as_array().expect("list") {

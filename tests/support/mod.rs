@@ -43,8 +43,7 @@ where
         let service = TowerToHyperService::new(service.clone());
         let stop = stop.clone();
         tokio::spawn(async move {
-            let conn = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service);
+            let conn = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
             tokio::pin!(conn);
             tokio::select! {
                 _ = conn.as_mut() => {}
@@ -91,8 +90,7 @@ impl Replica {
     }
 
     pub async fn start_env(yaml: &str, env: HashMap<String, String>) -> Self {
-        let config = Config::parse(yaml, std::path::Path::new("test.yaml"), &env)
-            .expect("valid test config");
+        let config = Config::parse(yaml, std::path::Path::new("test.yaml"), &env).expect("valid test config");
         let app = App::new(config, Metrics::standalone()).expect("app builds");
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
