@@ -189,6 +189,7 @@ impl ServerHandler for Handler {
 /// A running test backend; stops when dropped.
 pub struct TestBackend {
     pub url: String,
+    pub addr: String,
     pub stats: Arc<Stats>,
     stop: CancellationToken,
 }
@@ -205,8 +206,14 @@ impl TestBackend {
     }
 
     pub async fn start_with(name: &str, options: Options) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
-        let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+        Self::start_at(name, options, "127.0.0.1:0").await
+    }
+
+    /// Starts on a given address (to restart a backend where it was).
+    pub async fn start_at(name: &str, options: Options, addr: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let url = format!("http://{addr}/mcp");
         let stats = Arc::new(Stats::default());
         let stop = CancellationToken::new();
         let mut config = StreamableHttpServerConfig::default();
@@ -226,6 +233,6 @@ impl TestBackend {
             config,
         );
         tokio::spawn(super::serve_tower(listener, service, stop.clone()));
-        Self { url, stats, stop }
+        Self { url, addr, stats, stop }
     }
 }

@@ -8,6 +8,8 @@ pub struct Client {
     http: reqwest::Client,
     pub url: String,
     pub session: Option<String>,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub token: Option<String>,
     next_id: std::sync::atomic::AtomicI64,
 }
 
@@ -46,6 +48,7 @@ impl Client {
             http: reqwest::Client::new(),
             url: url.to_owned(),
             session: None,
+            token: None,
             next_id: 1.into(),
         }
     }
@@ -54,6 +57,7 @@ impl Client {
     pub fn via(&self, url: &str) -> Self {
         let mut c = Self::new(url);
         c.session = self.session.clone();
+        c.token = self.token.clone();
         c
     }
 
@@ -66,6 +70,9 @@ impl Client {
             .header("accept", "application/json, text/event-stream");
         if let Some(sid) = &self.session {
             req = req.header("mcp-session-id", sid);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
         for (k, v) in extra {
             req = req.header(*k, *v);
@@ -161,6 +168,9 @@ impl Client {
         let mut req = self.http.delete(&self.url);
         if let Some(sid) = &self.session {
             req = req.header("mcp-session-id", sid);
+        }
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
         }
         req.send().await.expect("DELETE sent").status()
     }

@@ -4,6 +4,8 @@
 pub mod backend;
 pub mod client;
 pub mod deps;
+pub mod process;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::sync::Arc;
