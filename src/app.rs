@@ -30,6 +30,7 @@ pub struct App {
 impl App {
     /// Builds the replica (no network I/O: backends are contacted per session).
     pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
+        install_crypto_provider();
         let backends = config
             .backends
             .iter()
@@ -69,6 +70,15 @@ impl App {
             manager: Arc::new(manager),
             metrics,
         }))
+    }
+}
+
+/// TLS (https backends, `rediss://`) uses rustls with ring; an embedding
+/// program may have installed its own provider first, which is kept.
+pub fn install_crypto_provider() {
+    #[cfg(feature = "tls")]
+    {
+        let _ = rustls::crypto::ring::default_provider().install_default();
     }
 }
 

@@ -100,7 +100,7 @@ async fn transport_errors_have_their_statuses() {
         StatusCode::PAYLOAD_TOO_LARGE
     );
 
-    let http = reqwest::Client::new();
+    let http = support::http();
     let plain = http
         .post(&replica.url)
         .header("content-type", "text/plain")
@@ -164,7 +164,7 @@ async fn notifications_batches_and_sse_answers() {
     assert_eq!(answers[2]["error"]["code"], -32601);
 
     // A client that accepts only SSE gets the answer as one SSE event.
-    let http = reqwest::Client::new();
+    let http = support::http();
     let resp = http
         .post(&client.url)
         .header("content-type", "application/json")

@@ -288,7 +288,7 @@ async fn redis_down_then_back() {
     let backend = TestBackend::start("c").await;
     let config = yaml(&redis, &[("c", &backend.url)], "");
     let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
-    let http = reqwest::Client::new();
+    let http = support::http();
     let ready = |r: &Replica| http.get(format!("{}/readyz", r.base)).send();
     let mut live = a.client();
     live.initialize().await;

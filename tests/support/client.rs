@@ -45,7 +45,7 @@ impl Reply {
 impl Client {
     pub fn new(url: &str) -> Self {
         Self {
-            http: reqwest::Client::new(),
+            http: super::http(),
             url: url.to_owned(),
             session: None,
             token: None,

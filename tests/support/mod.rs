@@ -147,3 +147,9 @@ pub fn config_yaml(backends: &[(&str, &str)], extra: &str) -> String {
     yaml.push_str(extra);
     yaml
 }
+
+/// An HTTP client for tests (TLS builds need the crypto provider first).
+pub fn http() -> reqwest::Client {
+    vmcp::app::install_crypto_provider();
+    reqwest::Client::new()
+}

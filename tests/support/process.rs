@@ -37,7 +37,7 @@ impl VmcpProcess {
             .spawn()
             .expect("vmcp binary runs");
         let base = format!("http://127.0.0.1:{port}");
-        let http = reqwest::Client::new();
+        let http = super::http();
         for _ in 0..400 {
             if http
                 .get(format!("{base}/healthz"))
