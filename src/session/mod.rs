@@ -32,6 +32,9 @@ pub use manager::{CloseReason, Limits, ManagerError, ResolveError, SessionManage
 
 use inflight::{Inflight, InflightGuard};
 
+#[cfg(test)]
+mod tests;
+
 /// Why a session operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
