@@ -5,8 +5,9 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::{Backend, BackendError};
-use crate::config::{Config, StoreKind};
+use crate::config::{Config, MembershipKind, StoreKind};
 use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
 use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
@@ -25,6 +26,11 @@ pub struct App {
     pub config: Arc<Config>,
     pub manager: Arc<SessionManager>,
     pub metrics: Metrics,
+    pub membership: Arc<Membership>,
+    pub hops: Arc<Hops>,
+    pub forwarder: Forwarder,
+    /// Fires when open client streams must end (the replica stops accepting).
+    pub streams_stop: CancellationToken,
 }
 
 impl App {
@@ -55,7 +61,17 @@ impl App {
             max_sessions: config.session.max_sessions,
             touch_interval: config.store.touch_interval.min(config.session.idle_timeout / 4),
             shared_store: config.store.kind == StoreKind::Redis,
+            release_grace: config.affinity.release_grace,
         };
+        let membership = Arc::new(match config.membership.kind {
+            MembershipKind::Static => Membership::fixed(&config.replica_id, &config.membership.members),
+            MembershipKind::Kubernetes => Membership::unknown(&config.replica_id),
+        });
+        let hops = Arc::new(Hops::new(
+            config.affinity.hop_key.as_deref(),
+            config.affinity.hop_max_age,
+        ));
+        let forwarder = Forwarder::new(&config.replica_id, Arc::clone(&hops), config.affinity.connect_timeout);
         let identity = IdentityHasher::new(config.session.identity_key.as_deref());
         let factory = SessionFactory::new(
             backends,
@@ -64,11 +80,21 @@ impl App {
             metrics.clone(),
             store,
         );
-        let manager = SessionManager::new(Arc::new(factory), identity, metrics.clone(), limits);
+        let manager = SessionManager::new(
+            Arc::new(factory),
+            identity,
+            metrics.clone(),
+            limits,
+            Arc::clone(&membership),
+        );
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
             metrics,
+            membership,
+            hops,
+            forwarder,
+            streams_stop: CancellationToken::new(),
         }))
     }
 }
@@ -82,22 +108,33 @@ pub fn install_crypto_provider() {
     }
 }
 
-/// Runs the replica on `listener` until `shutdown` fires: stops taking new
-/// sessions, lets in-flight requests finish (bounded by
-/// `http.shutdown_timeout`), then closes every session and its backend sessions.
+/// Runs the replica on `listener` until `shutdown` fires, then drains:
+/// 1. `/readyz` turns 503 and no new session is created here, but requests are
+///    still served and forwarded for `http.drain_delay`, while load balancers
+///    and the other replicas notice;
+/// 2. the listener closes; open client streams end with a `retry` hint, so the
+///    clients reconnect elsewhere; in-flight requests get
+///    `http.shutdown_timeout` to finish;
+/// 3. sessions are released (with Redis: backend sessions stay open and the
+///    metadata stays, for the replicas that take over) or closed (memory store).
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
-    let reaper_stop = CancellationToken::new();
-    let reaper = tokio::spawn(Arc::clone(&app.manager).run_background(reaper_stop.clone()));
-    let draining = {
-        let (app, shutdown) = (Arc::clone(&app), shutdown.clone());
+    let background_stop = CancellationToken::new();
+    let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
+    let stop_accepting = CancellationToken::new();
+    let drain = {
+        let (app, stop_accepting) = (Arc::clone(&app), stop_accepting.clone());
         async move {
             shutdown.cancelled().await;
             app.manager.start_draining();
+            tracing::info!(delay = ?app.config.http.drain_delay, "draining: not ready, still serving");
+            tokio::time::sleep(app.config.http.drain_delay).await;
+            app.streams_stop.cancel();
+            stop_accepting.cancel();
         }
     };
-    tokio::join!(crate::http::serve(listener, Arc::clone(&app), shutdown), draining);
-    reaper_stop.cancel();
-    let _ = reaper.await;
+    tokio::join!(crate::http::serve(listener, Arc::clone(&app), stop_accepting), drain);
+    background_stop.cancel();
+    let _ = background.await;
     let closing = app.manager.close_all();
     if tokio::time::timeout(app.config.http.shutdown_timeout, closing)
         .await

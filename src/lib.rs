@@ -5,6 +5,7 @@
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
 //! session; `config` and `telemetry` serve all of them; `app` wires a replica.
 
+pub mod affinity;
 pub mod aggregate;
 pub mod app;
 pub mod backend;

@@ -62,6 +62,11 @@ pub struct Metrics {
     /// Backend sessions restored by a rebuild or self-heal; labels `backend`,
     /// `outcome` (resumed, reinitialized, failed).
     pub backend_rebuilds: IntCounterVec,
+    /// Requests sent on to their owner replica; label `outcome` (ok, failed).
+    pub requests_forwarded: IntCounterVec,
+    /// Requests with a forged, stale or replayed hop header.
+    pub hops_refused: IntCounter,
+    pub ring_members: IntGauge,
     /// Label `version`.
     pub build_info: IntCounterVec,
 }
@@ -139,6 +144,15 @@ impl Metrics {
                 Opts::new("vmcp_backend_rebuilds_total", "Backend sessions restored, by outcome"),
                 &["backend", "outcome"],
             )?,
+            requests_forwarded: IntCounterVec::new(
+                Opts::new(
+                    "vmcp_requests_forwarded_total",
+                    "Requests forwarded to the owner replica, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
+            ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
             build_info: IntCounterVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],
@@ -167,6 +181,9 @@ impl Metrics {
         r.register(Box::new(self.session_rebuilds.clone()))?;
         r.register(Box::new(self.session_rebuild_duration.clone()))?;
         r.register(Box::new(self.backend_rebuilds.clone()))?;
+        r.register(Box::new(self.requests_forwarded.clone()))?;
+        r.register(Box::new(self.hops_refused.clone()))?;
+        r.register(Box::new(self.ring_members.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -181,7 +181,7 @@ async fn fifty_concurrent_sessions_keep_their_own_backend_state() {
 #[tokio::test]
 async fn graceful_shutdown_finishes_in_flight_calls_and_closes_backend_sessions() {
     let backend = TestBackend::start("b").await;
-    let mut replica = Replica::start(&config_yaml(&[("b", &backend.url)], "")).await;
+    let mut replica = Replica::start(&config_yaml(&[("b", &backend.url)], "http:\n  drain_delay: 100ms\n")).await;
     let mut client = replica.client();
     client.initialize().await;
     let caller = client.via(&replica.url);

@@ -58,6 +58,8 @@ pub struct Config {
     #[serde(default)]
     pub membership: MembershipConfig,
     #[serde(default)]
+    pub affinity: AffinityConfig,
+    #[serde(default)]
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -225,8 +227,53 @@ pub enum MembershipKind {
 #[serde(deny_unknown_fields, default)]
 pub struct MembershipConfig {
     pub kind: MembershipKind,
-    /// Replica id → `host:port` of its MCP listener.
+    /// `static`: replica id → `host:port` of its MCP listener (this replica included).
+    /// Empty: a single replica. Reloaded from the file on SIGHUP.
     pub members: BTreeMap<String, String>,
+    /// `kubernetes`: the headless Service whose EndpointSlices list the replicas.
+    pub kubernetes: Option<KubernetesMembership>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesMembership {
+    /// Name of the headless Service (label `kubernetes.io/service-name`).
+    pub service: String,
+    /// Namespace; default: the pod's own (from its service account).
+    #[serde(default)]
+    pub namespace: Option<String>,
+    /// Port of the MCP listener on each pod; default: the port of `listen`.
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+/// Getting each session's requests to its owner replica.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AffinityConfig {
+    /// Shared secret that authenticates replica-to-replica hops (HMAC-SHA256);
+    /// required with more than one replica. Use `${VMCP_HOP_KEY}`.
+    pub hop_key: Option<String>,
+    /// A hop header older or newer than this is refused (clock skew + transit).
+    #[serde(with = "duration")]
+    pub hop_max_age: Duration,
+    /// How long a replica keeps the runtime of a session it no longer owns.
+    #[serde(with = "duration")]
+    pub release_grace: Duration,
+    /// Connecting to the owner may take this long before the request is served here.
+    #[serde(with = "duration")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        Self {
+            hop_key: None,
+            hop_max_age: Duration::from_secs(30),
+            release_grace: Duration::from_secs(30),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
 }
 
 /// Front-door HTTP limits and shutdown.
@@ -238,6 +285,10 @@ pub struct HttpConfig {
     /// How long a stopping replica waits for in-flight requests.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
+    /// On SIGTERM, how long a replica reports not-ready but keeps serving, so
+    /// load balancers stop sending to it first.
+    #[serde(with = "duration")]
+    pub drain_delay: Duration,
 }
 
 impl Default for HttpConfig {
@@ -245,6 +296,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(20),
+            drain_delay: Duration::from_secs(5),
         }
     }
 }
@@ -323,6 +375,9 @@ impl Config {
     fn apply_overrides(&mut self, lookup: &dyn Lookup) {
         if let Some(id) = lookup.get("VMCP_REPLICA_ID").filter(|v| !v.is_empty()) {
             self.replica_id = id;
+        }
+        if let Some(key) = lookup.get("VMCP_HOP_KEY").filter(|v| !v.is_empty()) {
+            self.affinity.hop_key = Some(key);
         }
         if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
             let prefix = self.store.redis.as_ref().map(|r| r.key_prefix.clone());

@@ -56,14 +56,14 @@ store:
   redis: { url: "redis://127.0.0.1:6379/0", key_prefix: "vmcp:" }
 membership:
   kind: static
-  members: { a: "127.0.0.1:8080", b: "127.0.0.1:8081" }
+  members: { a: "127.0.0.1:8080" }
 "#,
     )
     .unwrap();
     assert_eq!(c.backends[0].headers["x-api-key"], "k-123");
     assert_eq!(c.backends[1].command.as_ref().unwrap()[0], "npx");
     assert_eq!(c.session.idle_timeout, Duration::from_secs(30 * 60));
-    assert_eq!(c.membership.members.len(), 2);
+    assert_eq!(c.membership.members.len(), 1);
 }
 
 #[test]
@@ -110,6 +110,19 @@ fn errors_name_the_field() {
 
     let (field, _) = field_error("membership:\n  members: { a: nowhere }\n");
     assert_eq!(field, "membership.members.a");
+
+    let (field, msg) = field_error("membership:\n  members: { a: \"x:1\", b: \"y:1\" }\n");
+    assert_eq!(field, "membership.members");
+    assert!(msg.contains("vmcp-0"), "{msg}");
+
+    let two = "replica_id: a\nmembership:\n  members: { a: \"x:1\", b: \"y:1\" }\n";
+    let (field, _) = field_error(two);
+    assert_eq!(field, "affinity.hop_key");
+    let (field, _) = field_error(&format!("{two}affinity:\n  hop_key: 0123456789abcdef\n"));
+    assert_eq!(field, "store.kind");
+
+    let (field, _) = field_error("membership:\n  kind: kubernetes\n");
+    assert_eq!(field, "membership.kubernetes.service");
 }
 
 #[test]

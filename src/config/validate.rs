@@ -59,15 +59,50 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
             ));
         }
     }
-    if config.membership.kind == MembershipKind::Static {
-        for (id, addr) in &config.membership.members {
-            if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+    validate_membership(config)
+}
+
+fn validate_membership(config: &Config) -> Result<(), Invalid> {
+    let m = &config.membership;
+    let replicated = match m.kind {
+        MembershipKind::Static => {
+            for (id, addr) in &m.members {
+                if addr.rsplit_once(':').and_then(|(_, p)| p.parse::<u16>().ok()).is_none() {
+                    return Err(invalid(
+                        format!("membership.members.{id}"),
+                        format!("`{addr}` is not host:port"),
+                    ));
+                }
+            }
+            if !m.members.is_empty() && !m.members.contains_key(&config.replica_id) {
                 return Err(invalid(
-                    format!("membership.members.{id}"),
-                    format!("`{addr}` is not host:port"),
+                    "membership.members",
+                    format!("must list this replica (`{}`, see replica_id)", config.replica_id),
                 ));
             }
+            m.members.len() > 1
         }
+        MembershipKind::Kubernetes => {
+            if m.kubernetes.as_ref().is_none_or(|k| k.service.is_empty()) {
+                return Err(invalid(
+                    "membership.kubernetes.service",
+                    "kubernetes membership needs the headless Service name",
+                ));
+            }
+            true
+        }
+    };
+    if replicated && config.affinity.hop_key.as_deref().is_none_or(|k| k.len() < 16) {
+        return Err(invalid(
+            "affinity.hop_key",
+            "several replicas need a shared hop key of at least 16 characters",
+        ));
+    }
+    if replicated && config.store.kind != StoreKind::Redis {
+        return Err(invalid(
+            "store.kind",
+            "several replicas need store.kind redis to share sessions",
+        ));
     }
     Ok(())
 }

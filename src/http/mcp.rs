@@ -22,27 +22,45 @@ use crate::session::{self, ManagerError, ResolveError, Session};
 
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
-    match *req.method() {
-        Method::POST => post(app, req).await,
-        Method::DELETE => delete(app, req.headers()).await,
-        Method::GET => stream(app, req.headers()).await,
+    let (parts, body) = req.into_parts();
+    let format = match parts.method {
+        Method::POST => match check_headers(&parts.headers) {
+            Ok(f) => Some(f),
+            Err(e) => return reject(e, None),
+        },
+        Method::GET | Method::DELETE => None,
         _ => {
             let mut response = reply::empty(StatusCode::METHOD_NOT_ALLOWED);
             response
                 .headers_mut()
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
-            response
+            return response;
         }
+    };
+    let bytes = match format {
+        Some(_) => match read_body(body, &parts.headers, app.config.http.max_body_bytes).await {
+            Ok(b) => b,
+            Err(e) => return reject(e, None),
+        },
+        None => bytes::Bytes::new(),
+    };
+    if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
+        return response;
+    }
+    match (parts.method, format) {
+        (Method::POST, Some(format)) => post(app, &parts.headers, format, &bytes).await,
+        (Method::DELETE, _) => delete(app, &parts.headers).await,
+        _ => stream(app, &parts.headers).await,
     }
 }
 
 /// Renders a client-caused error and logs it (once, here).
-fn reject(err: RpcError, id: Option<&Value>) -> Response<Body> {
+pub(super) fn reject(err: RpcError, id: Option<&Value>) -> Response<Body> {
     tracing::info!(code = err.code, status = err.status.as_u16(), reason = %err.message, "request rejected");
     reply::error(&err, id)
 }
 
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -109,23 +127,14 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
     }
 }
 
-async fn post(app: &App, req: Request<Incoming>) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let format = match check_headers(&parts.headers) {
-        Ok(f) => f,
-        Err(e) => return reject(e, None),
-    };
-    let bytes = match read_body(body, &parts.headers, app.config.http.max_body_bytes).await {
-        Ok(b) => b,
-        Err(e) => return reject(e, None),
-    };
-    let value: Value = match serde_json::from_slice(&bytes) {
+async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> Response<Body> {
+    let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
     };
     match value {
-        Value::Array(items) => batch(app, items, &parts.headers, format).await,
-        single => one(app, single, &parts.headers, format).await,
+        Value::Array(items) => batch(app, items, headers, format).await,
+        single => one(app, single, headers, format).await,
     }
 }
 
@@ -307,7 +316,17 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
         );
     }
     match resolve(app, headers).await {
-        Ok(session) => reply::event_stream(session.subscribe(), session_closed(session)),
+        Ok(session) => {
+            let events = session.subscribe();
+            let stop = app.streams_stop.clone();
+            let end = async move {
+                tokio::select! {
+                    _ = session_closed(session) => reply::StreamEnd::Closed,
+                    _ = stop.cancelled() => reply::StreamEnd::Reconnect,
+                }
+            };
+            reply::event_stream(events, end)
+        }
         Err(e) => reject(e, None),
     }
 }

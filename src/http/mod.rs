@@ -6,6 +6,7 @@
 //! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
 
 mod mcp;
+mod placement;
 pub mod reply;
 
 use std::convert::Infallible;
@@ -77,7 +78,14 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     );
     async move {
         match (req.method(), req.uri().path()) {
-            (_, "/mcp") => mcp::handle(app, req).await,
+            (_, "/mcp") => {
+                let mut response = mcp::handle(app, req).await;
+                // Who served it: kept as the owner set it when the request was forwarded.
+                if let Ok(id) = http::HeaderValue::from_str(&app.config.replica_id) {
+                    response.headers_mut().entry(REPLICA_HEADER).or_insert(id);
+                }
+                response
+            }
             (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => ready(app).await,
             (&Method::GET, "/metrics") => {
@@ -90,10 +98,20 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
     .await
 }
 
-/// Ready when not draining and the store answers.
+/// The replica that served an MCP response.
+pub const REPLICA_HEADER: &str = "x-vmcp-replica";
+
+/// Ready when not draining, the member list is known and the store answers.
 async fn ready(app: &App) -> Response<Body> {
     if app.manager.is_draining() {
         return reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
+    }
+    if !app.membership.is_known() {
+        return reply::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            "membership unknown\n".into(),
+        );
     }
     match app.manager.store().ping().await {
         Ok(()) => reply::text(StatusCode::OK, "text/plain", "ready\n".into()),

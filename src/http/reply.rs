@@ -9,14 +9,19 @@ use serde_json::Value;
 
 use crate::mcp::RpcError;
 
-/// Every response body of the front door (streams will share this type).
-pub type Body = UnsyncBoxBody<Bytes, Infallible>;
+/// Every response body of the front door: buffered, SSE streams, and bodies
+/// streamed back from an owner replica (whose errors end the stream).
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 
 fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).boxed_unsync()
+    Full::new(bytes.into())
+        .map_err(|never: Infallible| match never {})
+        .boxed_unsync()
 }
 
 /// How the client wants POST answers: JSON when it accepts it, else SSE.
@@ -68,10 +73,18 @@ pub fn empty(status: StatusCode) -> Response<Body> {
 /// Keep-alive comments on idle event streams, so proxies do not cut them.
 const KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
 
+/// Why an event stream ends.
+pub enum StreamEnd {
+    /// The session is gone: nothing to reconnect to.
+    Closed,
+    /// This replica is going away: reconnect (to another replica) after a second.
+    Reconnect,
+}
+
 /// An SSE response carrying each message of `events` until `end` resolves.
 pub fn event_stream(
     events: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
-    end: impl std::future::Future<Output = ()> + Send + 'static,
+    end: impl std::future::Future<Output = StreamEnd> + Send + 'static,
 ) -> Response<Body> {
     use futures_util::StreamExt;
     use http_body_util::StreamBody;
@@ -79,9 +92,17 @@ pub fn event_stream(
     use tokio::sync::broadcast::error::RecvError;
 
     let end = Box::pin(end);
-    let frames = futures_util::stream::unfold((events, end), |(mut events, mut end)| async move {
+    let frames = futures_util::stream::unfold((events, Some(end)), |(mut events, end)| async move {
+        let mut end = end?;
         let text = tokio::select! {
-            _ = &mut end => return None,
+            how = &mut end => match how {
+                StreamEnd::Closed => return None,
+                // One last frame, then the stream ends (`None` next time round).
+                StreamEnd::Reconnect => {
+                    let frame = Frame::data(Bytes::from_static(b"retry: 1000\n\n"));
+                    return Some((Ok::<_, BoxError>(frame), (events, None)));
+                }
+            },
             received = tokio::time::timeout(KEEP_ALIVE, events.recv()) => match received {
                 Ok(Ok(message)) => format!("event: message\ndata: {message}\n\n"),
                 Ok(Err(RecvError::Lagged(n))) => format!(": {n} messages dropped (slow reader)\n\n"),
@@ -89,7 +110,7 @@ pub fn event_stream(
                 Err(_) => ": keep-alive\n\n".to_owned(),
             },
         };
-        Some((Ok::<_, Infallible>(Frame::data(Bytes::from(text))), (events, end)))
+        Some((Ok::<_, BoxError>(Frame::data(Bytes::from(text))), (events, Some(end))))
     });
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
     let headers = response.headers_mut();

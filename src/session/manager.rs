@@ -24,6 +24,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{id, IdentityHasher, Session, SessionFactory};
+use crate::affinity::{Membership, Placement};
 use crate::store::{SessionStore, StoreError, Touch};
 use crate::telemetry::Metrics;
 
@@ -80,6 +81,8 @@ pub struct Limits {
     pub touch_interval: Duration,
     /// Whether other replicas share the store (then runtimes are released, not closed, at shutdown).
     pub shared_store: bool,
+    /// How long the runtime of a session that moved to another replica is kept.
+    pub release_grace: Duration,
 }
 
 type Rebuild = Arc<OnceCell<Result<Arc<Session>, ResolveError>>>;
@@ -90,6 +93,7 @@ pub struct SessionManager {
     identity: IdentityHasher,
     metrics: Metrics,
     limits: Limits,
+    membership: Arc<Membership>,
     sessions: RwLock<HashMap<String, Arc<Session>>>,
     /// Sessions held plus sessions being created, for the `max_sessions` cap.
     reserved: AtomicUsize,
@@ -118,8 +122,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SessionManager {
-    pub fn new(factory: Arc<SessionFactory>, identity: IdentityHasher, metrics: Metrics, limits: Limits) -> Self {
+    pub fn new(
+        factory: Arc<SessionFactory>,
+        identity: IdentityHasher,
+        metrics: Metrics,
+        limits: Limits,
+        membership: Arc<Membership>,
+    ) -> Self {
         Self {
+            membership,
             store: Arc::clone(factory.store()),
             factory,
             identity,
@@ -163,7 +174,7 @@ impl SessionManager {
         }
         let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
         let identity = self.identity.identify(self.store.as_ref(), authorization).await?;
-        let id = id::new_session_id()?;
+        let id = self.mint_id()?;
         let session = Arc::new(self.factory.create(id, client_init, protocol_version, identity).await);
         if let Err(e) = self.store.put(&session.metadata_now()).await {
             session.close().await;
@@ -173,6 +184,19 @@ impl SessionManager {
         self.adopt(&session);
         self.metrics.sessions_created.inc();
         Ok(session)
+    }
+
+    /// A new session id that this replica owns, so the client's next requests
+    /// need no hop (a few tries: each id lands here with probability 1/N).
+    fn mint_id(&self) -> Result<String, id::RandomError> {
+        let mut id = id::new_session_id()?;
+        for _ in 0..64 {
+            if self.membership.place(&id) == Placement::Local {
+                break;
+            }
+            id = id::new_session_id()?;
+        }
+        Ok(id)
     }
 
     /// Starts tracking a session that is now live here.
@@ -435,7 +459,45 @@ impl SessionManager {
         tokio::select! {
             _ = self.run_reaper() => {}
             _ = deletions => {}
+            _ = Arc::clone(&self).follow_membership() => {}
             _ = shutdown.cancelled() => {}
+        }
+    }
+
+    /// When the members change, sessions that now belong to another replica
+    /// are released after `release_grace` (their backend sessions stay open
+    /// for the new owner, which resumes them on its first request).
+    async fn follow_membership(self: Arc<Self>) {
+        let mut changes = self.membership.subscribe();
+        self.metrics.ring_members.set(changes.borrow().ring.len() as i64);
+        while changes.changed().await.is_ok() {
+            self.metrics
+                .ring_members
+                .set(changes.borrow_and_update().ring.len() as i64);
+            let ids: Vec<String> = self
+                .sessions
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .keys()
+                .cloned()
+                .collect();
+            let moved: Vec<String> = ids
+                .into_iter()
+                .filter(|id| self.membership.place(id) != Placement::Local)
+                .collect();
+            if moved.is_empty() {
+                continue;
+            }
+            tracing::info!(sessions = moved.len(), grace = ?self.limits.release_grace, "sessions moved to other replicas");
+            let manager = Arc::clone(&self);
+            tokio::spawn(async move {
+                tokio::time::sleep(manager.limits.release_grace).await;
+                for id in moved {
+                    if manager.membership.place(&id) != Placement::Local {
+                        manager.remove(&id, CloseReason::Released).await;
+                    }
+                }
+            });
         }
     }
 

@@ -30,13 +30,11 @@ fn manager(idle: Duration) -> (Arc<SessionManager>, Metrics) {
         max_sessions: 10,
         touch_interval: idle / 4,
         shared_store: false,
+        release_grace: idle,
     };
-    let manager = Arc::new(SessionManager::new(
-        Arc::new(factory),
-        IdentityHasher::new(Some("k")),
-        metrics.clone(),
-        limits,
-    ));
+    let membership = Arc::new(crate::affinity::Membership::fixed("solo", &Default::default()));
+    let hasher = IdentityHasher::new(Some("k"));
+    let manager = Arc::new(SessionManager::new(Arc::new(factory), hasher, metrics.clone(), limits, membership));
     (manager, metrics)
 }
 

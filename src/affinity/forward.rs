@@ -1,0 +1,112 @@
+//! Forwarding a request to the replica that owns its session.
+//!
+//! One pooled keep-alive HTTP/1 client (TCP_NODELAY) serves all hops. The
+//! request body is already buffered (it is bounded by `max_body_bytes`), so
+//! when the owner cannot be reached the caller still has it and serves the
+//! request itself. The response, SSE included, streams back untouched.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use http::request::Parts;
+use http::{HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+use super::hop::{HopError, HopTarget, Hops, HOP_HEADER};
+use super::ring::Member;
+use crate::http::reply::Body;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error("cannot build the forwarded request: {0}")]
+    Request(String),
+    #[error("owner unreachable: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Hop(#[from] HopError),
+}
+
+/// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+const HOP_BY_HOP: &[HeaderName] = &[
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::HOST,
+    header::CONTENT_LENGTH,
+];
+
+fn strip(headers: &mut http::HeaderMap) {
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+}
+
+pub struct Forwarder {
+    client: Client<HttpConnector, Full<Bytes>>,
+    self_id: Arc<str>,
+    hops: Arc<Hops>,
+}
+
+impl Forwarder {
+    pub fn new(self_id: &str, hops: Arc<Hops>, connect_timeout: Duration) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector);
+        Self {
+            client,
+            self_id: Arc::from(self_id),
+            hops,
+        }
+    }
+
+    /// Sends the request to `owner` with a signed hop header. An error means
+    /// the owner did not answer: the caller serves the request itself.
+    pub async fn forward(
+        &self,
+        owner: &Member,
+        parts: &Parts,
+        body: Bytes,
+        session: &str,
+    ) -> Result<Response<Body>, ForwardError> {
+        let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
+        let target = HopTarget {
+            method: parts.method.as_str(),
+            path: parts.uri.path(),
+            session,
+        };
+        let hop = self.hops.sign(&self.self_id, &target, crate::store::unix_ms())?;
+        let mut headers = parts.headers.clone();
+        strip(&mut headers);
+        headers.insert(
+            HOP_HEADER,
+            HeaderValue::from_str(&hop).map_err(|e| ForwardError::Request(e.to_string()))?,
+        );
+        let mut request = Request::builder()
+            .method(parts.method.clone())
+            .uri(format!("http://{}{path}", owner.addr))
+            .body(Full::new(body))
+            .map_err(|e| ForwardError::Request(e.to_string()))?;
+        *request.headers_mut() = headers;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+        let (mut parts, body) = response.into_parts();
+        strip(&mut parts.headers);
+        Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    }
+}

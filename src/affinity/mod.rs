@@ -1,0 +1,12 @@
+//! Replica affinity: which replica owns a session (`ring`), who the replicas
+//! are (`membership`, `kubernetes`), and getting each request to its owner
+//! (`forward`, authenticated by `hop`).
+
+pub mod forward;
+pub mod hop;
+pub mod membership;
+pub mod ring;
+
+pub use forward::Forwarder;
+pub use hop::{HopTarget, Hops, HOP_HEADER};
+pub use membership::{Membership, Placement};
