@@ -34,7 +34,13 @@ fn manager(idle: Duration) -> (Arc<SessionManager>, Metrics) {
     };
     let membership = Arc::new(crate::affinity::Membership::fixed("solo", &Default::default()));
     let hasher = IdentityHasher::new(Some("k"));
-    let manager = Arc::new(SessionManager::new(Arc::new(factory), hasher, metrics.clone(), limits, membership));
+    let manager = Arc::new(SessionManager::new(
+        Arc::new(factory),
+        hasher,
+        metrics.clone(),
+        limits,
+        membership,
+    ));
     (manager, metrics)
 }
 

@@ -92,9 +92,19 @@ impl Replica {
     }
 
     pub async fn start_env(yaml: &str, env: HashMap<String, String>) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        Self::start_listener(yaml, env, listener).await
+    }
+
+    /// Starts on a given port (for member lists that name every replica).
+    pub async fn start_on(port: u16, yaml: &str) -> Self {
+        let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("bind");
+        Self::start_listener(yaml, HashMap::new(), listener).await
+    }
+
+    async fn start_listener(yaml: &str, env: HashMap<String, String>, listener: TcpListener) -> Self {
         let config = Config::parse(yaml, std::path::Path::new("test.yaml"), &env).expect("valid test config");
         let app = App::new(config, Metrics::standalone()).expect("app builds");
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let base = format!("http://{}", listener.local_addr().expect("addr"));
         let stop = CancellationToken::new();
         let task = tokio::spawn(vmcp::app::run(listener, Arc::clone(&app), stop.clone()));
@@ -148,8 +158,15 @@ pub fn config_yaml(backends: &[(&str, &str)], extra: &str) -> String {
     yaml
 }
 
-/// An HTTP client for tests (TLS builds need the crypto provider first).
+/// The tests' HTTP client: one pool shared by all (building a client loads the
+/// system trust store, far too slow to do per request), created after the TLS
+/// crypto provider is installed.
 pub fn http() -> reqwest::Client {
-    vmcp::app::install_crypto_provider();
-    reqwest::Client::new()
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            vmcp::app::install_crypto_provider();
+            reqwest::Client::new()
+        })
+        .clone()
 }

@@ -24,7 +24,11 @@ mod tempfile_path {
 impl VmcpProcess {
     /// Starts `vmcp serve` on a free port; `yaml` must not set `listen`.
     pub async fn start(yaml: &str) -> Self {
-        let port = super::deps::free_port();
+        Self::start_on(super::deps::free_port(), yaml).await
+    }
+
+    /// Starts `vmcp serve` on `port`; `yaml` must not set `listen`.
+    pub async fn start_on(port: u16, yaml: &str) -> Self {
         let path = std::env::temp_dir().join(format!("vmcp-test-{port}.yaml"));
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{yaml}")).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_vmcp"))
@@ -59,5 +63,44 @@ impl VmcpProcess {
     /// SIGKILL: no graceful shutdown, nothing flushed.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;
+    }
+
+    /// SIGTERM (as Kubernetes stops a pod); returns once the process exited.
+    pub async fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().expect("running").to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status().await;
+        self.child.wait().await.expect("vmcp exits")
+    }
+
+    /// Sends SIGTERM without waiting.
+    pub fn signal_term(&self) {
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status();
+        }
+    }
+
+    /// Waits for the process to exit.
+    pub async fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().await.expect("vmcp exits")
+    }
+
+    /// The value of a Prometheus sample line starting with `prefix` (0 if absent).
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let base = self.url.trim_end_matches("/mcp");
+        let text = super::http()
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .unwrap_or_default();
+        text.lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
     }
 }
