@@ -99,6 +99,40 @@ impl App {
     }
 }
 
+/// Starts following the Kubernetes replicas, when configured.
+async fn start_discovery(app: &Arc<App>) -> Option<tokio::task::JoinHandle<()>> {
+    let k8s = app
+        .config
+        .membership
+        .kubernetes
+        .clone()
+        .filter(|_| app.config.membership.kind == MembershipKind::Kubernetes)?;
+    #[cfg(feature = "kubernetes")]
+    {
+        use crate::affinity::kubernetes;
+        let client = match kubernetes::client_from_environment().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "no Kubernetes API: membership stays unknown (not ready)");
+                return None;
+            }
+        };
+        let port = app.config.listen.port();
+        Some(tokio::spawn(kubernetes::follow(
+            Arc::clone(&app.membership),
+            client,
+            k8s,
+            port,
+        )))
+    }
+    #[cfg(not(feature = "kubernetes"))]
+    {
+        let _ = k8s;
+        tracing::error!("membership.kind kubernetes needs a build with the `kubernetes` feature");
+        None
+    }
+}
+
 /// TLS (https backends, `rediss://`) uses rustls with ring; an embedding
 /// program may have installed its own provider first, which is kept.
 pub fn install_crypto_provider() {
@@ -120,6 +154,7 @@ pub fn install_crypto_provider() {
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
+    let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let drain = {
         let (app, stop_accepting) = (Arc::clone(&app), stop_accepting.clone());
@@ -135,6 +170,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     tokio::join!(crate::http::serve(listener, Arc::clone(&app), stop_accepting), drain);
     background_stop.cancel();
     let _ = background.await;
+    if let Some(task) = discovery {
+        task.abort();
+    }
     let closing = app.manager.close_all();
     if tokio::time::timeout(app.config.http.shutdown_timeout, closing)
         .await

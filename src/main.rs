@@ -37,18 +37,18 @@ fn main() -> anyhow::Result<()> {
             println!("{}: ok", config.display());
             Ok(())
         }
-        Command::Serve { config } => {
-            let config = Config::load(&config, &ProcessEnv)?;
+        Command::Serve { config: path } => {
+            let config = Config::load(&path, &ProcessEnv)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?;
-            runtime.block_on(serve(config))
+            runtime.block_on(serve(config, path))
         }
     }
 }
 
-async fn serve(config: Config) -> anyhow::Result<()> {
+async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     telemetry::init_tracing(config.log.format);
     let metrics = Metrics::new(prometheus::Registry::new()).context("cannot register metrics")?;
     let listener = tokio::net::TcpListener::bind(config.listen)
@@ -65,9 +65,34 @@ async fn serve(config: Config) -> anyhow::Result<()> {
     let app = vmcp::app::App::new(config, metrics)?;
     let shutdown = CancellationToken::new();
     tokio::spawn(signal_on_stop(shutdown.clone()));
+    tokio::spawn(reload_on_hangup(std::sync::Arc::clone(&app), path));
     vmcp::app::run(listener, app, shutdown).await;
     tracing::info!("vmcp stopped");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the config file and applies what can change at
+/// runtime: the static member list (scaling without Kubernetes).
+async fn reload_on_hangup(app: std::sync::Arc<vmcp::app::App>, path: PathBuf) {
+    #[cfg(unix)]
+    {
+        let Ok(mut hangups) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+            tracing::warn!("cannot watch SIGHUP; membership reload disabled");
+            return;
+        };
+        while hangups.recv().await.is_some() {
+            match Config::load(&path, &ProcessEnv) {
+                Ok(fresh) if fresh.membership.kind == vmcp::config::MembershipKind::Static => {
+                    app.membership.set_static(&fresh.membership.members);
+                    tracing::info!(file = %path.display(), "membership reloaded");
+                }
+                Ok(_) => tracing::info!("SIGHUP: membership is not static; nothing to reload"),
+                Err(e) => tracing::error!(error = %e, "SIGHUP: config not reloaded"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (app, path);
 }
 
 /// Cancels `shutdown` on SIGTERM or SIGINT.

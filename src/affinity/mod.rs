@@ -4,6 +4,8 @@
 
 pub mod forward;
 pub mod hop;
+#[cfg(feature = "kubernetes")]
+pub mod kubernetes;
 pub mod membership;
 pub mod ring;
 
