@@ -5,8 +5,9 @@
 //! when the owner cannot be reached the caller still has it and serves the
 //! request itself. The response, SSE included, streams back untouched.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
@@ -55,7 +56,14 @@ pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
     self_id: Arc<str>,
     hops: Arc<Hops>,
+    /// Owners that just failed, skipped until the instant given: a dead or
+    /// blackholed replica (still listed in a static member list) then costs
+    /// one connect attempt per few seconds, not one per request.
+    down: Mutex<HashMap<Arc<str>, Instant>>,
 }
+
+/// How long an owner that could not be reached is not tried again.
+const DOWN_FOR: Duration = Duration::from_secs(3);
 
 impl Forwarder {
     pub fn new(self_id: &str, hops: Arc<Hops>, connect_timeout: Duration) -> Self {
@@ -69,12 +77,43 @@ impl Forwarder {
             client,
             self_id: Arc::from(self_id),
             hops,
+            down: Mutex::default(),
         }
     }
 
     /// Sends the request to `owner` with a signed hop header. An error means
     /// the owner did not answer: the caller serves the request itself.
     pub async fn forward(
+        &self,
+        owner: &Member,
+        parts: &Parts,
+        body: Bytes,
+        session: &str,
+    ) -> Result<Response<Body>, ForwardError> {
+        if self.is_down(&owner.id) {
+            return Err(ForwardError::Unreachable("recently unreachable".into()));
+        }
+        let result = self.send(owner, parts, body, session).await;
+        if matches!(result, Err(ForwardError::Unreachable(_))) {
+            let until = Instant::now() + DOWN_FOR;
+            self.down.lock().unwrap_or_else(|p| p.into_inner()).insert(Arc::clone(&owner.id), until);
+        }
+        result
+    }
+
+    fn is_down(&self, id: &Arc<str>) -> bool {
+        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        match down.get(id) {
+            Some(until) if *until > Instant::now() => true,
+            Some(_) => {
+                down.remove(id);
+                false
+            }
+            None => false,
+        }
+    }
+
+    async fn send(
         &self,
         owner: &Member,
         parts: &Parts,

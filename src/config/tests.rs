@@ -152,6 +152,7 @@ fn example_configs_in_the_repository_are_valid() {
         ("ALPHA_KEY".to_owned(), "x".to_owned()),
         ("REDIS_PASSWORD".to_owned(), "x".to_owned()),
         ("VMCP_IDENTITY_KEY".to_owned(), "x".to_owned()),
+        ("VMCP_HOP_KEY".to_owned(), "0123456789abcdef".to_owned()),
     ]);
     let mut checked = 0;
     for entry in std::fs::read_dir(dir).unwrap() {
