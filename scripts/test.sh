@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with a Rust toolchain:
-# installs what the tests need (Node.js + npm, python3-venv, redis-server via
-# apt; server-everything via npm; the Python MCP SDK via pip, all under
+# installs what the tests need (Node.js + npm, python3-venv, redis-server and
+# prometheus (for promtool) via apt; server-everything via npm; the Python MCP SDK via pip, all under
 # target/test-deps), then runs fmt, clippy and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,11 +16,12 @@ missing=()
 command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
+command -v promtool >/dev/null || missing+=(prometheus)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> apt-get install ${missing[*]}"
   as_root apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 mkdir -p "$deps"

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::{Backend, BackendError};
 use crate::config::{Config, MembershipKind, StoreKind};
+use crate::http::Surface;
 use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
 use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
@@ -167,7 +168,17 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             stop_accepting.cancel();
         }
     };
-    tokio::join!(crate::http::serve(listener, Arc::clone(&app), stop_accepting), drain);
+    let admin = async {
+        let Some(addr) = app.config.admin_listen else { return };
+        match TcpListener::bind(addr).await {
+            Ok(admin) => crate::http::serve(admin, Arc::clone(&app), Surface::Admin, stop_accepting.clone()).await,
+            Err(e) => {
+                tracing::error!(%addr, error = %e, "cannot listen on admin_listen; health and metrics stay on the main port")
+            }
+        }
+    };
+    let main = crate::http::serve(listener, Arc::clone(&app), Surface::Main, stop_accepting.clone());
+    tokio::join!(main, admin, drain);
     background_stop.cancel();
     let _ = background.await;
     if let Some(task) = discovery {

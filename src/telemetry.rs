@@ -7,7 +7,8 @@
 //! the MCP method table; never session ids or client-chosen tool names.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::LogFormat;
@@ -67,8 +68,8 @@ pub struct Metrics {
     /// Requests with a forged, stale or replayed hop header.
     pub hops_refused: IntCounter,
     pub ring_members: IntGauge,
-    /// Label `version`.
-    pub build_info: IntCounterVec,
+    /// Label `version`; always 1 (a gauge, as build-info metrics are by convention).
+    pub build_info: IntGaugeVec,
 }
 
 impl Metrics {
@@ -153,14 +154,17 @@ impl Metrics {
             )?,
             hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
             ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
-            build_info: IntCounterVec::new(
+            build_info: IntGaugeVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],
             )?,
             registry,
         };
         metrics.register_all()?;
-        metrics.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).inc();
+        metrics
+            .build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Ok(metrics)
     }
 

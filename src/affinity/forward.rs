@@ -96,7 +96,10 @@ impl Forwarder {
         let result = self.send(owner, parts, body, session).await;
         if matches!(result, Err(ForwardError::Unreachable(_))) {
             let until = Instant::now() + DOWN_FOR;
-            self.down.lock().unwrap_or_else(|p| p.into_inner()).insert(Arc::clone(&owner.id), until);
+            self.down
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(Arc::clone(&owner.id), until);
         }
         result
     }

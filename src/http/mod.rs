@@ -25,7 +25,14 @@ use crate::app::App;
 use reply::Body;
 
 /// Serves HTTP on `listener` until `shutdown` fires, then drains.
-pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
+/// What a listener serves: everything, or only health and metrics (`admin_listen`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Surface {
+    Main,
+    Admin,
+}
+
+pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let http = hyper::server::conn::http1::Builder::new();
     loop {
@@ -47,7 +54,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
         let app = Arc::clone(&app);
         let service = service_fn(move |req: Request<Incoming>| {
             let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(route(&app, req).await) }
+            async move { Ok::<_, Infallible>(route(&app, surface, req).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -67,7 +74,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: CancellationT
 }
 
 /// One span per request; `session.id` and `mcp.method` are filled in on the way.
-async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
+async fn route(app: &App, surface: Surface, req: Request<Incoming>) -> Response<Body> {
     let span = tracing::info_span!(
         "request",
         http.method = %req.method(),
@@ -75,10 +82,11 @@ async fn route(app: &App, req: Request<Incoming>) -> Response<Body> {
         replica = %app.config.replica_id,
         session.id = tracing::field::Empty,
         mcp.method = tracing::field::Empty,
+        backend = tracing::field::Empty,
     );
     async move {
         match (req.method(), req.uri().path()) {
-            (_, "/mcp") => {
+            (_, "/mcp") if surface == Surface::Main => {
                 let mut response = mcp::handle(app, req).await;
                 // Who served it: kept as the owner set it when the request was forwarded.
                 if let Ok(id) = http::HeaderValue::from_str(&app.config.replica_id) {

@@ -298,6 +298,7 @@ impl Session {
             .backends
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
+        tracing::Span::current().record("backend", backend);
         let result = match self.send(session, method, params.clone()).await {
             Err(BackendError::SessionExpired) => {
                 let healed = self.heal(backend, session).await?;
