@@ -2,7 +2,8 @@
 # The whole test suite, on a fresh Debian machine with a Rust toolchain:
 # installs what the tests need (Node.js + npm, python3-venv, redis-server and
 # prometheus (for promtool) via apt; server-everything via npm; the Python MCP SDK via pip, all under
-# target/test-deps), then runs fmt, clippy and every test.
+# target/test-deps; helm and kubernetes-validate under target/), then runs fmt,
+# clippy, the chart and manifest checks, and every test.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,7 @@ command -v node >/dev/null || missing+=(nodejs)
 command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v unzip >/dev/null || missing+=(unzip)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "==> apt-get install ${missing[*]}"
@@ -40,6 +42,8 @@ echo "==> cargo fmt --check"
 cargo fmt --check
 echo "==> cargo clippy"
 cargo clippy --locked --all-targets -- -D warnings
+echo "==> Helm chart and manifests"
+scripts/check-chart.sh
 echo "==> tests"
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --locked --no-fail-fast

@@ -1,0 +1,75 @@
+{{- define "vmcp.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "vmcp.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "vmcp.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "vmcp.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "vmcp.labels" -}}
+helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
+{{ include "vmcp.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: vmcp
+{{- end }}
+
+{{- define "vmcp.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "vmcp.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "vmcp.secretName" -}}
+{{- default (include "vmcp.fullname" .) .Values.existingSecret }}
+{{- end }}
+
+{{- define "vmcp.peersName" -}}
+{{- printf "%s-peers" (include "vmcp.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Replicas share sessions (and discover each other) only with Redis. */}}
+{{- define "vmcp.replicated" -}}
+{{- if or .Values.redis.url .Values.redis.bundled.enabled }}true{{ end }}
+{{- end }}
+
+{{- define "vmcp.redisUrl" -}}
+{{- if .Values.redis.url }}
+{{- .Values.redis.url }}
+{{- else }}
+{{- printf "redis://:${REDIS_PASSWORD}@%s-redis:6379/0" (include "vmcp.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{- define "vmcp.checks" -}}
+{{- if and (not (include "vmcp.replicated" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
+{{- fail "more than one replica (or autoscaling) needs Redis: set redis.url, or redis.bundled.enabled=true to try it out" }}
+{{- end }}
+{{- end }}
+
+{{/* Seconds of a duration written as 30s, 5m or 1h (the forms the chart documents). */}}
+{{- define "vmcp.seconds" -}}
+{{- $d := toString . }}
+{{- if hasSuffix "ms" $d }}1
+{{- else if hasSuffix "s" $d }}{{ trimSuffix "s" $d | int }}
+{{- else if hasSuffix "m" $d }}{{ mul (trimSuffix "m" $d | int) 60 }}
+{{- else if hasSuffix "h" $d }}{{ mul (trimSuffix "h" $d | int) 3600 }}
+{{- else }}{{ fail (printf "duration %q: use s, m or h" $d) }}
+{{- end }}
+{{- end }}
