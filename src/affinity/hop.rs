@@ -8,7 +8,7 @@
 //! stale or replayed one: without the key a client cannot make a replica skip
 //! placement, and a captured header cannot be used twice.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -41,8 +41,31 @@ pub struct HopTarget<'a> {
 pub struct Hops {
     key: Option<Vec<u8>>,
     max_age_ms: u64,
-    /// nonce → expiry (unix ms); pruned as it is used.
-    seen: Mutex<HashMap<String, u64>>,
+    seen: Mutex<Seen>,
+}
+
+/// Nonces of the last two `max_age` windows. A header older than `max_age`
+/// is refused as stale anyway, so a nonce only needs remembering that long;
+/// rotating whole generations makes each check O(1) instead of a scan.
+#[derive(Default)]
+struct Seen {
+    current: HashSet<String>,
+    previous: HashSet<String>,
+    rotated_at_ms: u64,
+}
+
+impl Seen {
+    /// Records `nonce`; `false` if it was already seen.
+    fn insert(&mut self, nonce: &str, now_ms: u64, max_age_ms: u64) -> bool {
+        if now_ms.saturating_sub(self.rotated_at_ms) >= max_age_ms {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated_at_ms = now_ms;
+        }
+        if self.previous.contains(nonce) {
+            return false;
+        }
+        self.current.insert(nonce.to_owned())
+    }
 }
 
 fn mac(key: &[u8], fields: &[&str]) -> Hmac<Sha256> {
@@ -116,8 +139,7 @@ impl Hops {
             return Err(HopError::Stale);
         }
         let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
-        seen.retain(|_, expiry| *expiry > now_ms);
-        if seen.insert(nonce.to_owned(), sent + self.max_age_ms).is_some() {
+        if !seen.insert(nonce, now_ms, self.max_age_ms) {
             return Err(HopError::Replayed);
         }
         Ok(from.to_owned())
@@ -144,6 +166,19 @@ mod tests {
         let header = sender.sign("a", &T, 1_000_000).unwrap();
         assert_eq!(receiver.verify(&header, &T, 1_000_500).unwrap(), "a");
         assert_eq!(receiver.verify(&header, &T, 1_000_600), Err(HopError::Replayed));
+    }
+
+    #[test]
+    fn replays_are_caught_across_a_generation_rotation() {
+        let (sender, receiver) = (hops(), hops());
+        let header = sender.sign("a", &T, 1_000_000).unwrap();
+        assert!(receiver.verify(&header, &T, 1_000_000).is_ok());
+        // A later hop rotates the generations; the first nonce is still known.
+        let later = sender.sign("a", &T, 1_029_000).unwrap();
+        assert!(receiver.verify(&later, &T, 1_029_000).is_ok());
+        let fresh = sender.sign("a", &T, 1_031_000).unwrap();
+        assert!(receiver.verify(&fresh, &T, 1_031_000).is_ok());
+        assert_eq!(receiver.verify(&header, &T, 1_029_500), Err(HopError::Replayed));
     }
 
     #[test]

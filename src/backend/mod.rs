@@ -181,7 +181,12 @@ impl BackendSession {
     }
 
     /// Sends one request and waits for its result, at most `timeout`.
-    pub async fn request(&self, method: &str, params: Option<Value>, timeout: Duration) -> Result<Value, BackendError> {
+    pub async fn request(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+    ) -> Result<Value, BackendError> {
         let call = async {
             match &self.conn {
                 Conn::Http(s) => s.request(method, params).await,

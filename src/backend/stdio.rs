@@ -91,10 +91,10 @@ impl StdioSession {
             .ok_or_else(|| BackendError::Transport("backend process closed".into()))
     }
 
-    pub async fn request(&self, method: &str, params: Option<Value>) -> Result<Value, BackendError> {
+    pub async fn request(&self, method: &str, params: Option<&Value>) -> Result<Value, BackendError> {
         let mut body = json!({"method": method});
         if let Some(p) = params {
-            body["params"] = p;
+            body["params"] = p.clone();
         }
         let request: ClientRequest =
             serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;

@@ -6,8 +6,8 @@ use http::StatusCode;
 #[allow(deprecated)]
 // logging/setLevel: deprecated by SEP-2577, still used by handshake-era clients
 use rmcp::model::{
-    CallToolRequestParams, CompleteRequestParams, GetPromptRequestParams, InitializeRequestParams,
-    PaginatedRequestParams, ReadResourceRequestParams, SetLevelRequestParams,
+    CompleteRequestParams, GetPromptRequestParams, InitializeRequestParams, PaginatedRequestParams,
+    ReadResourceRequestParams, SetLevelRequestParams,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
@@ -32,8 +32,24 @@ pub enum Command {
 /// `params` must deserialize into `T`; the untouched value is kept for forwarding.
 fn checked<T: DeserializeOwned>(params: Option<Value>) -> Result<Value, RpcError> {
     let value = params.unwrap_or_else(|| json!({}));
-    serde_json::from_value::<T>(value.clone()).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
+    // Checked by reference: no copy of the params on the request path.
+    T::deserialize(&value).map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")))?;
     Ok(value)
+}
+
+/// `tools/call` is the hot path: its params are checked in place (a string
+/// `name`, an object `arguments`, an object `_meta`) rather than by building a
+/// typed copy of the arguments; what it accepts matches `CallToolRequestParams`.
+fn call_params(params: Option<Value>) -> Result<Value, RpcError> {
+    let value = params.unwrap_or_else(|| json!({}));
+    let object_or_absent = |key: &str| value.get(key).is_none_or(|v| v.is_object() || v.is_null());
+    if value.get("name").is_some_and(Value::is_string) && object_or_absent("arguments") && object_or_absent("_meta") {
+        Ok(value)
+    } else {
+        Err(RpcError::invalid_params(
+            "invalid params: tools/call needs a string `name` and an object `arguments`",
+        ))
+    }
 }
 
 fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
@@ -53,7 +69,7 @@ impl Command {
             "prompts/list" => list(ListKind::Prompts, params)?,
             "resources/list" => list(ListKind::Resources, params)?,
             "resources/templates/list" => list(ListKind::ResourceTemplates, params)?,
-            "tools/call" => Self::CallTool(checked::<CallToolRequestParams>(params)?),
+            "tools/call" => Self::CallTool(call_params(params)?),
             "prompts/get" => Self::GetPrompt(checked::<GetPromptRequestParams>(params)?),
             "resources/read" => Self::ReadResource(checked::<ReadResourceRequestParams>(params)?),
             "completion/complete" => Self::Complete(checked::<CompleteRequestParams>(params)?),
@@ -153,6 +169,24 @@ mod tests {
             Command::parse("resources/read", Some(json!({}))).unwrap_err().code,
             codes::INVALID_PARAMS
         );
+    }
+
+    #[test]
+    fn tool_call_params_are_checked_like_the_typed_params() {
+        let cases = [
+            json!({"name": "x"}),
+            json!({"name": "x", "arguments": {"a": [1]}}),
+            json!({"name": "x", "arguments": null}),
+            json!({"name": "x", "_meta": {"progressToken": 1}}),
+            json!({"name": 1}),
+            json!({"name": "x", "arguments": "nope"}),
+            json!({"name": "x", "arguments": [1]}),
+            json!({}),
+        ];
+        for case in cases {
+            let typed = serde_json::from_value::<rmcp::model::CallToolRequestParams>(case.clone()).is_ok();
+            assert_eq!(call_params(Some(case.clone())).is_ok(), typed, "{case}");
+        }
     }
 
     #[test]

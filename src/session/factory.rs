@@ -301,7 +301,7 @@ async fn list_all(session: &BackendSession, method: &str, key: &str) -> Result<V
     for _ in 0..MAX_LIST_PAGES {
         let params = cursor.as_ref().map(|c| json!({ "cursor": c }));
         // The caller's init timeout bounds the whole listing; this one never fires first.
-        let mut page = session.request(method, params, Duration::MAX / 4).await?;
+        let mut page = session.request(method, params.as_ref(), Duration::MAX / 4).await?;
         if let Some(Value::Array(chunk)) = page.get_mut(key).map(Value::take) {
             items.extend(chunk);
         }

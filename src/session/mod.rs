@@ -299,10 +299,10 @@ impl Session {
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
         tracing::Span::current().record("backend", backend);
-        let result = match self.send(session, method, params.clone()).await {
+        let result = match self.send(session, method, &params).await {
             Err(BackendError::SessionExpired) => {
                 let healed = self.heal(backend, session).await?;
-                self.send(&healed, method, params).await
+                self.send(&healed, method, &params).await
             }
             other => other,
         };
@@ -312,7 +312,12 @@ impl Session {
         })
     }
 
-    async fn send(&self, session: &BackendSession, method: &'static str, params: Value) -> Result<Value, BackendError> {
+    async fn send(
+        &self,
+        session: &BackendSession,
+        method: &'static str,
+        params: &Value,
+    ) -> Result<Value, BackendError> {
         let metrics = self.factory.metrics();
         let started = std::time::Instant::now();
         let result = session.request(method, Some(params), self.factory.call_timeout()).await;

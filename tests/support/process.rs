@@ -60,6 +60,10 @@ impl VmcpProcess {
         panic!("vmcp did not come up on {port}");
     }
 
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// SIGKILL: no graceful shutdown, nothing flushed.
     pub async fn kill(mut self) {
         let _ = self.child.kill().await;

@@ -1,0 +1,66 @@
+//! vmcp's end-to-end benchmark: `cargo bench --bench load [-- --quick]`.
+//!
+//! Starts its own fast MCP backend, a bare hyper forwarding proxy (one hop and
+//! a two-hop chain, the reference for what a hop costs on this machine),
+//! redis-server and release-built vmcp processes, then prints one table of
+//! ratios measured in the same invocation. Goals live here and in the README,
+//! never in tests.
+
+mod backend;
+#[allow(dead_code)]
+#[path = "../../tests/support/deps.rs"]
+mod deps;
+mod drive;
+#[allow(dead_code)]
+#[path = "../../tests/support/process.rs"]
+mod process;
+mod proxy;
+#[allow(dead_code)]
+#[path = "../../tests/support/redis.rs"]
+mod redis;
+mod scenarios;
+
+use std::time::Duration;
+
+/// The shared HTTP client (one pool; TLS provider installed first).
+pub fn http() -> reqwest::Client {
+    static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    CLIENT
+        .get_or_init(|| {
+            vmcp::app::install_crypto_provider();
+            reqwest::Client::builder()
+                .pool_max_idle_per_host(256)
+                .build()
+                .expect("client")
+        })
+        .clone()
+}
+
+/// How long and how big: `--quick` for a smoke run.
+pub struct Plan {
+    pub warmup: Duration,
+    pub measure: Duration,
+    pub memory_sessions: usize,
+    pub rebuild_sessions: usize,
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let quick = std::env::args().any(|a| a == "--quick");
+    let plan = if quick {
+        Plan {
+            warmup: Duration::from_millis(200),
+            measure: Duration::from_millis(800),
+            memory_sessions: 1000,
+            rebuild_sessions: 50,
+        }
+    } else {
+        Plan {
+            warmup: Duration::from_millis(500),
+            measure: Duration::from_secs(3),
+            memory_sessions: 10_000,
+            rebuild_sessions: 200,
+        }
+    };
+    scenarios::run(&plan).await;
+}

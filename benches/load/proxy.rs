@@ -1,0 +1,57 @@
+//! The reference hop: a bare hyper forwarding proxy with no MCP logic (pooled
+//! keep-alive client, TCP_NODELAY, body buffered then sent, response streamed).
+//! vmcp's forwarding targets are relative to this, measured in the same run.
+
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Starts a proxy forwarding everything to `upstream` (`http://host:port`).
+pub async fn start(upstream: String) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).build(connector);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let _ = stream.set_nodelay(true);
+            let (client, upstream) = (client.clone(), upstream.clone());
+            tokio::spawn(async move {
+                let service = service_fn(move |req| forward(client.clone(), upstream.clone(), req));
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    url
+}
+
+async fn forward(
+    client: Client<HttpConnector, Full<Bytes>>,
+    upstream: String,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let (mut parts, body) = req.into_parts();
+    let bytes = body.collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str()).to_owned();
+    parts.uri = format!("{upstream}{path}").parse().expect("uri");
+    parts.headers.remove(http::header::HOST);
+    let response = client.request(Request::from_parts(parts, Full::new(bytes))).await;
+    Ok(match response {
+        Ok(r) => r.map(|b| b.boxed()),
+        Err(_) => Response::builder()
+            .status(502)
+            .body(Full::new(Bytes::new()).map_err(|e| match e {}).boxed())
+            .expect("502"),
+    })
+}

@@ -1,0 +1,304 @@
+//! The measured scenarios and the printed report.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::drive::{self, Mcp, Stats};
+use crate::process::VmcpProcess;
+use crate::redis::RedisServer;
+use crate::{backend, deps, proxy, Plan};
+
+const HOP_KEY: &str = "bench-hop-key-0123456789";
+
+fn backends_yaml(url: &str, n: usize, extra: &[(&str, &str)]) -> String {
+    let mut y = String::from("backends:\n");
+    for i in 0..n {
+        let name = if n == 1 { "fast".to_owned() } else { format!("fast{i}") };
+        y.push_str(&format!("  - name: {name}\n    url: {url}\n"));
+    }
+    for (name, url) in extra {
+        y.push_str(&format!("  - name: {name}\n    url: {url}\n"));
+    }
+    y
+}
+
+fn redis_yaml(redis: &RedisServer) -> String {
+    format!("store:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n", redis.url())
+}
+
+fn base(url: &str) -> String {
+    url.trim_end_matches("/mcp").to_owned()
+}
+
+pub async fn run(plan: &Plan) {
+    let mcp = Arc::new(Mcp::new(crate::http()));
+    let (backend_url, backend_state) = backend::start().await;
+    let hop1 = proxy::start(base(&backend_url)).await;
+    let hop2 = proxy::start(base(&hop1)).await;
+    let redis = RedisServer::start().await;
+    println!(
+        "# vmcp load benchmark ({} warm-up, {} measured per cell)\n",
+        secs(plan.warmup),
+        secs(plan.measure)
+    );
+
+    // Two replicas with placement: A owns what it mints; entering at B costs one hop.
+    let (pa, pb) = (deps::free_port(), deps::free_port());
+    let members = format!(
+        "membership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: {HOP_KEY}\n"
+    );
+    let common = format!(
+        "{}{}{members}log:\n  format: json\n",
+        backends_yaml(&backend_url, 1, &[]),
+        redis_yaml(&redis)
+    );
+    let a = VmcpProcess::start_on(pa, &format!("replica_id: a\n{common}")).await;
+    let b = VmcpProcess::start_on(pb, &format!("replica_id: b\n{common}")).await;
+    throughput(plan, &mcp, &backend_url, &hop1, &hop2, &a, &b).await;
+    drop((a, b));
+
+    session_creation(&mcp, &backend_url).await;
+    rebuild(plan, &mcp, &backend_url, &backend_state, &redis).await;
+    memory(plan, &mcp, &backend_url).await;
+    ring();
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+fn row(name: &str, s: Stats, reference: Option<Stats>) -> String {
+    let ratio = reference.map_or(String::from("—"), |r| format!("{:.2}×", s.rps / r.rps));
+    let extra = reference.map_or(String::from("—"), |r| format!("{:+.0} µs", s.p50_us - r.p50_us));
+    format!(
+        "| {name} | {:.0} | {:.0} | {:.0} | {ratio} | {extra} |",
+        s.rps, s.p50_us, s.p99_us
+    )
+}
+
+async fn throughput(
+    plan: &Plan,
+    mcp: &Arc<Mcp>,
+    backend: &str,
+    hop1: &str,
+    hop2: &str,
+    a: &VmcpProcess,
+    b: &VmcpProcess,
+) {
+    println!("## tools/call throughput and latency\n");
+    println!("| path | calls/s | p50 µs | p99 µs | vs reference | p50 over reference |");
+    println!("|---|---|---|---|---|---|");
+    for sessions in [1, 16, 64] {
+        let run = |init: String, call: String, tool: &'static str| {
+            let mcp = Arc::clone(mcp);
+            async move { drive::load(&mcp, &init, &call, tool, sessions, plan.warmup, plan.measure).await }
+        };
+        let direct = run(backend.into(), backend.into(), "echo").await;
+        let bare1 = run(hop1.into(), hop1.into(), "echo").await;
+        let bare2 = run(hop2.into(), hop2.into(), "echo").await;
+        let store_before = store_ops(a).await;
+        let owner = run(a.url.clone(), a.url.clone(), "fast_echo").await;
+        let store_per_call =
+            (store_ops(a).await - store_before) / (owner.rps * (plan.warmup + plan.measure).as_secs_f64());
+        let non_owner = run(a.url.clone(), b.url.clone(), "fast_echo").await;
+        println!("| **{sessions} session(s)** | | | | | |");
+        println!("{}", row("direct client → backend", direct, None));
+        println!("{}", row("bare hyper hop (reference for owner)", bare1, Some(direct)));
+        println!(
+            "{}",
+            row("bare two-hop chain (reference for non-owner)", bare2, Some(direct))
+        );
+        println!("{}", row("vmcp, entering at the owner", owner, Some(bare1)));
+        println!(
+            "{}",
+            row("vmcp, entering at a non-owner (1 hop)", non_owner, Some(bare2))
+        );
+        println!("| store operations per call at the owner | {store_per_call:.4} | | | | |");
+    }
+    println!();
+}
+
+async fn store_ops(p: &VmcpProcess) -> f64 {
+    let mut total = 0.0;
+    for op in ["get", "put", "update", "touch", "delete"] {
+        total += p
+            .metric(&format!("vmcp_store_operations_total{{op=\"{op}\",outcome=\"ok\"}}"))
+            .await;
+    }
+    total
+}
+
+async fn timed_inits(mcp: &Mcp, url: &str, n: usize) -> (f64, f64) {
+    let mut samples = Vec::new();
+    for _ in 0..n {
+        let started = Instant::now();
+        mcp.initialize(url).await;
+        samples.push(started.elapsed().as_secs_f64() * 1e3);
+    }
+    (
+        drive::percentile(&mut samples, 0.5),
+        drive::percentile(&mut samples, 0.99),
+    )
+}
+
+async fn session_creation(mcp: &Mcp, backend: &str) {
+    println!("## Session creation (initialize, all backend sessions opened)\n");
+    println!("| backends | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    for n in [1, 10, 50] {
+        let p = VmcpProcess::start(&format!(
+            "{}session:\n  max_backend_init_concurrency: 10\n",
+            backends_yaml(backend, n, &[])
+        ))
+        .await;
+        let (p50, p99) = timed_inits(mcp, &p.url, 40).await;
+        println!("| {n} | {p50:.2} | {p99:.2} |");
+    }
+    let hung = hanging_url().await;
+    let p = VmcpProcess::start(&format!(
+        "{}session:\n  init_timeout: 1s\n",
+        backends_yaml(backend, 1, &[("hung", &hung)])
+    ))
+    .await;
+    let (p50, p99) = timed_inits(mcp, &p.url, 5).await;
+    println!(
+        "| 1 + 1 hanging (init_timeout 1 s) | {p50:.0} ({:+.1}% over the timeout) | {p99:.0} |\n",
+        (p50 / 1000.0 - 1.0) * 100.0
+    );
+}
+
+/// A backend that accepts connections and never answers.
+async fn hanging_url() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    url
+}
+
+async fn rebuild(plan: &Plan, mcp: &Mcp, backend: &str, state: &backend::State, redis: &RedisServer) {
+    println!("## Foreign-session rebuild (first request on a replica that never saw the session)\n");
+    println!("| path | p50 ms | p99 ms |");
+    println!("|---|---|---|");
+    let config = format!("{}{}", backends_yaml(backend, 1, &[]), redis_yaml(redis));
+    let (r1, r2) = (VmcpProcess::start(&config).await, VmcpProcess::start(&config).await);
+    for reinit in [false, true] {
+        let mut sessions = Vec::new();
+        for _ in 0..plan.rebuild_sessions {
+            let sid = mcp.initialize(&r1.url).await;
+            mcp.call(&r1.url, &sid, "fast_echo", 1).await;
+            sessions.push(sid);
+        }
+        if reinit {
+            state.forget_all(); // the backend lost every session: resume gets 404
+        }
+        let (mut first, mut warm) = (Vec::new(), Vec::new());
+        for sid in &sessions {
+            let started = Instant::now();
+            mcp.call(&r2.url, sid, "fast_echo", 2).await;
+            first.push(started.elapsed().as_secs_f64() * 1e3);
+            let started = Instant::now();
+            mcp.call(&r2.url, sid, "fast_echo", 3).await;
+            warm.push(started.elapsed().as_secs_f64() * 1e3);
+        }
+        let name = if reinit {
+            "re-initialize (backend answered 404)"
+        } else {
+            "resume stored backend session"
+        };
+        let (p50, p99) = (drive::percentile(&mut first, 0.5), drive::percentile(&mut first, 0.99));
+        println!("| {name}: first call incl. rebuild | {p50:.2} | {p99:.2} |");
+        println!(
+            "| {name}: next call (warm) | {:.2} | {:.2} |",
+            drive::percentile(&mut warm, 0.5),
+            drive::percentile(&mut warm, 0.99)
+        );
+    }
+    println!();
+}
+
+fn rss_kb(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+async fn memory(plan: &Plan, mcp: &Arc<Mcp>, backend: &str) {
+    let n = plan.memory_sessions;
+    let p = VmcpProcess::start(&format!(
+        "{}session:\n  max_sessions: {}\n",
+        backends_yaml(backend, 10, &[]),
+        n + 10
+    ))
+    .await;
+    let pid = p.pid().expect("pid");
+    mcp.initialize(&p.url).await;
+    let before = rss_kb(pid);
+    let per_task = n / 32;
+    let tasks: Vec<_> = (0..32)
+        .map(|_| {
+            let (mcp, url) = (Arc::clone(mcp), p.url.clone());
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    mcp.initialize(&url).await;
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("init task");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let after = rss_kb(pid);
+    let per_session = (after - before) / (per_task * 32) as f64;
+    println!("## Memory (idle sessions, 10 HTTP backends each)\n");
+    println!("| sessions | RSS before | RSS after | KB per session | KB per session per backend |");
+    println!("|---|---|---|---|---|");
+    println!(
+        "| {} | {:.0} MB | {:.0} MB | {per_session:.1} | {:.2} |\n",
+        per_task * 32,
+        before / 1024.0,
+        after / 1024.0,
+        per_session / 10.0
+    );
+}
+
+fn ring() {
+    use vmcp::affinity::ring::{Member, Ring};
+    println!("## Placement ring (rendezvous hashing)\n");
+    println!("| members | ns per lookup | keys moved when one member is added | ideal |");
+    println!("|---|---|---|---|");
+    let keys: Vec<String> = (0..100_000)
+        .map(|i| format!("{:040x}", i as u128 * 0x9e37_79b9_7f4a_7c15))
+        .collect();
+    for n in [3usize, 10, 100] {
+        let ring = |m: usize| Ring::new((0..m).map(|i| Member::new(&format!("vmcp-{i}"), "h:1")).collect());
+        let (small, big) = (ring(n), ring(n + 1));
+        let started = Instant::now();
+        let mut owners: BTreeMap<usize, &str> = BTreeMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            owners.insert(i, &small.owner(k).expect("owner").id);
+        }
+        let ns = started.elapsed().as_nanos() as f64 / keys.len() as f64;
+        let moved = keys
+            .iter()
+            .enumerate()
+            .filter(|(i, k)| *big.owner(k).expect("owner").id != *owners[i])
+            .count();
+        println!(
+            "| {n} → {} | {ns:.0} | {:.1}% | {:.1}% |",
+            n + 1,
+            moved as f64 / 1000.0,
+            100.0 / (n as f64 + 1.0)
+        );
+    }
+}
