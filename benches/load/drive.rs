@@ -14,6 +14,22 @@ pub struct Stats {
     pub p99_us: f64,
 }
 
+impl Stats {
+    /// Each figure's median over several runs of one cell.
+    pub fn median(runs: &[Stats]) -> Stats {
+        let mid = |f: fn(&Stats) -> f64| {
+            let mut v: Vec<f64> = runs.iter().map(f).collect();
+            v.sort_by(f64::total_cmp);
+            v.get(v.len() / 2).copied().unwrap_or(0.0)
+        };
+        Stats {
+            rps: mid(|s| s.rps),
+            p50_us: mid(|s| s.p50_us),
+            p99_us: mid(|s| s.p99_us),
+        }
+    }
+}
+
 /// Percentile `q` (0..1) of microsecond samples.
 pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     if samples.is_empty() {

@@ -42,17 +42,25 @@ pub struct Plan {
     pub measure: Duration,
     pub memory_sessions: usize,
     pub rebuild_sessions: usize,
+    /// Interleaved rounds of the throughput table (median reported).
+    pub rounds: usize,
 }
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
-    let quick = std::env::args().any(|a| a == "--quick");
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--proxy-upstream") {
+        let upstream = args.get(i + 1).cloned().expect("--proxy-upstream URL");
+        return proxy::serve(upstream).await;
+    }
+    let quick = args.iter().any(|a| a == "--quick");
     let plan = if quick {
         Plan {
             warmup: Duration::from_millis(200),
             measure: Duration::from_millis(800),
             memory_sessions: 1000,
             rebuild_sessions: 50,
+            rounds: 1,
         }
     } else {
         Plan {
@@ -60,7 +68,9 @@ async fn main() {
             measure: Duration::from_secs(3),
             memory_sessions: 10_000,
             rebuild_sessions: 200,
+            rounds: 3,
         }
     };
-    scenarios::run(&plan).await;
+    let only_throughput = args.iter().any(|a| a == "--throughput");
+    scenarios::run(&plan, only_throughput).await;
 }
