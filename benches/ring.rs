@@ -7,7 +7,11 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use vmcp::affinity::ring::{Member, Ring};
 
 fn ring_of(n: usize) -> Ring {
-    Ring::new((0..n).map(|i| Member::new(&format!("vmcp-{i}"), "10.0.0.1:8080")).collect())
+    Ring::new(
+        (0..n)
+            .map(|i| Member::new(&format!("vmcp-{i}"), "10.0.0.1:8080"))
+            .collect(),
+    )
 }
 
 /// Session ids shaped like real ones (40 hex digits).

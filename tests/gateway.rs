@@ -97,9 +97,10 @@ async fn large_lists_paginate_on_both_sides() {
     assert_eq!(first.result()["tools"].as_array().unwrap().len(), 64);
     assert!(first.result()["nextCursor"].is_string());
     let tools = client.list_names("tools/list", "tools").await;
-    assert_eq!(tools.len(), 184, "every tool from every backend page, each once");
+    // 8 fixture tools + 180 extra ones.
+    assert_eq!(tools.len(), 188, "every tool from every backend page, each once");
     let unique: std::collections::HashSet<_> = tools.iter().collect();
-    assert_eq!(unique.len(), 184);
+    assert_eq!(unique.len(), 188);
     assert_eq!(client.call_tool("big_tool-179", json!({})).await.text(), "tool-179");
     let bad = client.request("tools/list", json!({"cursor": "not-ours"})).await;
     assert_eq!(bad.error_code(), -32602);
@@ -112,7 +113,7 @@ async fn priority_mode_filters_and_renames() {
         "backends:
   - name: alpha
     url: {}
-    tools: {{ deny: [slow], rename: {{ whoami: alpha-who }} }}
+    tools: {{ allow: [echo, slow, whoami], deny: [slow], rename: {{ whoami: alpha-who }} }}
   - name: beta
     url: {}
     tools: {{ allow: [echo, counter, whoami] }}

@@ -13,7 +13,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 use support::process::VmcpProcess;
 use support::redis::RedisServer;
-use support::{Client, Options, Replica, TestBackend};
+use support::{eventually, Client, Options, Replica, TestBackend};
 
 fn yaml(redis: &RedisServer, backends: &[(&str, &str)], extra: &str) -> String {
     let mut y = support::config_yaml(backends, "");
@@ -28,21 +28,6 @@ async fn counter(client: &Client, tool: &str) -> String {
     let reply = client.call_tool(tool, json!({})).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
     reply.text()
-}
-
-/// Polls `f` until it returns true, for up to 5 s.
-async fn eventually<F, Fut>(what: &str, mut f: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
-{
-    for _ in 0..100 {
-        if f().await {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("not reached within 5 s: {what}");
 }
 
 #[tokio::test]

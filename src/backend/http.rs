@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
+use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use serde::{Deserialize, Serialize};
@@ -135,7 +136,7 @@ impl HttpBackend {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let init = read_response(response, 0, false).await?;
+        let init = read_response(response, 0, false, &mut |_| {}).await?;
         let protocol_version = init
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -178,8 +179,21 @@ impl HttpSession {
         &self.protocol_version
     }
 
-    pub async fn request(&self, method: &str, params: Option<&Value>) -> Result<Value, BackendError> {
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+    /// The id of the next request (so a caller can cancel it by id).
+    pub fn next_id(&self) -> i64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Sends request `id` and waits for its result; whatever else the backend
+    /// sends on the response stream meanwhile (progress, logs, its own
+    /// requests) goes to `relay`.
+    pub async fn request(
+        &self,
+        id: i64,
+        method: &str,
+        params: Option<&Value>,
+        relay: &mut (dyn FnMut(Value) + Send),
+    ) -> Result<Value, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(id),
@@ -188,23 +202,54 @@ impl HttpSession {
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
-        read_response(response, id, self.session_id.is_some()).await
+        read_response(response, id, self.session_id.is_some(), relay).await
     }
 
-    pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), BackendError> {
-        let body = serde_json::to_vec(&Outgoing {
-            jsonrpc: "2.0",
-            id: None,
-            method,
-            params: params.as_ref(),
-        })
-        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+    /// Sends one message that needs no answer: a notification, or our
+    /// client's response to a request of the backend.
+    pub async fn deliver(&self, message: &Value) -> Result<(), BackendError> {
+        let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
         let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
         match response.status() {
             StatusCode::NOT_FOUND if self.session_id.is_some() => Err(BackendError::SessionExpired),
             s if s.is_success() => Ok(()),
-            s => Err(BackendError::Protocol(format!("notification answered {s}"))),
+            s => Err(BackendError::Protocol(format!("message answered {s}"))),
         }
+    }
+
+    /// Opens the backend's stream of messages it sends on its own (GET).
+    /// `Ok(None)`: the backend offers no such stream (405).
+    pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
+        let mut headers = self.headers.clone();
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.remove(http::header::CONTENT_TYPE);
+        let response = self
+            .client
+            .get(self.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(transport)?;
+        match response.status() {
+            StatusCode::METHOD_NOT_ALLOWED => return Ok(None),
+            StatusCode::NOT_FOUND if self.session_id.is_some() => return Err(BackendError::SessionExpired),
+            s if !s.is_success() => return Err(BackendError::Protocol(format!("GET stream answered {s}"))),
+            _ => {}
+        }
+        let events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let messages = events.filter_map(|event| async move {
+            let data = event.ok()?.data?;
+            serde_json::from_str::<Value>(&data).ok()
+        });
+        Ok(Some(messages.boxed()))
+    }
+
+    pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), BackendError> {
+        let mut message = json!({ "jsonrpc": "2.0", "method": method });
+        if let Some(params) = params {
+            message["params"] = params;
+        }
+        self.deliver(&message).await
     }
 
     /// DELETEs the backend session; a backend that forgot it already is fine.
@@ -239,8 +284,14 @@ async fn post(
         .map_err(transport)
 }
 
-/// The result of request `id` from a JSON body or an SSE stream.
-async fn read_response(response: reqwest::Response, id: i64, has_session: bool) -> Result<Value, BackendError> {
+/// The result of request `id` from a JSON body or an SSE stream; other
+/// messages on the stream go to `relay`.
+async fn read_response(
+    response: reqwest::Response,
+    id: i64,
+    has_session: bool,
+    relay: &mut (dyn FnMut(Value) + Send),
+) -> Result<Value, BackendError> {
     let status = response.status();
     if status == StatusCode::NOT_FOUND && has_session {
         return Err(BackendError::SessionExpired);
@@ -257,8 +308,13 @@ async fn read_response(response: reqwest::Response, id: i64, has_session: bool) 
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
-            if let Some(result) = ours(&data, id) {
-                return result;
+            match ours(&data, id) {
+                Some(result) => return result,
+                None => {
+                    if let Ok(other) = serde_json::from_str::<Value>(&data) {
+                        relay(other);
+                    }
+                }
             }
         }
         return Err(BackendError::Transport("SSE stream ended before the response".into()));
@@ -273,8 +329,8 @@ async fn read_response(response: reqwest::Response, id: i64, has_session: bool) 
     }
 }
 
-/// `Some` if `text` is the response to request `id`; notifications and
-/// requests from the backend are skipped (relaying them is the streaming layer's job).
+/// `Some` if `text` is the response to request `id`; `None` for anything
+/// else (notifications and requests from the backend, other responses).
 fn ours(text: &str, id: i64) -> Option<Result<Value, BackendError>> {
     let message: Incoming = serde_json::from_str(text).ok()?;
     if message.method.is_some() || message.id.as_ref().is_some_and(|m| m.as_i64() != Some(id)) {

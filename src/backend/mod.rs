@@ -16,7 +16,10 @@ mod stdio;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde_json::Value;
+use futures_util::stream::BoxStream;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::BackendConfig;
 use crate::store::{BackendRecord, BackendTarget};
@@ -43,6 +46,12 @@ pub enum BackendError {
     Transport(String),
     #[error("backend broke the protocol: {0}")]
     Protocol(String),
+    /// The client cancelled the request; the backend was told.
+    #[error("request cancelled by the client")]
+    Cancelled,
+    /// The backend cannot take this kind of message (e.g. answers over stdio).
+    #[error("backend transport cannot carry {0}")]
+    Unsupported(&'static str),
 }
 
 impl BackendError {
@@ -54,6 +63,43 @@ impl BackendError {
             Self::Timeout(_) => "timeout",
             Self::Transport(_) => "unreachable",
             Self::Protocol(_) => "protocol_error",
+            Self::Cancelled => "cancelled",
+            Self::Unsupported(_) => "unsupported",
+        }
+    }
+}
+
+/// A message a backend sent on its own: progress, a log line, a list
+/// change, or a request to the client.
+#[derive(Debug)]
+pub struct FromBackend {
+    pub backend: Arc<str>,
+    pub message: Value,
+}
+
+/// What travels with one client request down to its backend: where the
+/// backend's messages about it go, and the client's cancellation.
+#[derive(Default)]
+pub struct CallContext {
+    relay: Option<mpsc::UnboundedSender<FromBackend>>,
+    cancel: CancellationToken,
+}
+
+impl CallContext {
+    pub fn new(relay: mpsc::UnboundedSender<FromBackend>, cancel: CancellationToken) -> Self {
+        Self {
+            relay: Some(relay),
+            cancel,
+        }
+    }
+
+    fn relay(&self, backend: &str, message: Value) {
+        if let Some(relay) = &self.relay {
+            // A closed relay: the client's request is over; nothing to tell.
+            let _ = relay.send(FromBackend {
+                backend: Arc::from(backend),
+                message,
+            });
         }
     }
 }
@@ -110,10 +156,9 @@ impl Backend {
 
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
     pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
-        let params = backend_init_params(client_init);
         let conn = match &self.transport {
-            Transport::Http(h) => Conn::Http(h.connect(params).await?),
-            Transport::Stdio(s) => Conn::Stdio(s.connect(params).await?),
+            Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init, true)).await?),
+            Transport::Stdio(s) => Conn::Stdio(s.connect(backend_init_params(client_init, false)).await?),
         };
         Ok(BackendSession {
             backend: Arc::clone(self),
@@ -187,15 +232,34 @@ impl BackendSession {
         params: Option<&Value>,
         timeout: Duration,
     ) -> Result<Value, BackendError> {
-        let call = async {
-            match &self.conn {
-                Conn::Http(s) => s.request(method, params).await,
-                Conn::Stdio(s) => s.request(method, params).await,
+        self.call(method, params, timeout, &CallContext::default()).await
+    }
+
+    /// Like [`request`](Self::request), for a client's request: the backend's
+    /// messages about it go to the context's relay, and a cancellation or a
+    /// timeout is passed on to the backend as `notifications/cancelled`.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        ctx: &CallContext,
+    ) -> Result<Value, BackendError> {
+        match &self.conn {
+            Conn::Http(s) => {
+                let id = s.next_id();
+                let mut relay = |message| ctx.relay(self.name(), message);
+                let outcome = bounded(s.request(id, method, params, &mut relay), timeout, &ctx.cancel).await;
+                if let Err(e @ (BackendError::Cancelled | BackendError::Timeout(_))) = &outcome {
+                    let notice = json!({ "requestId": id, "reason": e.to_string() });
+                    if let Err(e) = s.notify("notifications/cancelled", Some(notice)).await {
+                        tracing::debug!(backend = self.name(), error = %e, "cancellation not delivered");
+                    }
+                }
+                outcome
             }
-        };
-        tokio::time::timeout(timeout, call)
-            .await
-            .unwrap_or(Err(BackendError::Timeout(timeout)))
+            Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel).await,
+        }
     }
 
     /// Sends a notification; failures are logged, not returned (nobody waits on them).
@@ -206,6 +270,22 @@ impl BackendSession {
         };
         if let Err(e) = result {
             tracing::debug!(backend = self.name(), method, error = %e, "backend notification failed");
+        }
+    }
+
+    /// Passes the client's answer to one of the backend's requests.
+    pub async fn deliver(&self, message: &Value) -> Result<(), BackendError> {
+        match &self.conn {
+            Conn::Http(s) => s.deliver(message).await,
+            Conn::Stdio(_) => Err(BackendError::Unsupported("answers to backend requests")),
+        }
+    }
+
+    /// The backend's own message stream (GET), if it offers one.
+    pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
+        match &self.conn {
+            Conn::Http(s) => s.listen().await,
+            Conn::Stdio(_) => Ok(None),
         }
     }
 
@@ -241,14 +321,31 @@ impl BackendSession {
     }
 }
 
+/// Waits for `work`, at most `timeout`, unless the client cancels first.
+async fn bounded(
+    work: impl std::future::Future<Output = Result<Value, BackendError>>,
+    timeout: Duration,
+    cancel: &CancellationToken,
+) -> Result<Value, BackendError> {
+    tokio::select! {
+        outcome = tokio::time::timeout(timeout, work) => outcome.unwrap_or(Err(BackendError::Timeout(timeout))),
+        _ = cancel.cancelled() => Err(BackendError::Cancelled),
+    }
+}
+
 /// The `initialize` params sent to a backend: the client's own, minus the
-/// client capabilities the gateway cannot relay yet (sampling, elicitation,
-/// roots), so a backend never asks something nobody will answer.
-fn backend_init_params(client_init: &Value) -> Value {
+/// client capabilities the gateway cannot relay over this transport, so a
+/// backend never asks something nobody will answer. Over HTTP a backend's
+/// requests (sampling, elicitation, roots) reach the client; over stdio
+/// they cannot yet. Tasks are not relayed at all.
+fn backend_init_params(client_init: &Value, relays_requests: bool) -> Value {
     let mut params = client_init.clone();
     if let Some(caps) = params.get_mut("capabilities").and_then(Value::as_object_mut) {
-        for unsupported in ["sampling", "elicitation", "roots", "tasks"] {
-            caps.remove(unsupported);
+        caps.remove("tasks");
+        if !relays_requests {
+            for unsupported in ["sampling", "elicitation", "roots"] {
+                caps.remove(unsupported);
+            }
         }
     }
     params

@@ -3,13 +3,15 @@
 //! rmcp's drop guard if the session is dropped without closing).
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
 use rmcp::model::{ClientConfig, ClientRequest};
-use rmcp::service::{RunningService, ServiceError};
+use rmcp::service::{PeerRequestOptions, RequestHandle, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
 use rmcp::RoleClient;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{rpc_error, BackendError};
@@ -91,14 +93,38 @@ impl StdioSession {
             .ok_or_else(|| BackendError::Transport("backend process closed".into()))
     }
 
-    pub async fn request(&self, method: &str, params: Option<&Value>) -> Result<Value, BackendError> {
+    /// Sends a request and waits for its result, at most `timeout`; a
+    /// cancellation is passed on to the child as `notifications/cancelled`.
+    pub async fn call(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BackendError> {
         let mut body = json!({"method": method});
         if let Some(p) = params {
             body["params"] = p.clone();
         }
         let request: ClientRequest =
             serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
-        let result = self.peer().await?.send_request(request).await.map_err(classify)?;
+        let mut handle = self
+            .peer()
+            .await?
+            .send_cancellable_request(request, PeerRequestOptions::no_options())
+            .await
+            .map_err(classify)?;
+        // `None`: cancelled by the client.
+        let outcome = tokio::select! {
+            answered = tokio::time::timeout(timeout, &mut handle.rx) => Some(answered),
+            _ = cancel.cancelled() => None,
+        };
+        let result = match outcome {
+            Some(Ok(Ok(result))) => result.map_err(classify)?,
+            Some(Ok(Err(_))) => return Err(BackendError::Transport("backend process closed".into())),
+            Some(Err(_)) => return Err(give_up(handle, BackendError::Timeout(timeout)).await),
+            None => return Err(give_up(handle, BackendError::Cancelled).await),
+        };
         serde_json::to_value(result).map_err(|e| BackendError::Protocol(format!("result: {e}")))
     }
 
@@ -134,6 +160,14 @@ async fn log_stderr(program: String, stderr: tokio::process::ChildStderr) {
     while let Ok(Some(line)) = lines.next_line().await {
         tracing::debug!(parent: None, program = %program, "backend stderr: {line}");
     }
+}
+
+/// Tells the child we stopped waiting for a request, and why.
+async fn give_up(handle: RequestHandle<RoleClient>, why: BackendError) -> BackendError {
+    if let Err(e) = handle.cancel(Some(why.to_string())).await {
+        tracing::debug!(error = %e, "cancellation not delivered");
+    }
+    why
 }
 
 fn classify(e: ServiceError) -> BackendError {

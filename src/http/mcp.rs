@@ -16,9 +16,11 @@ use serde_json::{json, Value};
 
 use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
 use crate::app::App;
+use crate::backend::CallContext;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, RpcError};
-use crate::session::{self, ManagerError, ResolveError, Session};
+use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
+use crate::telemetry::Metrics;
 
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -64,16 +66,21 @@ pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a s
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
-/// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
-fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
-    let Some(accept) = header_str(headers, "accept") else {
-        return Some(Format::Json);
-    };
-    let accepts = |t: &str| {
+/// Whether the `Accept` header lists media type `t`.
+fn accepts(headers: &HeaderMap, t: &str) -> bool {
+    header_str(headers, "accept").is_some_and(|accept| {
         accept
             .split(',')
             .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t))
-    };
+    })
+}
+
+/// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
+fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
+    if header_str(headers, "accept").is_none() {
+        return Some(Format::Json);
+    }
+    let accepts = |t: &str| accepts(headers, t);
     if accepts("application/json") || accepts("*/*") || accepts("application/*") {
         Some(Format::Json)
     } else if accepts("text/event-stream") {
@@ -176,33 +183,57 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
                 Ok(s) => s,
                 Err(e) => return reject(e, Some(&id)),
             };
-            match run(app, &session, &method, command).await {
+            if command.reaches_backend() {
+                let sse = format == Format::Sse || accepts(headers, "text/event-stream");
+                return super::call::respond(&app.metrics, session, id, &method, command, format, sse).await;
+            }
+            let ctx = CallContext::default();
+            let work = command.apply(&session, &ctx);
+            match measured(&app.metrics, Command::method_label(&method), work).await {
                 Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(&id, result)),
                 Err(e) => reject(e, Some(&id)),
             }
         }
-        Ok(Message::Notification { method, .. }) => {
+        Ok(Message::Notification { method, params }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
             match resolve(app, headers).await {
-                Ok(_) => reply::empty(StatusCode::ACCEPTED),
+                Ok(session) => {
+                    session.client_notification(&method, params).await;
+                    reply::empty(StatusCode::ACCEPTED)
+                }
                 Err(e) => reject(e, None),
             }
         }
-        Ok(Message::Response { .. }) => match resolve(app, headers).await {
-            Ok(_) => reply::empty(StatusCode::ACCEPTED),
+        Ok(Message::Response { message }) => match resolve(app, headers).await {
+            Ok(session) => match session.answer(message).await {
+                Ok(()) => reply::empty(StatusCode::ACCEPTED),
+                Err(e) => reject(answer_error(e), None),
+            },
             Err(e) => reject(e, None),
         },
     }
 }
 
-/// Applies a command to a session, with the request metrics.
-async fn run(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
+/// A client's answer that cannot be delivered: 400 if nothing asked it, 502
+/// if the backend that asked is gone or refuses it.
+fn answer_error(e: SessionError) -> RpcError {
+    match e {
+        SessionError::InvalidParams(m) => RpcError::invalid_request(m),
+        other => RpcError::internal(other.to_string()).with_status(StatusCode::BAD_GATEWAY),
+    }
+}
+
+/// Runs a command with the request metrics.
+pub(super) async fn measured(
+    metrics: &Metrics,
+    label: &'static str,
+    work: impl std::future::Future<Output = Result<Value, RpcError>>,
+) -> Result<Value, RpcError> {
     let started = Instant::now();
-    let label = Command::method_label(method);
-    let result = command.apply(session).await;
+    let result = work.await;
     let status = if result.is_ok() { "ok" } else { "error" };
-    app.metrics.requests.with_label_values(&[label, status]).inc();
-    app.metrics
+    metrics.requests.with_label_values(&[label, status]).inc();
+    metrics
         .request_duration
         .with_label_values(&[label])
         .observe(started.elapsed().as_secs_f64());
@@ -242,7 +273,11 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
                 Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
-                Ok(command) => run(app, &session, &method, command).await,
+                Ok(command) => {
+                    let ctx = CallContext::default();
+                    let work = command.apply(&session, &ctx);
+                    measured(&app.metrics, Command::method_label(&method), work).await
+                }
                 Err(e) => Err(e),
             };
             Some(match outcome {
@@ -317,7 +352,13 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
     }
     match resolve(app, headers).await {
         Ok(session) => {
-            let events = session.subscribe();
+            let last_seen = header_str(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
+            let start = reply::StreamStart {
+                subscription: session.events_since(last_seen),
+                priming_id: session.primes_streams().then(|| session.last_event_id()),
+            };
+            let listening = session.listen();
+            listening.settled(LISTEN_SETTLE).await;
             let stop = app.streams_stop.clone();
             let end = async move {
                 tokio::select! {
@@ -325,11 +366,14 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
                     _ = stop.cancelled() => reply::StreamEnd::Reconnect,
                 }
             };
-            reply::event_stream(events, end)
+            reply::event_stream(start, end, listening)
         }
         Err(e) => reject(e, None),
     }
 }
+
+/// How long a GET stream waits for the backends' own streams to open.
+const LISTEN_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Resolves when `session` is closed (polling: closing is rare and a stream's
 /// end may lag by a second).

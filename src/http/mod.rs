@@ -5,6 +5,7 @@
 //! it Nagle and delayed ACKs cost ~40 ms per request). On shutdown the loop
 //! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
 
+mod call;
 mod mcp;
 mod placement;
 pub mod reply;

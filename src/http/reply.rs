@@ -3,11 +3,14 @@
 use std::convert::Infallible;
 
 use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
 use http::{header, HeaderValue, Response, StatusCode};
-use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use serde_json::Value;
 
 use crate::mcp::RpcError;
+use crate::session::{Event, Subscription};
 
 /// Every response body of the front door: buffered, SSE streams, and bodies
 /// streamed back from an owner replica (whose errors end the stream).
@@ -40,13 +43,12 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     if format == Format::Sse {
+        sse_headers(&mut response);
+    } else {
         response
             .headers_mut()
-            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     }
     response
 }
@@ -81,42 +83,82 @@ pub enum StreamEnd {
     Reconnect,
 }
 
-/// An SSE response carrying each message of `events` until `end` resolves.
+fn sse_headers(response: &mut Response<Body>) {
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+}
+
+fn sse_frame(text: String) -> Result<Frame<Bytes>, BoxError> {
+    Ok(Frame::data(Bytes::from(text)))
+}
+
+/// An SSE response carrying `messages` as they come (a call's relayed
+/// messages, then its result).
+pub fn message_stream(messages: impl Stream<Item = Value> + Send + 'static) -> Response<Body> {
+    let frames = messages.map(|m| sse_frame(format!("event: message\ndata: {m}\n\n")));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
+    sse_headers(&mut response);
+    response
+}
+
+/// How a session's GET stream starts: with the events the client missed,
+/// and, for 2025-11-25 clients, a priming event that gives it an id to
+/// resume from even before the first message.
+pub struct StreamStart {
+    pub subscription: Subscription,
+    pub priming_id: Option<u64>,
+}
+
+/// An SSE response carrying the session's events (each with its id) until
+/// `end` resolves; `hold` lives as long as the stream (e.g. the session's
+/// backend listeners).
 pub fn event_stream(
-    events: tokio::sync::broadcast::Receiver<std::sync::Arc<str>>,
+    start: StreamStart,
     end: impl std::future::Future<Output = StreamEnd> + Send + 'static,
+    hold: impl Send + 'static,
 ) -> Response<Body> {
-    use futures_util::StreamExt;
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
     use tokio::sync::broadcast::error::RecvError;
 
-    let end = Box::pin(end);
-    let frames = futures_util::stream::unfold((events, Some(end)), |(mut events, end)| async move {
+    let StreamStart {
+        subscription,
+        priming_id,
+    } = start;
+    let mut first: Vec<String> = priming_id
+        .map(|id| format!("id: {id}\ndata: \n\n"))
+        .into_iter()
+        .collect();
+    first.extend(subscription.missed.iter().map(|e| event_text(e)));
+    let state = (first.into_iter(), subscription.live, Some(Box::pin(end)), hold);
+    let frames = futures_util::stream::unfold(state, |(mut first, mut live, end, hold)| async move {
+        if let Some(text) = first.next() {
+            return Some((sse_frame(text), (first, live, end, hold)));
+        }
         let mut end = end?;
         let text = tokio::select! {
             how = &mut end => match how {
                 StreamEnd::Closed => return None,
                 // One last frame, then the stream ends (`None` next time round).
                 StreamEnd::Reconnect => {
-                    let frame = Frame::data(Bytes::from_static(b"retry: 1000\n\n"));
-                    return Some((Ok::<_, BoxError>(frame), (events, None)));
+                    return Some((sse_frame("retry: 1000\n\n".into()), (first, live, None, hold)));
                 }
             },
-            received = tokio::time::timeout(KEEP_ALIVE, events.recv()) => match received {
-                Ok(Ok(message)) => format!("event: message\ndata: {message}\n\n"),
+            received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => match received {
+                Ok(Ok(event)) => event_text(&event),
                 Ok(Err(RecvError::Lagged(n))) => format!(": {n} messages dropped (slow reader)\n\n"),
                 Ok(Err(RecvError::Closed)) => return None,
                 Err(_) => ": keep-alive\n\n".to_owned(),
             },
         };
-        Some((Ok::<_, BoxError>(Frame::data(Bytes::from(text))), (events, Some(end))))
+        Some((sse_frame(text), (first, live, Some(end), hold)))
     });
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    sse_headers(&mut response);
     response
+}
+
+fn event_text(event: &Event) -> String {
+    format!("id: {}\nevent: message\ndata: {}\n\n", event.id, event.data)
 }
 
 /// Plain text, for health checks and metrics.

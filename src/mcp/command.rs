@@ -7,13 +7,13 @@ use http::StatusCode;
 // logging/setLevel: deprecated by SEP-2577, still used by handshake-era clients
 use rmcp::model::{
     CompleteRequestParams, GetPromptRequestParams, InitializeRequestParams, PaginatedRequestParams,
-    ReadResourceRequestParams, SetLevelRequestParams,
+    ReadResourceRequestParams, SetLevelRequestParams, SubscribeRequestParams, UnsubscribeRequestParams,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::RpcError;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, CallContext};
 use crate::session::{ListKind, Session, SessionError};
 
 /// An MCP request, validated.
@@ -27,6 +27,8 @@ pub enum Command {
     ReadResource(Value),
     Complete(Value),
     SetLogLevel(Value),
+    Subscribe(Value),
+    Unsubscribe(Value),
 }
 
 /// `params` must deserialize into `T`; the untouched value is kept for forwarding.
@@ -74,6 +76,8 @@ impl Command {
             "resources/read" => Self::ReadResource(checked::<ReadResourceRequestParams>(params)?),
             "completion/complete" => Self::Complete(checked::<CompleteRequestParams>(params)?),
             "logging/setLevel" => Self::SetLogLevel(checked::<SetLevelRequestParams>(params)?),
+            "resources/subscribe" => Self::Subscribe(checked::<SubscribeRequestParams>(params)?),
+            "resources/unsubscribe" => Self::Unsubscribe(checked::<UnsubscribeRequestParams>(params)?),
             other => return Err(RpcError::method_not_found(other)),
         })
     }
@@ -92,21 +96,35 @@ impl Command {
             "resources/read",
             "completion/complete",
             "logging/setLevel",
+            "resources/subscribe",
+            "resources/unsubscribe",
         ];
         KNOWN.iter().copied().find(|m| *m == method).unwrap_or("other")
     }
 
-    /// Runs the command against `session` (everything but `initialize`).
-    pub async fn apply(self, session: &Session) -> Result<Value, RpcError> {
+    /// Whether a backend serves this request, and so may send progress, logs
+    /// or requests of its own while it runs.
+    pub fn reaches_backend(&self) -> bool {
+        matches!(
+            self,
+            Self::CallTool(_) | Self::GetPrompt(_) | Self::ReadResource(_) | Self::Complete(_)
+        )
+    }
+
+    /// Runs the command against `session` (everything but `initialize`);
+    /// `ctx` carries what the backend relays and the client's cancellation.
+    pub async fn apply(self, session: &Session, ctx: &CallContext) -> Result<Value, RpcError> {
         let result = match self {
             Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
             Self::Ping => Ok(json!({})),
             Self::List(kind, cursor) => session.list(kind, cursor.as_deref()),
-            Self::CallTool(p) => session.call_tool(p).await,
-            Self::GetPrompt(p) => session.get_prompt(p).await,
-            Self::ReadResource(p) => session.read_resource(p).await,
-            Self::Complete(p) => session.complete(p).await,
+            Self::CallTool(p) => session.call_tool(p, ctx).await,
+            Self::GetPrompt(p) => session.get_prompt(p, ctx).await,
+            Self::ReadResource(p) => session.by_uri("resources/read", p, ctx).await,
+            Self::Complete(p) => session.complete(p, ctx).await,
             Self::SetLogLevel(p) => session.set_log_level(p).await,
+            Self::Subscribe(p) => session.by_uri("resources/subscribe", p, ctx).await,
+            Self::Unsubscribe(p) => session.by_uri("resources/unsubscribe", p, ctx).await,
         };
         result.map_err(to_rpc)
     }
@@ -116,6 +134,9 @@ impl Command {
 const RESOURCE_NOT_FOUND: i32 = -32002;
 /// Backend timeout, as the common SDKs report request timeouts.
 const REQUEST_TIMEOUT: i32 = -32001;
+/// A request the client cancelled (the code LSP uses; MCP defines none, and
+/// a client ignores the answer to a request it cancelled anyway).
+const REQUEST_CANCELLED: i32 = -32800;
 
 /// How a session error is answered.
 pub fn to_rpc(e: SessionError) -> RpcError {
@@ -136,6 +157,7 @@ pub fn to_rpc(e: SessionError) -> RpcError {
             BackendError::Timeout(_) => {
                 RpcError::new(REQUEST_TIMEOUT, format!("backend `{backend}`: {error}"), StatusCode::OK)
             }
+            BackendError::Cancelled => RpcError::new(REQUEST_CANCELLED, "request cancelled", StatusCode::OK),
             other => RpcError::internal(format!("backend `{backend}`: {other}")),
         },
     }

@@ -82,9 +82,9 @@ pub enum Incoming {
         method: String,
         params: Option<Value>,
     },
-    /// A response or error to a request the server sent.
+    /// A response or error to a request the server sent, whole (to relay).
     Response {
-        id: Value,
+        message: Value,
     },
 }
 
@@ -112,7 +112,12 @@ impl Incoming {
             (Some(Value::String(method)), Some(id)) => Ok(Self::Request { id, method, params }),
             (Some(Value::String(method)), None) => Ok(Self::Notification { method, params }),
             (Some(_), id) => fail(&id, "`method` must be a string"),
-            (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => Ok(Self::Response { id }),
+            (None, Some(id)) if obj.contains_key("result") || obj.contains_key("error") => {
+                obj.insert("id".into(), id);
+                Ok(Self::Response {
+                    message: Value::Object(obj),
+                })
+            }
             (None, id) => fail(&id, "neither a request, a notification nor a response"),
         }
     }

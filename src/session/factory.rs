@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use futures_util::stream::{self, StreamExt};
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
 
 use super::{inflight::Inflight, Session, State};
 use crate::aggregate::{Catalog, Listing};
@@ -148,7 +147,6 @@ impl SessionFactory {
             backends.insert(name, Arc::new(session));
         }
         let catalog = build_catalog(&self.aggregation, &backends, &listings);
-        let (events, _) = broadcast::channel(64);
         Session {
             id: meta.id.clone(),
             meta,
@@ -164,7 +162,9 @@ impl SessionFactory {
             instructions,
             factory: Arc::clone(self),
             heal: tokio::sync::Mutex::new(()),
-            events,
+            events: super::events::EventLog::new(super::events::first_id_now()),
+            calls: super::calls::Calls::default(),
+            listening: super::listen::ListenSlot::default(),
         }
     }
 

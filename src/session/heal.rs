@@ -1,15 +1,16 @@
 //! Per-backend self-heal: a backend that answers 404 to one of our backend
 //! sessions (it restarted, or expired the session) gets a new one, the
 //! catalog is rebuilt, the store learns the new backend session id, and the
-//! client hears `list_changed` for each list that changed.
+//! client hears `list_changed` for each list that changed. A backend's own
+//! `list_changed` takes the same way without the new backend session.
 
 use std::sync::Arc;
 
 use serde_json::json;
 
-use super::factory::build_catalog;
+use super::factory::{build_catalog, list_everything};
 use super::{Session, SessionError};
-use crate::aggregate::Catalog;
+use crate::aggregate::{Catalog, Listing};
 use crate::backend::BackendSession;
 
 impl Session {
@@ -48,29 +49,56 @@ impl Session {
             .inc();
         tracing::info!(session.id = %self.id, backend = name, "backend session re-initialized after 404");
         let fresh = Arc::new(fresh);
-        let swapped = {
-            let mut state = self.write();
-            if state.closed {
-                None
-            } else {
-                let key: Arc<str> = Arc::from(name);
-                let mut backends = (*state.backends).clone();
-                backends.insert(Arc::clone(&key), Arc::clone(&fresh));
-                let mut listings = (*state.listings).clone();
-                listings.insert(key, Arc::new(listing));
-                let catalog = Arc::new(build_catalog(self.factory.aggregation(), &backends, &listings));
-                state.backends = Arc::new(backends);
-                state.listings = Arc::new(listings);
-                Some((std::mem::replace(&mut state.catalog, Arc::clone(&catalog)), catalog))
-            }
-        };
-        let Some((old, new)) = swapped else {
+        let Some((old, new)) = self.install(name, Some(Arc::clone(&fresh)), listing) else {
             fresh.close().await;
             return Err(SessionError::Closed);
         };
         self.persist().await?;
         self.announce_changes(&old, &new);
         Ok(fresh)
+    }
+
+    /// Re-lists backend `name` after it said a list changed, and tells the
+    /// client which aggregated lists changed (if any did).
+    pub(super) async fn refresh(&self, name: &str) {
+        let _serial = self.heal.lock().await;
+        let Ok(backend) = self.backend_named(name) else {
+            return;
+        };
+        match list_everything(&backend).await {
+            Ok(listing) => {
+                if let Some((old, new)) = self.install(name, None, listing) {
+                    self.announce_changes(&old, &new);
+                }
+            }
+            Err(error) => tracing::warn!(session.id = %self.id, backend = name, %error, "backend lists not refreshed"),
+        }
+    }
+
+    /// Puts backend `name`'s new listing (and new backend session, if any)
+    /// in place and rebuilds the catalog; returns the old and new catalogs,
+    /// or `None` if the session is closed.
+    fn install(
+        &self,
+        name: &str,
+        fresh: Option<Arc<BackendSession>>,
+        listing: Listing,
+    ) -> Option<(Arc<Catalog>, Arc<Catalog>)> {
+        let mut state = self.write();
+        if state.closed {
+            return None;
+        }
+        let key: Arc<str> = Arc::from(name);
+        if let Some(fresh) = fresh {
+            let mut backends = (*state.backends).clone();
+            backends.insert(Arc::clone(&key), fresh);
+            state.backends = Arc::new(backends);
+        }
+        let mut listings = (*state.listings).clone();
+        listings.insert(key, Arc::new(listing));
+        let catalog = Arc::new(build_catalog(self.factory.aggregation(), &state.backends, &listings));
+        state.listings = Arc::new(listings);
+        Some((std::mem::replace(&mut state.catalog, Arc::clone(&catalog)), catalog))
     }
 
     /// Writes the current backend session ids to the store. A session deleted
@@ -102,9 +130,7 @@ impl Session {
         ];
         for (changed, method) in changes {
             if changed {
-                let message = json!({ "jsonrpc": "2.0", "method": method }).to_string();
-                // No subscriber just means no GET stream is open right now.
-                let _ = self.events.send(Arc::from(message));
+                self.publish(&json!({ "jsonrpc": "2.0", "method": method }));
             }
         }
     }

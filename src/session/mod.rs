@@ -7,24 +7,29 @@
 //! `close()` takes the write lock to refuse new calls, then waits for the
 //! in-flight ones before it closes the backend sessions.
 
+mod calls;
+mod events;
 mod factory;
 mod heal;
 mod id;
 mod identity;
 mod inflight;
+mod listen;
 mod manager;
+mod relay;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde_json::{json, Value};
-use tokio::sync::broadcast;
 
 use crate::aggregate::{page, Catalog, Listing};
-use crate::backend::{BackendError, BackendSession};
+use crate::backend::{BackendError, BackendSession, CallContext};
 use crate::store::{unix_ms, SessionMetadata};
 
+pub use calls::CallTicket;
+pub use events::{Event, Subscription};
 pub use factory::SessionFactory;
 pub use id::{is_well_formed, new_session_id};
 pub use identity::IdentityHasher;
@@ -80,8 +85,12 @@ pub struct Session {
     factory: Arc<SessionFactory>,
     /// Serialises self-heal, so concurrent 404s re-initialize a backend once.
     heal: tokio::sync::Mutex<()>,
-    /// Server-to-client messages (JSON text) for the client's GET stream.
-    events: broadcast::Sender<Arc<str>>,
+    /// Server-to-client messages for the client's GET stream, numbered and kept for resumption.
+    events: events::EventLog,
+    /// Client requests a backend is serving now (for cancellation).
+    calls: calls::Calls,
+    /// The backend listeners, while a client stream is open.
+    listening: listen::ListenSlot,
 }
 
 /// What a call needs, copied out from under the lock.
@@ -109,9 +118,26 @@ impl Session {
         self.meta.identity.as_deref()
     }
 
-    /// A receiver of the messages this session sends to its client.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<str>> {
-        self.events.subscribe()
+    /// The session's messages to its client: those after `last_seen` (a
+    /// reconnecting client's `Last-Event-ID`), then the live ones.
+    pub fn events_since(&self, last_seen: Option<u64>) -> Subscription {
+        self.events.subscribe(last_seen)
+    }
+
+    /// The id of the newest event (what a priming event carries).
+    pub fn last_event_id(&self) -> u64 {
+        self.events.last_id()
+    }
+
+    /// Whether the client speaks 2025-11-25 or later, whose streams start with
+    /// a priming event (older clients may choke on its empty data).
+    pub fn primes_streams(&self) -> bool {
+        self.meta.protocol_version.as_str() >= "2025-11-25"
+    }
+
+    /// Tracks a client request while a backend serves it, so the client can cancel it.
+    pub fn track_call(&self, id: &Value) -> CallTicket {
+        self.calls.track(id)
     }
 
     /// The gateway's `instructions` for the client's `initialize` result.
@@ -130,6 +156,18 @@ impl Session {
         });
         if state.backends.values().any(|b| b.has_capability("completions")) {
             caps["completions"] = json!({});
+        }
+        if state.backends.values().any(|b| b.has_capability("logging")) {
+            caps["logging"] = json!({});
+        }
+        let subscribes = |b: &Arc<BackendSession>| {
+            b.init_result()
+                .pointer("/capabilities/resources/subscribe")
+                .and_then(Value::as_bool)
+                == Some(true)
+        };
+        if state.backends.values().any(subscribes) {
+            caps["resources"]["subscribe"] = json!(true);
         }
         caps
     }
@@ -202,7 +240,7 @@ impl Session {
     }
 
     /// `tools/call`: routes by client-facing name, sends the backend's name.
-    pub async fn call_tool(&self, mut params: Value) -> Result<Value, SessionError> {
+    pub async fn call_tool(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
         let route = view
@@ -210,11 +248,11 @@ impl Session {
             .tool(name)
             .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "tools/call", params).await
+        self.forward(&view, &route.backend, "tools/call", params, ctx).await
     }
 
     /// `prompts/get`: like `call_tool`, for prompts.
-    pub async fn get_prompt(&self, mut params: Value) -> Result<Value, SessionError> {
+    pub async fn get_prompt(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
         let route = view
@@ -222,22 +260,24 @@ impl Session {
             .prompt(name)
             .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "prompts/get", params).await
+        self.forward(&view, &route.backend, "prompts/get", params, ctx).await
     }
 
-    /// `resources/read`: routes by URI, which is passed through unchanged.
-    pub async fn read_resource(&self, params: Value) -> Result<Value, SessionError> {
+    /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`:
+    /// routed by URI, which is passed through unchanged (so the backend's
+    /// `notifications/resources/updated` already carries the client's URI).
+    pub async fn by_uri(&self, method: &'static str, params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let uri = str_param(&params, "uri")?;
         let backend = view
             .catalog
             .resource(uri)
             .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
-        self.forward(&view, &backend, "resources/read", params).await
+        self.forward(&view, &backend, method, params, ctx).await
     }
 
     /// `completion/complete`: routes by the prompt or resource it refers to.
-    pub async fn complete(&self, mut params: Value) -> Result<Value, SessionError> {
+    pub async fn complete(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
         let view = self.enter()?;
         let reference = params.get("ref").cloned().unwrap_or(Value::Null);
         let backend = match reference.get("type").and_then(Value::as_str) {
@@ -262,7 +302,7 @@ impl Session {
                 ))
             }
         };
-        self.forward(&view, &backend, "completion/complete", params).await
+        self.forward(&view, &backend, "completion/complete", params, ctx).await
     }
 
     /// `logging/setLevel`: applied to every backend that supports logging.
@@ -274,9 +314,10 @@ impl Session {
             .filter(|(_, b)| b.has_capability("logging"))
             .map(|(name, _)| Arc::clone(name))
             .collect();
+        let own = CallContext::default(); // nothing to relay, no one to cancel
         let calls = targets
             .iter()
-            .map(|name| self.forward(&view, name, "logging/setLevel", params.clone()));
+            .map(|name| self.forward(&view, name, "logging/setLevel", params.clone(), &own));
         for result in futures_util::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::debug!(session.id = %self.id, error = %e, "logging/setLevel not applied");
@@ -293,16 +334,17 @@ impl Session {
         backend: &str,
         method: &'static str,
         params: Value,
+        ctx: &CallContext,
     ) -> Result<Value, SessionError> {
         let session = view
             .backends
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
         tracing::Span::current().record("backend", backend);
-        let result = match self.send(session, method, &params).await {
+        let result = match self.send(session, method, &params, ctx).await {
             Err(BackendError::SessionExpired) => {
                 let healed = self.heal(backend, session).await?;
-                self.send(&healed, method, &params).await
+                self.send(&healed, method, &params, ctx).await
             }
             other => other,
         };
@@ -317,10 +359,13 @@ impl Session {
         session: &BackendSession,
         method: &'static str,
         params: &Value,
+        ctx: &CallContext,
     ) -> Result<Value, BackendError> {
         let metrics = self.factory.metrics();
         let started = std::time::Instant::now();
-        let result = session.request(method, Some(params), self.factory.call_timeout()).await;
+        let result = session
+            .call(method, Some(params), self.factory.call_timeout(), ctx)
+            .await;
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
         metrics
             .backend_calls

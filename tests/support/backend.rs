@@ -1,6 +1,12 @@
 //! A real MCP server for the tests: rmcp's Streamable HTTP server on a free
 //! 127.0.0.1 port, with a **stateful** per-session counter so backend-session
-//! continuity is visible, a slow tool, prompts, resources and completions.
+//! continuity is visible, a slow tool, prompts, resources and completions, and
+//! tools that talk back: `progress` (progress + a log line), `ask` (an
+//! elicitation), `grow` (a tool list change), `wait` (until cancelled).
+
+// Logging is deprecated by SEP-2577 (stateless era), and still what every
+// handshake-era client uses: the fixture keeps serving it.
+#![allow(deprecated)]
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -21,6 +27,12 @@ pub struct Stats {
     pub sessions_opened: AtomicUsize,
     pub sessions_dropped: AtomicUsize,
     pub calls: AtomicUsize,
+    /// Calls of `wait` that ended by the client's cancellation.
+    pub cancelled: AtomicUsize,
+    /// The last `logging/setLevel` level.
+    pub log_level: std::sync::Mutex<Option<String>>,
+    /// URIs subscribed to.
+    pub subscribed: std::sync::Mutex<Vec<String>>,
 }
 
 #[derive(Clone, Default)]
@@ -32,6 +44,8 @@ pub struct Options {
 struct Handler {
     name: String,
     counter: AtomicU64,
+    /// Set by `grow`: the session's tool list then has `grown` too.
+    grown: std::sync::atomic::AtomicBool,
     stats: Arc<Stats>,
     options: Options,
 }
@@ -54,7 +68,11 @@ impl Handler {
     fn tools(&self) -> Vec<Value> {
         let schema =
             json!({"type": "object", "properties": {"message": {"type": "string"}, "ms": {"type": "integer"}}});
-        let mut tools: Vec<Value> = ["echo", "counter", "slow", "whoami"]
+        let mut names = vec!["echo", "counter", "slow", "whoami", "progress", "ask", "grow", "wait"];
+        if self.grown.load(Ordering::SeqCst) {
+            names.push("grown");
+        }
+        let mut tools: Vec<Value> = names
             .iter()
             .map(|t| json!({"name": t, "description": format!("{t} of {}", self.name), "inputSchema": schema}))
             .collect();
@@ -66,6 +84,27 @@ impl Handler {
     }
 }
 
+fn internal(e: impl std::fmt::Display) -> ErrorData {
+    ErrorData::internal_error(e.to_string(), None)
+}
+
+impl Handler {
+    /// Three progress notifications (if the caller asked for progress) and a log line.
+    async fn progress(&self, ctx: &RequestContext<RoleServer>) -> Result<CallToolResponse, ErrorData> {
+        if let Some(token) = ctx.meta.get_progress_token() {
+            for step in 1..=3 {
+                let params: ProgressNotificationParam =
+                    from_json(json!({"progressToken": token, "progress": step, "total": 3}));
+                ctx.peer.notify_progress(params).await.map_err(internal)?;
+            }
+        }
+        let line: LoggingMessageNotificationParam =
+            from_json(json!({"level": "info", "logger": "worker", "data": "half way"}));
+        ctx.peer.notify_logging_message(line).await.map_err(internal)?;
+        Ok(text_result(format!("{} done", self.name)))
+    }
+}
+
 impl ServerHandler for Handler {
     fn get_info(&self) -> ServerConfig {
         let caps = ServerCapabilities::builder()
@@ -73,6 +112,8 @@ impl ServerHandler for Handler {
             .enable_prompts()
             .enable_resources()
             .enable_completions()
+            .enable_logging()
+            .enable_resources_subscribe()
             .build();
         ServerConfig::new(caps).with_instructions(format!("test backend {}", self.name))
     }
@@ -95,7 +136,7 @@ impl ServerHandler for Handler {
     async fn call_tool(
         &self,
         request: CallToolRequestParams,
-        _: RequestContext<RoleServer>,
+        ctx: RequestContext<RoleServer>,
     ) -> Result<CallToolResponse, ErrorData> {
         self.stats.calls.fetch_add(1, Ordering::SeqCst);
         let args = request.arguments.unwrap_or_default();
@@ -114,6 +155,32 @@ impl ServerHandler for Handler {
                 Ok(text_result(format!("slept {ms}")))
             }
             "whoami" => Ok(text_result(self.name.clone())),
+            "progress" => self.progress(&ctx).await,
+            "ask" => {
+                let params: ElicitRequestParams = from_json(json!({
+                    "message": "your name?",
+                    "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}}
+                }));
+                let answer = ctx.peer.create_elicitation(params).await.map_err(internal)?;
+                Ok(text_result(format!(
+                    "{}:{}",
+                    self.name,
+                    answer.content.unwrap_or_default()
+                )))
+            }
+            "grow" => {
+                self.grown.store(true, Ordering::SeqCst);
+                ctx.peer.notify_tool_list_changed().await.map_err(internal)?;
+                Ok(text_result("grown".into()))
+            }
+            "grown" => Ok(text_result("I am new".into())),
+            "wait" => tokio::select! {
+                _ = ctx.ct.cancelled() => {
+                    self.stats.cancelled.fetch_add(1, Ordering::SeqCst);
+                    Err(ErrorData::internal_error("cancelled", None))
+                }
+                _ = tokio::time::sleep(Duration::from_secs(10)) => Ok(text_result("waited".into())),
+            },
             other if other.starts_with("tool-") => Ok(text_result(other.to_owned())),
             other => Err(ErrorData::invalid_params(format!("no tool {other}"), None)),
         }
@@ -175,6 +242,29 @@ impl ServerHandler for Handler {
         Ok(result.into())
     }
 
+    async fn set_level(&self, request: SetLevelRequestParams, _: RequestContext<RoleServer>) -> Result<(), ErrorData> {
+        let level = serde_json::to_value(request.level).map_err(internal)?;
+        *self.stats.log_level.lock().expect("lock") = level.as_str().map(str::to_owned);
+        Ok(())
+    }
+
+    #[allow(deprecated)]
+    async fn subscribe(
+        &self,
+        request: SubscribeRequestParams,
+        ctx: RequestContext<RoleServer>,
+    ) -> Result<(), ErrorData> {
+        self.stats.subscribed.lock().expect("lock").push(request.uri.clone());
+        // Tell the subscriber at once, outside this request (on the GET stream).
+        let (peer, uri) = (ctx.peer.clone(), request.uri.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let params: ResourceUpdatedNotificationParam = from_json(json!({ "uri": uri }));
+            let _ = peer.notify_resource_updated(params).await;
+        });
+        Ok(())
+    }
+
     async fn complete(
         &self,
         _: CompleteRequestParams,
@@ -225,6 +315,7 @@ impl TestBackend {
                 Ok(Handler {
                     name: name.clone(),
                     counter: AtomicU64::new(0),
+                    grown: Default::default(),
                     stats: Arc::clone(&factory_stats),
                     options: options.clone(),
                 })

@@ -53,6 +53,10 @@ impl Client {
         }
     }
 
+    pub fn http(&self) -> &reqwest::Client {
+        &self.http
+    }
+
     /// Same session, other entry point (another replica).
     pub fn via(&self, url: &str) -> Self {
         let mut c = Self::new(url);

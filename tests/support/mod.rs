@@ -4,6 +4,7 @@
 pub mod backend;
 pub mod client;
 pub mod deps;
+pub mod events;
 pub mod process;
 pub mod redis;
 
@@ -169,4 +170,19 @@ pub fn http() -> reqwest::Client {
             reqwest::Client::new()
         })
         .clone()
+}
+
+/// Polls `f` until it returns true, for up to 5 s.
+pub async fn eventually<F, Fut>(what: &str, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..100 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("not reached within 5 s: {what}");
 }

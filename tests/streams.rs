@@ -1,0 +1,228 @@
+//! What backends say on their own reaches the client through vmcp as if it
+//! talked to the backend: progress and logs on the call's stream, the
+//! client's cancellation on the backend, list changes refreshed and
+//! announced once, resource subscriptions, elicitations answered through
+//! another replica, and a GET stream that resumes with `Last-Event-ID`.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use support::events::Events;
+use support::redis::RedisServer;
+use support::{config_yaml, deps, eventually, Client, Replica, TestBackend};
+
+const LATEST: &str = "2025-11-25";
+
+async fn one_backend() -> (TestBackend, Replica, Client) {
+    let backend = TestBackend::start("a").await;
+    let replica = Replica::start(&config_yaml(&[("a", &backend.url)], "")).await;
+    let mut client = replica.client();
+    client.initialize_as(LATEST, json!({"elicitation": {}})).await;
+    (backend, replica, client)
+}
+
+fn call(id: Value, tool: &str, meta: Value) -> Value {
+    json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+           "params": {"name": tool, "arguments": {}, "_meta": meta}})
+}
+
+/// Reads a call's stream to its end: (notifications by method, the response).
+async fn drain(events: &mut Events) -> (Vec<Value>, Value) {
+    let mut notes = Vec::new();
+    loop {
+        let event = events
+            .next_message()
+            .await
+            .expect("the call's stream ends with its response");
+        if event.data.get("method").is_some() {
+            notes.push(event.data);
+        } else {
+            return (notes, event.data);
+        }
+    }
+}
+
+/// The first message of `method` on a GET stream.
+async fn first_of(stream: &mut Events, method: &str) -> Value {
+    loop {
+        let event = stream.next_message().await.unwrap_or_else(|| panic!("no {method}"));
+        if event.data["method"] == method {
+            return event.data;
+        }
+    }
+}
+
+/// The log line the `progress` tool writes: the backend sends it outside the
+/// call (rmcp puts it on its GET stream), so it may come on either stream.
+async fn log_line(notes: &[Value], stream: &mut Events) -> Value {
+    match notes.iter().find(|n| n["method"] == "notifications/message") {
+        Some(note) => note.clone(),
+        None => first_of(stream, "notifications/message").await,
+    }
+}
+
+#[tokio::test]
+async fn progress_and_logs_come_back_on_the_calls_stream() {
+    let (backend, _replica, client) = one_backend().await;
+    let set = client.request("logging/setLevel", json!({"level": "debug"})).await;
+    assert_eq!(set.result(), &json!({}));
+    assert_eq!(backend.stats.log_level.lock().unwrap().as_deref(), Some("debug"));
+    let mut stream = client.get_events(None).await;
+
+    let mut events = client
+        .post_events(call(json!(7), "a_progress", json!({"progressToken": "tok-1"})))
+        .await;
+    assert!(events.content_type.starts_with("text/event-stream"));
+    let (notes, response) = drain(&mut events).await;
+    let progress: Vec<f64> = notes
+        .iter()
+        .filter(|n| n["method"] == "notifications/progress")
+        .inspect(|n| assert_eq!(n["params"]["progressToken"], "tok-1"))
+        .filter_map(|n| n["params"]["progress"].as_f64())
+        .collect();
+    assert_eq!(progress, [1.0, 2.0, 3.0]);
+    assert_eq!(response["id"], 7);
+    assert_eq!(response["result"]["content"][0]["text"], "a done");
+    let log = log_line(&notes, &mut stream).await;
+    assert_eq!(log["params"]["logger"], "a/worker", "log lines name their backend");
+    assert_eq!(log["params"]["data"], "half way");
+}
+
+#[tokio::test]
+async fn a_json_only_client_gets_relayed_messages_on_its_get_stream() {
+    let (_backend, _replica, client) = one_backend().await;
+    let mut stream = client.get_events(None).await;
+    let answer = client
+        .http()
+        .post(&client.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .body(call(json!(1), "a_progress", json!({"progressToken": 5})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.headers()["content-type"], "application/json");
+    let body: Value = answer.json().await.unwrap();
+    assert_eq!(body["result"]["content"][0]["text"], "a done");
+    let progress = first_of(&mut stream, "notifications/progress").await;
+    assert_eq!(progress["params"]["progressToken"], 5);
+}
+
+#[tokio::test]
+async fn the_clients_cancellation_reaches_the_backend() {
+    let (backend, _replica, client) = one_backend().await;
+    let waiting = {
+        let client = client.via(&client.url);
+        tokio::spawn(async move {
+            client
+                .post_raw(call(json!("w-1"), "a_wait", json!({})).to_string(), &[])
+                .await
+        })
+    };
+    eventually("the backend runs the call", || async {
+        backend.stats.calls.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let cancel = json!({"jsonrpc": "2.0", "method": "notifications/cancelled",
+                        "params": {"requestId": "w-1", "reason": "user"}});
+    assert_eq!(client.send(cancel).await, StatusCode::ACCEPTED);
+    let reply = waiting.await.unwrap();
+    assert_eq!(reply.error_code(), -32800, "{reply:?}");
+    eventually("the backend saw the cancellation", || async {
+        backend.stats.cancelled.load(Ordering::SeqCst) == 1
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_backends_list_change_refreshes_the_aggregate_and_is_announced_once() {
+    let (_backend, _replica, client) = one_backend().await;
+    let mut stream = client.get_events(None).await;
+    let priming = stream
+        .next()
+        .await
+        .expect("a 2025-11-25 stream starts with a priming event");
+    assert!(priming.data.is_null() && priming.id.is_some());
+    assert!(!client
+        .list_names("tools/list", "tools")
+        .await
+        .contains(&"a_grown".to_owned()));
+
+    assert_eq!(client.call_tool("a_grow", json!({})).await.text(), "grown");
+    let note = stream.next_message().await.expect("list change announced");
+    assert_eq!(note.data["method"], "notifications/tools/list_changed");
+    assert!(client
+        .list_names("tools/list", "tools")
+        .await
+        .contains(&"a_grown".to_owned()));
+    assert_eq!(client.call_tool("a_grown", json!({})).await.text(), "I am new");
+    let again = tokio::time::timeout(Duration::from_millis(500), stream.next_message()).await;
+    assert!(again.is_err(), "announced once, got {again:?}");
+
+    // A client that lost its stream resumes after the last id it saw.
+    let mut resumed = client.get_events(priming.id.as_deref()).await;
+    let replayed = resumed.next_message().await.expect("missed event replayed");
+    assert_eq!((replayed.id, replayed.data), (note.id, note.data));
+}
+
+#[tokio::test]
+async fn subscriptions_route_by_uri_and_updates_come_back() {
+    let (a, b) = (TestBackend::start("a").await, TestBackend::start("b").await);
+    let replica = Replica::start(&config_yaml(&[("a", &a.url), ("b", &b.url)], "")).await;
+    let mut client = replica.client();
+    client.initialize_as(LATEST, json!({})).await;
+    let mut stream = client.get_events(None).await;
+
+    let reply = client
+        .request("resources/subscribe", json!({"uri": "mem://b/info"}))
+        .await;
+    assert_eq!(reply.result(), &json!({}));
+    assert_eq!(*b.stats.subscribed.lock().unwrap(), ["mem://b/info"]);
+    assert!(a.stats.subscribed.lock().unwrap().is_empty());
+    let update = stream.next_message().await.expect("update relayed");
+    assert_eq!(update.data["method"], "notifications/resources/updated");
+    assert_eq!(update.data["params"]["uri"], "mem://b/info");
+}
+
+#[tokio::test]
+async fn capabilities_follow_the_backends() {
+    let backend = TestBackend::start("a").await;
+    let replica = Replica::start(&config_yaml(&[("a", &backend.url)], "")).await;
+    let init = replica.client().initialize().await;
+    let caps = &init.result()["capabilities"];
+    assert!(caps["logging"].is_object());
+    assert_eq!(caps["resources"]["subscribe"], true);
+}
+
+#[tokio::test]
+async fn an_elicitation_is_answered_through_another_replica() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("a").await;
+    let (pa, pb) = (deps::free_port(), deps::free_port());
+    let config = |me: &str| {
+        format!(
+            "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: streams-test-hop-key-0123\n",
+            redis.url()
+        )
+    };
+    let backends = [("a", backend.url.as_str())];
+    let ra = Replica::start_on(pa, &config_yaml(&backends, &config("a"))).await;
+    let rb = Replica::start_on(pb, &config_yaml(&backends, &config("b"))).await;
+    let mut client = ra.client();
+    client.initialize_as(LATEST, json!({"elicitation": {}})).await;
+
+    let mut events = client.post_events(call(json!(1), "a_ask", json!({}))).await;
+    let question = events.next_message().await.expect("the backend's question is relayed");
+    assert_eq!(question.data["method"], "elicitation/create");
+    let id = question.data["id"].clone();
+    let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"action": "accept", "content": {"name": "Ada"}}});
+    assert_eq!(client.via(&rb.url).send(answer).await, StatusCode::ACCEPTED);
+    let (_, response) = drain(&mut events).await;
+    assert_eq!(response["result"]["content"][0]["text"], r#"a:{"name":"Ada"}"#);
+    assert_eq!(rb.metric("vmcp_requests_forwarded_total{outcome=\"ok\"}"), 1.0);
+}
