@@ -12,6 +12,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::{json, Value};
 use support::events::Events;
+use support::process::VmcpProcess;
 use support::redis::RedisServer;
 use support::{config_yaml, deps, eventually, Client, Replica, TestBackend};
 
@@ -225,4 +226,40 @@ async fn an_elicitation_is_answered_through_another_replica() {
     let (_, response) = drain(&mut events).await;
     assert_eq!(response["result"]["content"][0]["text"], r#"a:{"name":"Ada"}"#);
     assert_eq!(rb.metric("vmcp_requests_forwarded_total{outcome=\"ok\"}"), 1.0);
+}
+
+#[tokio::test]
+async fn a_stream_resumes_on_another_replica_after_its_holder_is_killed() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("a").await;
+    let (pa, pb) = (deps::free_port(), deps::free_port());
+    let config = |me: &str| {
+        config_yaml(
+            &[("a", &backend.url)],
+            &format!(
+                "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: streams-test-hop-key-0123\n",
+                redis.url()
+            ),
+        )
+    };
+    let a = VmcpProcess::start_on(pa, &config("a")).await;
+    let b = VmcpProcess::start_on(pb, &config("b")).await;
+    let mut client = Client::new(&a.url);
+    client.initialize_as(LATEST, json!({})).await;
+    let mut stream = client.get_events(None).await;
+    let priming = stream.next().await.expect("priming event");
+    assert_eq!(client.call_tool("a_grow", json!({})).await.text(), "grown");
+    let missed = stream.next_message().await.expect("list change on A's stream");
+
+    // A dies; the client comes back through B with the last id it had.
+    a.kill().await;
+    let mut resumed = client.via(&b.url).get_events(priming.id.as_deref()).await;
+    assert_eq!(resumed.status, StatusCode::OK);
+    let replayed = resumed.next_message().await.expect("replayed from the store on B");
+    assert_eq!((replayed.id, replayed.data), (missed.id, missed.data));
+    // The session goes on there, with the grown tool.
+    assert_eq!(
+        client.via(&b.url).call_tool("a_grown", json!({})).await.text(),
+        "I am new"
+    );
 }

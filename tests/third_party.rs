@@ -110,6 +110,11 @@ async fn python_sdk_client_drives_vmcp() {
     assert_eq!(seen["resource"], "beta has mem://beta/info");
     assert_eq!(seen["prompt"], "alpha greets python");
     assert!(seen["tools"].as_array().unwrap().contains(&json!("alpha_echo")));
+    // Relayed mid-call: progress on the call's stream, an elicitation answered by the SDK.
+    assert_eq!(seen["progress"], json!([1.0, 2.0, 3.0]));
+    assert_eq!(seen["worked"], "alpha done");
+    assert_eq!(seen["questions"], json!(["your name?"]));
+    assert_eq!(seen["asked"], r#"alpha:{"name":"py"}"#);
     // The SDK DELETEs its session on exit.
     assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"), 1.0);
 }

@@ -59,7 +59,7 @@ pub async fn respond(
                         let task = tokio::spawn(call);
                         return stream(session, id, vec![first], relayed, Some(task));
                     }
-                    Some(other) => session.publish(&other),
+                    Some(other) => session.publish(&other).await,
                     None => {}
                 },
                 None => relay_open = false,
@@ -73,7 +73,9 @@ pub async fn respond(
         late.extend(session.outward(message).await);
     }
     if late.is_empty() || !accepts_sse {
-        late.iter().for_each(|m| session.publish(m));
+        for message in &late {
+            session.publish(message).await;
+        }
         return answer(&id, outcome, format);
     }
     late.push(body(&id, outcome));

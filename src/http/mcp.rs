@@ -354,7 +354,7 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
         Ok(session) => {
             let last_seen = header_str(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
             let start = reply::StreamStart {
-                subscription: session.events_since(last_seen),
+                subscription: session.events_since(last_seen).await,
                 priming_id: session.primes_streams().then(|| session.last_event_id()),
             };
             let listening = session.listen();

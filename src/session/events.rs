@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 use serde_json::Value;
 use tokio::sync::broadcast;
 
-/// How many events a session keeps for reconnecting clients.
-const KEEP: usize = 256;
+/// How many events a session keeps for reconnecting clients (here and in the store).
+pub const KEEP: usize = 256;
 
 /// One message on the session stream.
 #[derive(Debug)]
@@ -24,6 +24,8 @@ pub struct Event {
 }
 
 pub struct EventLog {
+    /// The id of this runtime's first event: lower ids are an earlier holder's.
+    first_id: u64,
     live: broadcast::Sender<Arc<Event>>,
     /// The next id and the kept events; one lock, so that a reconnecting
     /// client's replay and its live feed neither overlap nor leave a gap.
@@ -40,6 +42,7 @@ impl EventLog {
     pub fn new(first_id: u64) -> Self {
         let (live, _) = broadcast::channel(64);
         Self {
+            first_id,
             live,
             kept: Mutex::new((first_id, VecDeque::new())),
         }
@@ -49,7 +52,12 @@ impl EventLog {
         self.kept.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    pub fn publish(&self, message: &Value) {
+    pub fn first_id(&self) -> u64 {
+        self.first_id
+    }
+
+    /// Numbers and keeps an event; [`send`](Self::send) then delivers it.
+    pub fn record(&self, message: &Value) -> Arc<Event> {
         let mut kept = self.lock();
         let event = Arc::new(Event {
             id: kept.0,
@@ -60,8 +68,18 @@ impl EventLog {
             kept.1.pop_front();
         }
         kept.1.push_back(Arc::clone(&event));
+        event
+    }
+
+    /// Delivers a recorded event to the open streams.
+    pub fn send(&self, event: Arc<Event>) {
         // No receiver just means no stream is open now; the event is kept.
         let _ = self.live.send(event);
+    }
+
+    #[cfg(test)]
+    fn publish(&self, message: &Value) {
+        self.send(self.record(message));
     }
 
     /// The id of the newest event (one below the first id before any event).

@@ -163,6 +163,7 @@ impl SessionFactory {
             factory: Arc::clone(self),
             heal: tokio::sync::Mutex::new(()),
             events: super::events::EventLog::new(super::events::first_id_now()),
+            publishing: tokio::sync::Mutex::new(()),
             calls: super::calls::Calls::default(),
             listening: super::listen::ListenSlot::default(),
         }

@@ -54,7 +54,7 @@ impl Session {
             return Err(SessionError::Closed);
         };
         self.persist().await?;
-        self.announce_changes(&old, &new);
+        self.announce_changes(&old, &new).await;
         Ok(fresh)
     }
 
@@ -68,7 +68,7 @@ impl Session {
         match list_everything(&backend).await {
             Ok(listing) => {
                 if let Some((old, new)) = self.install(name, None, listing) {
-                    self.announce_changes(&old, &new);
+                    self.announce_changes(&old, &new).await;
                 }
             }
             Err(error) => tracing::warn!(session.id = %self.id, backend = name, %error, "backend lists not refreshed"),
@@ -119,7 +119,7 @@ impl Session {
     }
 
     /// Tells the client which aggregated lists changed.
-    fn announce_changes(&self, old: &Catalog, new: &Catalog) {
+    async fn announce_changes(&self, old: &Catalog, new: &Catalog) {
         let changes = [
             (old.tools != new.tools, "notifications/tools/list_changed"),
             (old.prompts != new.prompts, "notifications/prompts/list_changed"),
@@ -130,7 +130,7 @@ impl Session {
         ];
         for (changed, method) in changes {
             if changed {
-                self.publish(&json!({ "jsonrpc": "2.0", "method": method }));
+                self.publish(&json!({ "jsonrpc": "2.0", "method": method })).await;
             }
         }
     }

@@ -85,7 +85,7 @@ async fn listen_to(session: Weak<Session>, backend: Arc<BackendSession>, settled
                         message,
                     };
                     if let Some(out) = session.outward(from).await {
-                        session.publish(&out);
+                        session.publish(&out).await;
                     }
                 }
             }

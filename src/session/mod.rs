@@ -87,6 +87,8 @@ pub struct Session {
     heal: tokio::sync::Mutex<()>,
     /// Server-to-client messages for the client's GET stream, numbered and kept for resumption.
     events: events::EventLog,
+    /// Serialises `publish`, so streams see event ids in order.
+    publishing: tokio::sync::Mutex<()>,
     /// Client requests a backend is serving now (for cancellation).
     calls: calls::Calls,
     /// The backend listeners, while a client stream is open.
@@ -116,12 +118,6 @@ impl Session {
     /// The identity hash this session is bound to (`None`: anonymous).
     pub fn identity(&self) -> Option<&str> {
         self.meta.identity.as_deref()
-    }
-
-    /// The session's messages to its client: those after `last_seen` (a
-    /// reconnecting client's `Last-Event-ID`), then the live ones.
-    pub fn events_since(&self, last_seen: Option<u64>) -> Subscription {
-        self.events.subscribe(last_seen)
     }
 
     /// The id of the newest event (what a priming event carries).

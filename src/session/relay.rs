@@ -14,8 +14,10 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::events::{Event, Subscription, KEEP as EVENTS_KEPT};
 use super::{Session, SessionError};
 use crate::backend::{BackendSession, FromBackend};
+use crate::store::StoredEvent;
 
 const ID_PREFIX: &str = "vmcp.";
 
@@ -63,9 +65,46 @@ impl Session {
         Some(message)
     }
 
-    /// Sends a message to every client stream of this session (the GET stream).
-    pub fn publish(&self, message: &Value) {
-        self.events.publish(message);
+    /// Sends a message to the client's GET streams. It is numbered and kept
+    /// here and (replicated) in the store *before* it goes out, so a client
+    /// that reconnects on any replica can get it again; publishing is
+    /// serialised so that streams see ids in order.
+    pub async fn publish(&self, message: &Value) {
+        let _in_order = self.publishing.lock().await;
+        let event = self.events.record(message);
+        let kept = StoredEvent {
+            id: event.id,
+            data: event.data.to_string(),
+        };
+        if let Err(e) = self.factory.store().append_event(&self.id, &kept, EVENTS_KEPT).await {
+            tracing::warn!(session.id = %self.id, error = %e, "stream event not stored; replay elsewhere will miss it");
+        }
+        self.events.send(event);
+    }
+
+    /// The session's messages to its client: those after `last_seen` (a
+    /// reconnecting client's `Last-Event-ID`), then the live ones. Events
+    /// from before this runtime (an earlier holder of the session) come
+    /// from the store.
+    pub async fn events_since(&self, last_seen: Option<u64>) -> Subscription {
+        let mut subscription = self.events.subscribe(last_seen);
+        let first = self.events.first_id();
+        let Some(last) = last_seen.filter(|last| last.saturating_add(1) < first) else {
+            return subscription;
+        };
+        match self.factory.store().events_between(&self.id, last, first).await {
+            Ok(older) => {
+                let older = older.into_iter().map(|e| {
+                    Arc::new(Event {
+                        id: e.id,
+                        data: e.data.into_boxed_str(),
+                    })
+                });
+                subscription.missed.splice(0..0, older);
+            }
+            Err(e) => tracing::warn!(session.id = %self.id, error = %e, "earlier stream events not replayed"),
+        }
+        subscription
     }
 
     /// The client's answer to a backend's request goes back to that backend.

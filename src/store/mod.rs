@@ -103,6 +103,34 @@ pub trait SessionStore: Send + Sync + 'static {
     fn deletions(&self) -> BoxStream<'static, String>;
     /// A secret shared by every replica on this store, to key identity hashes.
     fn identity_salt(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>>;
+    /// Keeps one event of a session's client stream (at most `keep` per
+    /// session, as long as the session lives) for reconnects elsewhere.
+    /// A store only one replica uses keeps nothing: the replica's own log serves.
+    fn append_event<'a>(
+        &'a self,
+        _session: &'a str,
+        _event: &'a StoredEvent,
+        _keep: usize,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// A session's kept events with `after < id < before`, in id order.
+    fn events_between<'a>(
+        &'a self,
+        _session: &'a str,
+        _after: u64,
+        _before: u64,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+        Box::pin(async { Ok(Vec::new()) })
+    }
+}
+
+/// One event of a session's client stream, as kept for replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    pub id: u64,
+    /// The JSON-RPC message, as sent.
+    pub data: String,
 }
 
 /// Milliseconds since the Unix epoch (0 if the clock is before 1970).

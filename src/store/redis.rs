@@ -6,6 +6,10 @@
 //! - `P` + `closed:{ID}`: a tombstone left by DELETE (same TTL), so that a
 //!   replica still holding the session can never write it back;
 //! - `P` + `identity-salt`: the key of the identity hashes (created once, no TTL);
+//! - `P` + `events:{ID}`: the session's last client-stream events, for
+//!   `Last-Event-ID` on another replica: a sorted set scored by event id
+//!   (microsecond-based, below 2^53, so exact as a score), members
+//!   `{id}:{message}`, capped in count and expiring with the session;
 //! - channel `P` + `closed`: the ids of deleted sessions, for other replicas.
 //!
 //! The `{ID}` hash tag keeps a session's keys in one Redis Cluster slot, so
@@ -20,7 +24,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::{mpsc, OnceCell};
 
-use super::{SessionMetadata, SessionStore, StoreError, Touch};
+use super::{SessionMetadata, SessionStore, StoreError, StoredEvent, Touch};
 use crate::telemetry::Metrics;
 
 /// How long one Redis command may take before the store counts as unavailable.
@@ -36,7 +40,14 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 2 end
 if redis.call('PEXPIRE', KEYS[1], ARGV[1]) == 1 then return 0 end
 return 1";
 
+const APPEND_EVENT: &str = r"
+redis.call('ZADD', KEYS[1], ARGV[1], ARGV[2])
+redis.call('ZREMRANGEBYRANK', KEYS[1], 0, -(tonumber(ARGV[3]) + 1))
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+return 1";
+
 const DELETE: &str = r"
+redis.call('DEL', KEYS[3])
 local n = redis.call('DEL', KEYS[1])
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -55,6 +66,7 @@ struct Scripts {
     update: Script,
     touch: Script,
     delete: Script,
+    append_event: Script,
 }
 
 fn unavailable(e: impl std::fmt::Display) -> StoreError {
@@ -75,6 +87,7 @@ impl RedisStore {
                 update: Script::new(UPDATE),
                 touch: Script::new(TOUCH),
                 delete: Script::new(DELETE),
+                append_event: Script::new(APPEND_EVENT),
             }),
         })
     }
@@ -85,6 +98,10 @@ impl RedisStore {
 
     fn tombstone_key(&self, id: &str) -> String {
         format!("{}closed:{{{id}}}", self.prefix)
+    }
+
+    fn events_key(&self, id: &str) -> String {
+        format!("{}events:{{{id}}}", self.prefix)
     }
 
     fn channel(&self) -> String {
@@ -183,6 +200,7 @@ impl SessionStore for RedisStore {
             let mut conn = self.conn().await?;
             let mut call = self.scripts.delete.key(self.session_key(id));
             call.key(self.tombstone_key(id))
+                .key(self.events_key(id))
                 .arg(self.ttl_ms)
                 .arg(self.channel())
                 .arg(id);
@@ -223,6 +241,50 @@ impl SessionStore for RedisStore {
         })
         .boxed()
     }
+
+    fn append_event<'a>(
+        &'a self,
+        session: &'a str,
+        event: &'a StoredEvent,
+        keep: usize,
+    ) -> BoxFuture<'a, Result<(), StoreError>> {
+        self.timed("append_event", async move {
+            let mut conn = self.conn().await?;
+            let mut call = self.scripts.append_event.key(self.events_key(session));
+            call.arg(event.id)
+                .arg(format!("{}:{}", event.id, event.data))
+                .arg(keep)
+                .arg(self.ttl_ms);
+            call.invoke_async::<i64>(&mut conn).await.map_err(unavailable)?;
+            Ok(())
+        })
+        .boxed()
+    }
+
+    fn events_between<'a>(
+        &'a self,
+        session: &'a str,
+        after: u64,
+        before: u64,
+    ) -> BoxFuture<'a, Result<Vec<StoredEvent>, StoreError>> {
+        self.timed("events", async move {
+            let mut conn = self.conn().await?;
+            let members: Vec<String> = conn
+                .zrangebyscore(self.events_key(session), format!("({after}"), format!("({before}"))
+                .await
+                .map_err(unavailable)?;
+            Ok(members.iter().filter_map(|m| decode_event(m)).collect())
+        })
+        .boxed()
+    }
+}
+
+fn decode_event(member: &str) -> Option<StoredEvent> {
+    let (id, data) = member.split_once(':')?;
+    Some(StoredEvent {
+        id: id.parse().ok()?,
+        data: data.to_owned(),
+    })
 }
 
 /// Subscribes to the deletion channel, reconnecting until nobody listens.
@@ -249,5 +311,18 @@ async fn follow_deletions(client: redis::Client, channel: String, tx: mpsc::Send
             return;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_members_decode() {
+        let e = decode_event(r#"17:{"a":"b:c"}"#).unwrap();
+        assert_eq!((e.id, e.data.as_str()), (17, r#"{"a":"b:c"}"#));
+        assert!(decode_event("x:y").is_none());
+        assert!(decode_event("no colon").is_none());
     }
 }

@@ -7,6 +7,7 @@ import asyncio
 import json
 import sys
 
+from mcp import types
 from mcp.client.session import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
@@ -16,9 +17,21 @@ def text(result):
 
 
 async def main(url: str) -> None:
+    progress, loggers, questions = [], [], []
+
+    async def on_progress(value, total, message):
+        progress.append(value)
+
+    async def on_log(params):
+        loggers.append(params.logger)
+
+    async def on_elicit(context, params):
+        questions.append(params.message)
+        return types.ElicitResult(action="accept", content={"name": "py"})
+
     async with streamable_http_client(url) as streams:
         read, write = streams[0], streams[1]
-        async with ClientSession(read, write) as session:
+        async with ClientSession(read, write, elicitation_callback=on_elicit, logging_callback=on_log) as session:
             init = await session.initialize()
             tools = await session.list_tools()
             first = await session.call_tool("alpha_counter", {})
@@ -26,6 +39,9 @@ async def main(url: str) -> None:
             echo = await session.call_tool("beta_echo", {"message": "from python"})
             resource = await session.read_resource("mem://beta/info")
             prompt = await session.get_prompt("alpha_greet", {"who": "python"})
+            # What the backend sends back mid-call: progress, and a question to the user.
+            worked = await session.call_tool("alpha_progress", {}, progress_callback=on_progress)
+            asked = await session.call_tool("alpha_ask", {})
             print(json.dumps({
                 "protocol": str(init.protocol_version),
                 "server": init.server_info.name,
@@ -34,6 +50,11 @@ async def main(url: str) -> None:
                 "echo": text(echo),
                 "resource": resource.contents[0].text,
                 "prompt": prompt.messages[0].content.text,
+                "progress": progress,
+                "worked": text(worked),
+                "questions": questions,
+                "asked": text(asked),
+                "loggers": loggers,
             }))
 
 
