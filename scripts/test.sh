@@ -1,14 +1,19 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with a Rust toolchain:
 # installs what the tests need (Node.js + npm, python3-venv, redis-server and
-# prometheus (for promtool) via apt; server-everything via npm; the Python MCP SDK via pip, all under
+# prometheus (for promtool) via apt; server-everything, and Node 22 with the MCP
+# conformance suite, via npm; the Python MCP SDK via pip, all under
 # target/test-deps; helm and kubernetes-validate under target/), then runs fmt,
-# clippy, the chart and manifest checks, and every test.
+# clippy, the chart and manifest checks, and every test (the conformance suite
+# through vmcp included).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EVERYTHING_VERSION=2026.8.31
 PY_MCP_VERSION=2.3.0
+CONFORMANCE_VERSION=0.1.16
+TS_SDK_VERSION=1.32.2
+NODE22_VERSION=22.23.3
 deps="$PWD/target/test-deps"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -36,6 +41,18 @@ if ! "$deps/venv/bin/python" -c 'import mcp' 2>/dev/null; then
   python3 -m venv "$deps/venv"
   "$deps/venv/bin/pip" install -q "mcp==$PY_MCP_VERSION"
 fi
+# The MCP conformance suite needs Node 22 (npm's `node` package), and the
+# fixture backend the TypeScript SDK; both live next to the fixture, which is
+# copied in so that its imports resolve there.
+conformance="$deps/conformance"
+if [ ! -f "$conformance/node_modules/@modelcontextprotocol/conformance/package.json" ] \
+  || ! grep -q "\"version\": \"$CONFORMANCE_VERSION\"" "$conformance/node_modules/@modelcontextprotocol/conformance/package.json"; then
+  echo "==> npm install node@$NODE22_VERSION @modelcontextprotocol/conformance@$CONFORMANCE_VERSION @modelcontextprotocol/sdk@$TS_SDK_VERSION"
+  mkdir -p "$conformance"
+  npm install --prefix "$conformance" --no-audit --no-fund --silent \
+    "node@$NODE22_VERSION" "@modelcontextprotocol/conformance@$CONFORMANCE_VERSION" "@modelcontextprotocol/sdk@$TS_SDK_VERSION"
+fi
+cp tests/conformance/*.mjs "$conformance/"
 export VMCP_TEST_DEPS="$deps"
 
 echo "==> cargo fmt --check"

@@ -8,7 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::{Backend, BackendError};
 use crate::config::{Config, MembershipKind, StoreKind};
-use crate::http::Surface;
+use crate::http::{HostGuard, Surface};
 use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
 use crate::store::{MemoryStore, RedisStore, SessionStore, StoreError};
@@ -32,6 +32,8 @@ pub struct App {
     pub forwarder: Forwarder,
     /// Fires when open client streams must end (the replica stops accepting).
     pub streams_stop: CancellationToken,
+    /// DNS rebinding protection for `/mcp`.
+    pub hosts: HostGuard,
 }
 
 impl App {
@@ -88,6 +90,7 @@ impl App {
             limits,
             Arc::clone(&membership),
         );
+        let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -96,6 +99,7 @@ impl App {
             hops,
             forwarder,
             streams_stop: CancellationToken::new(),
+            hosts,
         }))
     }
 }

@@ -289,6 +289,10 @@ pub struct HttpConfig {
     /// load balancers stop sending to it first.
     #[serde(with = "duration")]
     pub drain_delay: Duration,
+    /// Host names accepted in `Host` and `Origin` on `/mcp` (DNS rebinding
+    /// protection). Unset: `localhost`, `127.0.0.1` and `[::1]` when `listen`
+    /// is a loopback address, anything otherwise. `[]`: anything.
+    pub allowed_hosts: Option<Vec<String>>,
 }
 
 impl Default for HttpConfig {
@@ -297,6 +301,7 @@ impl Default for HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             shutdown_timeout: Duration::from_secs(20),
             drain_delay: Duration::from_secs(5),
+            allowed_hosts: None,
         }
     }
 }

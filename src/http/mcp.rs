@@ -25,6 +25,12 @@ use crate::telemetry::Metrics;
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    if !app.hosts.admits(&parts.headers) {
+        return reject(
+            RpcError::invalid_request("Host or Origin not allowed").with_status(StatusCode::FORBIDDEN),
+            None,
+        );
+    }
     let format = match parts.method {
         Method::POST => match check_headers(&parts.headers) {
             Ok(f) => Some(f),

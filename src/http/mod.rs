@@ -7,6 +7,7 @@
 
 mod call;
 mod mcp;
+mod origin;
 mod placement;
 pub mod reply;
 
@@ -23,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
+pub use origin::HostGuard;
 use reply::Body;
 
 /// Serves HTTP on `listener` until `shutdown` fires, then drains.

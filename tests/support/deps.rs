@@ -27,6 +27,12 @@ pub fn python() -> PathBuf {
     require(deps_dir().join("venv/bin/python"))
 }
 
+/// Where the conformance suite, its Node 22 and the fixture are installed.
+pub fn conformance_dir() -> PathBuf {
+    require(deps_dir().join("conformance/node_modules/.bin/node"));
+    deps_dir().join("conformance")
+}
+
 /// A TCP port that was free a moment ago (for peers that take a port number).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,93 @@
+//! DNS rebinding protection. A server on a loopback address is reachable
+//! from the user's browser: a page on `evil.example` whose name resolves to
+//! 127.0.0.1 could drive it. Such requests carry the attacker's name in
+//! `Host` (and `Origin`), so `/mcp` only answers the names it is meant to
+//! have: by default the loopback names when vmcp listens on loopback, and
+//! any name otherwise (behind a Service, `Host` is whatever clients use).
+
+use std::net::SocketAddr;
+
+use http::HeaderMap;
+
+/// Which `Host`/`Origin` names `/mcp` accepts.
+#[derive(Debug, Clone)]
+pub struct HostGuard {
+    /// `None`: any; otherwise lower-case host names without port.
+    allowed: Option<Vec<String>>,
+}
+
+impl HostGuard {
+    pub fn new(configured: Option<&[String]>, listen: SocketAddr) -> Self {
+        let allowed = match configured {
+            Some([]) => None,
+            Some(names) => Some(names.iter().map(|n| n.to_ascii_lowercase()).collect()),
+            None if listen.ip().is_loopback() => Some(["localhost", "127.0.0.1", "[::1]"].map(String::from).to_vec()),
+            None => None,
+        };
+        Self { allowed }
+    }
+
+    /// Whether the request's `Host` and (if sent) `Origin` name an allowed host.
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
+        let Some(allowed) = &self.allowed else {
+            return true;
+        };
+        let ok = |authority: &str| allowed.iter().any(|a| *a == host_of(authority));
+        let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
+        let origin = headers.get(http::header::ORIGIN).map(|v| v.to_str().ok());
+        host.is_some_and(ok)
+            && match origin {
+                None => true,
+                Some(Some(o)) => o.split_once("://").is_some_and(|(_, authority)| ok(authority)),
+                Some(None) => false,
+            }
+    }
+}
+
+/// The host of `host[:port]` (an IPv6 literal keeps its brackets), lower-cased.
+fn host_of(authority: &str) -> String {
+    let authority = authority.trim().trim_end_matches('/');
+    let host = match authority.rfind(']') {
+        Some(end) => &authority[..=end],
+        None => authority.split(':').next().unwrap_or(authority),
+    };
+    host.to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, v.parse().unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn loopback_listeners_accept_only_loopback_names() {
+        let guard = HostGuard::new(None, "127.0.0.1:8080".parse().unwrap());
+        assert!(guard.admits(&headers(&[("host", "127.0.0.1:8080")])));
+        assert!(guard.admits(&headers(&[("host", "localhost"), ("origin", "http://localhost:3000")])));
+        assert!(guard.admits(&headers(&[("host", "[::1]:8080")])));
+        assert!(!guard.admits(&headers(&[("host", "evil.example.com")])));
+        assert!(!guard.admits(&headers(&[
+            ("host", "localhost:8080"),
+            ("origin", "http://evil.example.com")
+        ])));
+        assert!(!guard.admits(&headers(&[])));
+    }
+
+    #[test]
+    fn other_listeners_accept_any_name_unless_configured() {
+        let any = HostGuard::new(None, "0.0.0.0:8080".parse().unwrap());
+        assert!(any.admits(&headers(&[("host", "vmcp.example.com")])));
+        let off = HostGuard::new(Some(&[]), "127.0.0.1:8080".parse().unwrap());
+        assert!(off.admits(&headers(&[("host", "evil.example.com")])));
+        let listed = HostGuard::new(Some(&["MCP.example.com".into()]), "0.0.0.0:8080".parse().unwrap());
+        assert!(listed.admits(&headers(&[("host", "mcp.example.com:443")])));
+        assert!(!listed.admits(&headers(&[("host", "other.example.com")])));
+    }
+}
