@@ -134,7 +134,10 @@ async fn the_conformance_suite_passes_through_vmcp_as_it_does_directly() {
         Vec::<String>::new(),
         "entering at the non-owner: {via_two:?}"
     );
-    println!("scenarios: {}; failures through two replicas: {via_two:?}", direct.len());
+    println!(
+        "scenarios: {}; failures through two replicas: {via_two:?}",
+        direct.len()
+    );
     let forwarded = b.metric("vmcp_requests_forwarded_total{outcome=\"ok\"}").await;
     assert!(forwarded > 50.0, "the suite's requests took the hop (only {forwarded})");
     drop((a, b));

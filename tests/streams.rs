@@ -26,6 +26,19 @@ async fn one_backend() -> (TestBackend, Replica, Client) {
     (backend, replica, client)
 }
 
+/// Config of replica `me` of a pair (`a`, `b` on `ports`) sharing Redis, in front of `backend`.
+fn pair_config(redis: &RedisServer, backend: &str, ports: (u16, u16), me: &str, extra: &str) -> String {
+    config_yaml(
+        &[("a", backend)],
+        &format!(
+            "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{}\", b: \"127.0.0.1:{}\" }}\naffinity:\n  hop_key: streams-test-hop-key-0123\n{extra}",
+            redis.url(),
+            ports.0,
+            ports.1
+        ),
+    )
+}
+
 fn call(id: Value, tool: &str, meta: Value) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
            "params": {"name": tool, "arguments": {}, "_meta": meta}})
@@ -204,16 +217,9 @@ async fn capabilities_follow_the_backends() {
 async fn an_elicitation_is_answered_through_another_replica() {
     let redis = RedisServer::start().await;
     let backend = TestBackend::start("a").await;
-    let (pa, pb) = (deps::free_port(), deps::free_port());
-    let config = |me: &str| {
-        format!(
-            "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: streams-test-hop-key-0123\n",
-            redis.url()
-        )
-    };
-    let backends = [("a", backend.url.as_str())];
-    let ra = Replica::start_on(pa, &config_yaml(&backends, &config("a"))).await;
-    let rb = Replica::start_on(pb, &config_yaml(&backends, &config("b"))).await;
+    let ports = (deps::free_port(), deps::free_port());
+    let ra = Replica::start_on(ports.0, &pair_config(&redis, &backend.url, ports, "a", "")).await;
+    let rb = Replica::start_on(ports.1, &pair_config(&redis, &backend.url, ports, "b", "")).await;
     let mut client = ra.client();
     client.initialize_as(LATEST, json!({"elicitation": {}})).await;
 
@@ -228,38 +234,69 @@ async fn an_elicitation_is_answered_through_another_replica() {
     assert_eq!(rb.metric("vmcp_requests_forwarded_total{outcome=\"ok\"}"), 1.0);
 }
 
-#[tokio::test]
-async fn a_stream_resumes_on_another_replica_after_its_holder_is_killed() {
+/// Two replica processes on Redis; a client whose GET stream on `a` saw a
+/// priming event, then a list change.
+struct HeldStream {
+    _redis: RedisServer,
+    _backend: TestBackend,
+    a: VmcpProcess,
+    b: VmcpProcess,
+    client: Client,
+    stream: Events,
+    priming: support::events::Event,
+    missed: support::events::Event,
+}
+
+async fn hold_a_stream(extra: &str) -> HeldStream {
     let redis = RedisServer::start().await;
     let backend = TestBackend::start("a").await;
-    let (pa, pb) = (deps::free_port(), deps::free_port());
-    let config = |me: &str| {
-        config_yaml(
-            &[("a", &backend.url)],
-            &format!(
-                "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: streams-test-hop-key-0123\n",
-                redis.url()
-            ),
-        )
-    };
-    let a = VmcpProcess::start_on(pa, &config("a")).await;
-    let b = VmcpProcess::start_on(pb, &config("b")).await;
+    let ports = (deps::free_port(), deps::free_port());
+    let a = VmcpProcess::start_on(ports.0, &pair_config(&redis, &backend.url, ports, "a", extra)).await;
+    let b = VmcpProcess::start_on(ports.1, &pair_config(&redis, &backend.url, ports, "b", extra)).await;
     let mut client = Client::new(&a.url);
     client.initialize_as(LATEST, json!({})).await;
     let mut stream = client.get_events(None).await;
     let priming = stream.next().await.expect("priming event");
     assert_eq!(client.call_tool("a_grow", json!({})).await.text(), "grown");
     let missed = stream.next_message().await.expect("list change on A's stream");
+    HeldStream {
+        _redis: redis,
+        _backend: backend,
+        a,
+        b,
+        client,
+        stream,
+        priming,
+        missed,
+    }
+}
 
+#[tokio::test]
+async fn a_stream_resumes_on_another_replica_after_its_holder_is_killed() {
+    let held = hold_a_stream("").await;
     // A dies; the client comes back through B with the last id it had.
-    a.kill().await;
-    let mut resumed = client.via(&b.url).get_events(priming.id.as_deref()).await;
+    held.a.kill().await;
+    let on_b = held.client.via(&held.b.url);
+    let mut resumed = on_b.get_events(held.priming.id.as_deref()).await;
     assert_eq!(resumed.status, StatusCode::OK);
     let replayed = resumed.next_message().await.expect("replayed from the store on B");
-    assert_eq!((replayed.id, replayed.data), (missed.id, missed.data));
+    assert_eq!((replayed.id, replayed.data), (held.missed.id, held.missed.data));
     // The session goes on there, with the grown tool.
-    assert_eq!(
-        client.via(&b.url).call_tool("a_grown", json!({})).await.text(),
-        "I am new"
-    );
+    assert_eq!(on_b.call_tool("a_grown", json!({})).await.text(), "I am new");
+}
+
+#[tokio::test]
+async fn a_stream_ended_by_a_draining_replica_resumes_on_the_new_owner() {
+    let mut held = hold_a_stream("http:\n  drain_delay: 200ms\n").await;
+    // SIGTERM: A ends its streams (with `retry`) and goes away.
+    held.a.signal_term();
+    while held.stream.next().await.is_some() {}
+    held.a.wait().await;
+    let mut resumed = held
+        .client
+        .via(&held.b.url)
+        .get_events(held.priming.id.as_deref())
+        .await;
+    let replayed = resumed.next_message().await.expect("replayed on B");
+    assert_eq!((replayed.id, replayed.data), (held.missed.id, held.missed.data));
 }
