@@ -44,22 +44,6 @@ fn call(id: Value, tool: &str, meta: Value) -> Value {
            "params": {"name": tool, "arguments": {}, "_meta": meta}})
 }
 
-/// Reads a call's stream to its end: (notifications by method, the response).
-async fn drain(events: &mut Events) -> (Vec<Value>, Value) {
-    let mut notes = Vec::new();
-    loop {
-        let event = events
-            .next_message()
-            .await
-            .expect("the call's stream ends with its response");
-        if event.data.get("method").is_some() {
-            notes.push(event.data);
-        } else {
-            return (notes, event.data);
-        }
-    }
-}
-
 /// The first message of `method` on a GET stream.
 async fn first_of(stream: &mut Events, method: &str) -> Value {
     loop {
@@ -91,7 +75,7 @@ async fn progress_and_logs_come_back_on_the_calls_stream() {
         .post_events(call(json!(7), "a_progress", json!({"progressToken": "tok-1"})))
         .await;
     assert!(events.content_type.starts_with("text/event-stream"));
-    let (notes, response) = drain(&mut events).await;
+    let (notes, response) = events.until_response().await;
     let progress: Vec<f64> = notes
         .iter()
         .filter(|n| n["method"] == "notifications/progress")
@@ -229,7 +213,7 @@ async fn an_elicitation_is_answered_through_another_replica() {
     let id = question.data["id"].clone();
     let answer = json!({"jsonrpc": "2.0", "id": id, "result": {"action": "accept", "content": {"name": "Ada"}}});
     assert_eq!(client.via(&rb.url).send(answer).await, StatusCode::ACCEPTED);
-    let (_, response) = drain(&mut events).await;
+    let (_, response) = events.until_response().await;
     assert_eq!(response["result"]["content"][0]["text"], r#"a:{"name":"Ada"}"#);
     assert_eq!(rb.metric("vmcp_requests_forwarded_total{outcome=\"ok\"}"), 1.0);
 }

@@ -118,3 +118,56 @@ async fn python_sdk_client_drives_vmcp() {
     // The SDK DELETEs its session on exit.
     assert_eq!(replica.metric("vmcp_sessions_closed_total{reason=\"delete\"}"), 1.0);
 }
+
+#[tokio::test]
+async fn server_everythings_progress_and_questions_reach_the_client_over_stdio_and_http() {
+    let http = everything_http().await;
+    let yaml = format!(
+        "backends:
+  - name: stdio
+    command: [node, {}, stdio]
+  - name: web
+    url: {}
+session:
+  init_timeout: 20s
+",
+        deps::server_everything().display(),
+        http.url
+    );
+    let replica = Replica::start(&yaml).await;
+    let mut client = replica.client();
+    client.initialize_as("2025-11-25", json!({"elicitation": {}})).await;
+    for backend in ["stdio", "web"] {
+        let call = |id: u32, tool: &str, arguments: Value| {
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                "name": format!("{backend}_{tool}"), "arguments": arguments, "_meta": {"progressToken": backend}}})
+        };
+        let args = json!({"duration": 0.3, "steps": 3});
+        let mut events = client
+            .post_events(call(1, "trigger-long-running-operation", args))
+            .await;
+        let (notes, response) = events.until_response().await;
+        let progress: Vec<f64> = notes
+            .iter()
+            .filter(|n| n["method"] == "notifications/progress")
+            .inspect(|n| assert_eq!(n["params"]["progressToken"], backend, "the client's own token"))
+            .filter_map(|n| n["params"]["progress"].as_f64())
+            .collect();
+        assert_eq!(progress, [1.0, 2.0, 3.0], "{backend}: {notes:?}");
+        assert!(response["result"]["content"][0]["text"]
+            .as_str()
+            .unwrap()
+            .contains("completed"));
+
+        let mut events = client
+            .post_events(call(2, "trigger-elicitation-request", json!({})))
+            .await;
+        let question = events.next_message().await.expect("the backend's question");
+        assert_eq!(question.data["method"], "elicitation/create", "{backend}");
+        let answer = json!({"jsonrpc": "2.0", "id": question.data["id"], "result": {"action": "decline"}});
+        assert_eq!(client.send(answer).await, http::StatusCode::ACCEPTED);
+        let (_, response) = events.until_response().await;
+        let text = response["result"]["content"].to_string();
+        assert!(text.contains("decline"), "{backend}: {response}");
+    }
+}

@@ -12,6 +12,7 @@
 
 mod http;
 mod stdio;
+mod stdio_client;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,9 +50,6 @@ pub enum BackendError {
     /// The client cancelled the request; the backend was told.
     #[error("request cancelled by the client")]
     Cancelled,
-    /// The backend cannot take this kind of message (e.g. answers over stdio).
-    #[error("backend transport cannot carry {0}")]
-    Unsupported(&'static str),
 }
 
 impl BackendError {
@@ -64,7 +62,6 @@ impl BackendError {
             Self::Transport(_) => "unreachable",
             Self::Protocol(_) => "protocol_error",
             Self::Cancelled => "cancelled",
-            Self::Unsupported(_) => "unsupported",
         }
     }
 }
@@ -157,8 +154,8 @@ impl Backend {
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
     pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
         let conn = match &self.transport {
-            Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init, true)).await?),
-            Transport::Stdio(s) => Conn::Stdio(s.connect(backend_init_params(client_init, false)).await?),
+            Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init)).await?),
+            Transport::Stdio(s) => Conn::Stdio(s.connect(backend_init_params(client_init), self.name()).await?),
         };
         Ok(BackendSession {
             backend: Arc::clone(self),
@@ -258,7 +255,7 @@ impl BackendSession {
                 }
                 outcome
             }
-            Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel).await,
+            Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref()).await,
         }
     }
 
@@ -277,7 +274,7 @@ impl BackendSession {
     pub async fn deliver(&self, message: &Value) -> Result<(), BackendError> {
         match &self.conn {
             Conn::Http(s) => s.deliver(message).await,
-            Conn::Stdio(_) => Err(BackendError::Unsupported("answers to backend requests")),
+            Conn::Stdio(s) => s.answer(message),
         }
     }
 
@@ -285,7 +282,7 @@ impl BackendSession {
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
         match &self.conn {
             Conn::Http(s) => s.listen().await,
-            Conn::Stdio(_) => Ok(None),
+            Conn::Stdio(s) => Ok(Some(s.listen())),
         }
     }
 
@@ -333,20 +330,13 @@ async fn bounded(
     }
 }
 
-/// The `initialize` params sent to a backend: the client's own, minus the
-/// client capabilities the gateway cannot relay over this transport, so a
-/// backend never asks something nobody will answer. Over HTTP a backend's
-/// requests (sampling, elicitation, roots) reach the client; over stdio
-/// they cannot yet. Tasks are not relayed at all.
-fn backend_init_params(client_init: &Value, relays_requests: bool) -> Value {
+/// The `initialize` params sent to a backend: the client's own, so a backend
+/// asks (sampling, elicitation, roots) only what the client can answer, minus
+/// tasks, which the gateway does not relay.
+fn backend_init_params(client_init: &Value) -> Value {
     let mut params = client_init.clone();
     if let Some(caps) = params.get_mut("capabilities").and_then(Value::as_object_mut) {
         caps.remove("tasks");
-        if !relays_requests {
-            for unsupported in ["sampling", "elicitation", "roots"] {
-                caps.remove(unsupported);
-            }
-        }
     }
     params
 }

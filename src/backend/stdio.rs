@@ -5,6 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use rmcp::model::{ClientConfig, ClientRequest};
 use rmcp::service::{PeerRequestOptions, RequestHandle, RunningService, ServiceError};
 use rmcp::transport::TokioChildProcess;
@@ -14,6 +16,7 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::stdio_client::{CallRelay, StdioClient};
 use super::{rpc_error, BackendError};
 
 /// How to start one stdio backend.
@@ -31,8 +34,9 @@ impl StdioBackend {
         &self.command
     }
 
-    /// Spawns the child and runs the MCP handshake over its stdio.
-    pub async fn connect(&self, params: Value) -> Result<StdioSession, BackendError> {
+    /// Spawns the child and runs the MCP handshake over its stdio; `name`
+    /// labels what the child sends on its own.
+    pub async fn connect(&self, params: Value, name: &str) -> Result<StdioSession, BackendError> {
         let info: ClientConfig = serde_json::from_value(params)
             .map_err(|e| BackendError::Protocol(format!("client initialize params: {e}")))?;
         let (program, args) = self
@@ -50,7 +54,8 @@ impl StdioBackend {
         }
         // The service's tasks outlive this request: give them their own root span.
         let span = tracing::info_span!(parent: None, "stdio_backend", program = %program);
-        let service = rmcp::serve_client(info, transport)
+        let client = StdioClient::new(info, name);
+        let service = rmcp::serve_client(client.clone(), transport)
             .instrument(span)
             .await
             .map_err(|e| BackendError::Transport(format!("handshake with {program}: {e}")))?;
@@ -62,6 +67,7 @@ impl StdioBackend {
             .unwrap_or_else(|| json!({}));
         Ok(StdioSession {
             init,
+            client,
             service: Mutex::new(Some(service)),
         })
     }
@@ -70,7 +76,8 @@ impl StdioBackend {
 /// One child process speaking MCP.
 pub struct StdioSession {
     init: Value,
-    service: Mutex<Option<RunningService<RoleClient, ClientConfig>>>,
+    client: StdioClient,
+    service: Mutex<Option<RunningService<RoleClient, StdioClient>>>,
 }
 
 impl StdioSession {
@@ -94,13 +101,15 @@ impl StdioSession {
     }
 
     /// Sends a request and waits for its result, at most `timeout`; a
-    /// cancellation is passed on to the child as `notifications/cancelled`.
+    /// cancellation is passed on to the child as `notifications/cancelled`,
+    /// and what the child sends about the call meanwhile goes to `relay`.
     pub async fn call(
         &self,
         method: &str,
         params: Option<&Value>,
         timeout: Duration,
         cancel: &CancellationToken,
+        relay: Option<&CallRelay>,
     ) -> Result<Value, BackendError> {
         let mut body = json!({"method": method});
         if let Some(p) = params {
@@ -114,6 +123,12 @@ impl StdioSession {
             .send_cancellable_request(request, PeerRequestOptions::no_options())
             .await
             .map_err(classify)?;
+        // rmcp gave the child a progress token of its own: map it back to the
+        // client's. (Progress the child sends before this line is lost; a
+        // child answers a request later than that in practice.)
+        let ours = serde_json::to_value(&handle.progress_token).unwrap_or(Value::Null);
+        let theirs = params.and_then(|p| p.pointer("/_meta/progressToken"));
+        let _route = self.client.route(relay, &ours, theirs);
         // `None`: cancelled by the client.
         let outcome = tokio::select! {
             answered = tokio::time::timeout(timeout, &mut handle.rx) => Some(answered),
@@ -140,6 +155,34 @@ impl StdioSession {
             .send_notification(notification)
             .await
             .map_err(classify)
+    }
+
+    /// The client's answer to one of the child's requests.
+    pub fn answer(&self, message: &Value) -> Result<(), BackendError> {
+        let id = message.get("id").cloned().unwrap_or(Value::Null);
+        if self.client.answer(&id, message.clone()) {
+            Ok(())
+        } else {
+            Err(BackendError::Protocol(format!(
+                "no request {id} of this backend is waiting"
+            )))
+        }
+    }
+
+    /// What the child sends outside any call.
+    pub fn listen(&self) -> BoxStream<'static, Value> {
+        use tokio::sync::broadcast::error::RecvError;
+        let messages = self.client.listen();
+        futures_util::stream::unfold(messages, |mut rx| async move {
+            loop {
+                match rx.recv().await {
+                    Ok(message) => return Some((message, rx)),
+                    Err(RecvError::Lagged(_)) => continue,
+                    Err(RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
     }
 
     /// Stops the service and kills the child.

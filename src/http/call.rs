@@ -13,7 +13,7 @@
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
-use http::{Response, StatusCode};
+use http::Response;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -76,24 +76,10 @@ pub async fn respond(
         for message in &late {
             session.publish(message).await;
         }
-        return answer(&id, outcome, format);
+        return super::mcp::answer(&id, outcome, format);
     }
-    late.push(body(&id, outcome));
+    late.push(mcp::jsonrpc::response_body(&id, outcome));
     stream(session, id, late, relayed, None)
-}
-
-fn body(id: &Value, outcome: Outcome) -> Value {
-    match outcome {
-        Ok(result) => mcp::jsonrpc::result_body(id, result),
-        Err(e) => e.to_body(Some(id)),
-    }
-}
-
-fn answer(id: &Value, outcome: Outcome, format: Format) -> Response<Body> {
-    match outcome {
-        Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result)),
-        Err(e) => super::mcp::reject(e, Some(id)),
-    }
 }
 
 /// State of a relaying response stream.
@@ -135,7 +121,7 @@ fn stream(
             .await
             .unwrap_or_else(|e| Err(RpcError::internal(format!("call failed: {e}"))));
         st.task = None;
-        Some((body(&st.id, outcome), st))
+        Some((mcp::jsonrpc::response_body(&st.id, outcome), st))
     });
     reply::message_stream(messages)
 }

@@ -193,12 +193,8 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
                 let sse = format == Format::Sse || accepts(headers, "text/event-stream");
                 return super::call::respond(&app.metrics, session, id, &method, command, format, sse).await;
             }
-            let ctx = CallContext::default();
-            let work = command.apply(&session, &ctx);
-            match measured(&app.metrics, Command::method_label(&method), work).await {
-                Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(&id, result)),
-                Err(e) => reject(e, Some(&id)),
-            }
+            let outcome = apply_here(app, &session, &method, command).await;
+            answer(&id, outcome, format)
         }
         Ok(Message::Notification { method, params }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
@@ -226,6 +222,25 @@ fn answer_error(e: SessionError) -> RpcError {
     match e {
         SessionError::InvalidParams(m) => RpcError::invalid_request(m),
         other => RpcError::internal(other.to_string()).with_status(StatusCode::BAD_GATEWAY),
+    }
+}
+
+/// Runs a command that relays nothing (a batch item, or one the gateway answers itself).
+async fn apply_here(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
+    let ctx = CallContext::default();
+    measured(
+        &app.metrics,
+        Command::method_label(method),
+        command.apply(session, &ctx),
+    )
+    .await
+}
+
+/// The answer to request `id`: its result, or its error (logged, with its status).
+pub(super) fn answer(id: &Value, outcome: Result<Value, RpcError>, format: Format) -> Response<Body> {
+    match outcome {
+        Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result)),
+        Err(e) => reject(e, Some(id)),
     }
 }
 
@@ -279,17 +294,10 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
                 Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
-                Ok(command) => {
-                    let ctx = CallContext::default();
-                    let work = command.apply(&session, &ctx);
-                    measured(&app.metrics, Command::method_label(&method), work).await
-                }
+                Ok(command) => apply_here(app, &session, &method, command).await,
                 Err(e) => Err(e),
             };
-            Some(match outcome {
-                Ok(result) => mcp::jsonrpc::result_body(&id, result),
-                Err(e) => e.to_body(Some(&id)),
-            })
+            Some(mcp::jsonrpc::response_body(&id, outcome))
         }
         Ok(_) => None,
     }

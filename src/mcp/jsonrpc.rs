@@ -70,6 +70,14 @@ pub fn result_body(id: &Value, result: Value) -> Value {
     json!({ "jsonrpc": "2.0", "id": id, "result": result })
 }
 
+/// The JSON-RPC response to request `id`: its result or its error.
+pub fn response_body(id: &Value, outcome: Result<Value, RpcError>) -> Value {
+    match outcome {
+        Ok(result) => result_body(id, result),
+        Err(e) => e.to_body(Some(id)),
+    }
+}
+
 /// One message a client POSTed.
 #[derive(Debug)]
 pub enum Incoming {

@@ -65,9 +65,10 @@ impl Session {
     }
 }
 
-/// Relays one backend's stream into the session until the session ends, the
-/// backend offers no stream, or the backend session is gone.
-async fn listen_to(session: Weak<Session>, backend: Arc<BackendSession>, settled: Arc<watch::Sender<usize>>) {
+/// Relays one backend's stream into the session until the session ends or
+/// the backend offers no stream. A lost backend session is not reopened
+/// here (a call heals it); the listener follows the healed one.
+async fn listen_to(session: Weak<Session>, mut backend: Arc<BackendSession>, settled: Arc<watch::Sender<usize>>) {
     let name: Arc<str> = Arc::from(backend.name());
     let mut first = true;
     loop {
@@ -89,13 +90,15 @@ async fn listen_to(session: Weak<Session>, backend: Arc<BackendSession>, settled
                     }
                 }
             }
-            // Healing happens on the next call; its new session is heard on the next stream.
-            Err(BackendError::SessionExpired) => return,
+            Err(BackendError::SessionExpired) => {}
             Err(e) => tracing::debug!(backend = %name, error = %e, "backend stream failed"),
         }
         tokio::time::sleep(REOPEN_AFTER).await;
-        if session.upgrade().is_none_or(|s| s.is_closed()) {
+        let Some(live) = session.upgrade().filter(|s| !s.is_closed()) else {
             return;
+        };
+        if let Ok(current) = live.backend_named(&name) {
+            backend = current;
         }
     }
 }

@@ -59,6 +59,22 @@ impl Events {
             .flatten()
     }
 
+    /// Reads a call's stream to its end: the notifications, then the response.
+    pub async fn until_response(&mut self) -> (Vec<Value>, Value) {
+        let mut notes = Vec::new();
+        loop {
+            let event = self
+                .next_message()
+                .await
+                .expect("the call's stream ends with its response");
+            if event.data.get("method").is_some() {
+                notes.push(event.data);
+            } else {
+                return (notes, event.data);
+            }
+        }
+    }
+
     /// The next event whose data is a message (skipping priming events).
     pub async fn next_message(&mut self) -> Option<Event> {
         loop {
