@@ -39,10 +39,9 @@ async fn everything_http() -> Everything {
     panic!("server-everything did not listen on {port}");
 }
 
-#[tokio::test]
-async fn server_everything_over_stdio_and_streamable_http() {
-    let http = everything_http().await;
-    let yaml = format!(
+/// server-everything twice: `stdio` (a child per session) and `web` (`http`).
+fn both_transports(http: &Everything) -> String {
+    format!(
         "backends:
   - name: stdio
     command: [node, {}, stdio]
@@ -53,8 +52,13 @@ session:
 ",
         deps::server_everything().display(),
         http.url
-    );
-    let replica = Replica::start(&yaml).await;
+    )
+}
+
+#[tokio::test]
+async fn server_everything_over_stdio_and_streamable_http() {
+    let http = everything_http().await;
+    let replica = Replica::start(&both_transports(&http)).await;
     let mut client = replica.client();
     let init = client.initialize().await;
     assert!(
@@ -122,19 +126,7 @@ async fn python_sdk_client_drives_vmcp() {
 #[tokio::test]
 async fn server_everythings_progress_and_questions_reach_the_client_over_stdio_and_http() {
     let http = everything_http().await;
-    let yaml = format!(
-        "backends:
-  - name: stdio
-    command: [node, {}, stdio]
-  - name: web
-    url: {}
-session:
-  init_timeout: 20s
-",
-        deps::server_everything().display(),
-        http.url
-    );
-    let replica = Replica::start(&yaml).await;
+    let replica = Replica::start(&both_transports(&http)).await;
     let mut client = replica.client();
     client.initialize_as("2025-11-25", json!({"elicitation": {}})).await;
     for backend in ["stdio", "web"] {

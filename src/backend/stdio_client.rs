@@ -199,7 +199,10 @@ impl rmcp::Service<RoleClient> for StdioClient {
         message["jsonrpc"] = json!("2.0");
         // rmcp's typed round trip adds an empty `_meta` the child never sent.
         if let Some(params) = message.get_mut("params").and_then(Value::as_object_mut) {
-            if params.get("_meta").is_some_and(|m| m.as_object().is_some_and(|o| o.is_empty())) {
+            if params
+                .get("_meta")
+                .is_some_and(|m| m.as_object().is_some_and(|o| o.is_empty()))
+            {
                 params.remove("_meta");
             }
         }
