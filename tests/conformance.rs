@@ -4,7 +4,8 @@
 //! replica, then through two replicas on Redis with the suite entering at the
 //! non-owner (`tests/conformance/split.mjs` sends `initialize` to one replica
 //! and everything else to the other). Every scenario that passes directly must
-//! pass through vmcp.
+//! pass through vmcp. Also: a backend that closes its stream mid-call
+//! (2025-11-25 polling) is resumed by vmcp.
 
 mod support;
 

@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
@@ -136,7 +137,7 @@ impl HttpBackend {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let init = read_response(response, 0, false, &mut |_| {}).await?;
+        let init = read_response(response, 0, None, &mut |_| {}).await?;
         let protocol_version = init
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -202,7 +203,7 @@ impl HttpSession {
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
-        read_response(response, id, self.session_id.is_some(), relay).await
+        read_response(response, id, Some(self), relay).await
     }
 
     /// Sends one message that needs no answer: a notification, or our
@@ -220,16 +221,7 @@ impl HttpSession {
     /// Opens the backend's stream of messages it sends on its own (GET).
     /// `Ok(None)`: the backend offers no such stream (405).
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
-        let mut headers = self.headers.clone();
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
-        headers.remove(http::header::CONTENT_TYPE);
-        let response = self
-            .client
-            .get(self.url.clone())
-            .headers(headers)
-            .send()
-            .await
-            .map_err(transport)?;
+        let response = self.open_stream(None).await?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => return Ok(None),
             StatusCode::NOT_FOUND if self.session_id.is_some() => return Err(BackendError::SessionExpired),
@@ -242,6 +234,23 @@ impl HttpSession {
             serde_json::from_str::<Value>(&data).ok()
         });
         Ok(Some(messages.boxed()))
+    }
+
+    /// A GET on the backend's endpoint for an event stream, resuming after
+    /// `last_event_id` if given.
+    async fn open_stream(&self, last_event_id: Option<&str>) -> Result<reqwest::Response, BackendError> {
+        let mut headers = self.headers.clone();
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
+        headers.remove(http::header::CONTENT_TYPE);
+        if let Some(v) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
+            headers.insert(HeaderName::from_static("last-event-id"), v);
+        }
+        self.client
+            .get(self.url.clone())
+            .headers(headers)
+            .send()
+            .await
+            .map_err(transport)
     }
 
     pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), BackendError> {
@@ -289,22 +298,57 @@ async fn post(
 async fn read_response(
     response: reqwest::Response,
     id: i64,
-    has_session: bool,
+    session: Option<&HttpSession>,
     relay: &mut (dyn FnMut(Value) + Send),
 ) -> Result<Value, BackendError> {
     let status = response.status();
-    if status == StatusCode::NOT_FOUND && has_session {
+    if status == StatusCode::NOT_FOUND && session.is_some_and(|s| s.session_id.is_some()) {
         return Err(BackendError::SessionExpired);
     }
-    let is_sse = response
+    if is_event_stream(&response) && status.is_success() {
+        return read_events(response, id, session, relay).await;
+    }
+    let body = response.bytes().await.map_err(transport)?;
+    match ours(&String::from_utf8_lossy(&body), id) {
+        Some(result) => result,
+        None if status.is_success() => Err(BackendError::Protocol(
+            "answer is not the response to our request".into(),
+        )),
+        None => Err(BackendError::Protocol(format!("HTTP {status}"))),
+    }
+}
+
+fn is_event_stream(response: &reqwest::Response) -> bool {
+    response
         .headers()
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"));
-    if is_sse && status.is_success() {
-        let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        .is_some_and(|ct| ct.starts_with("text/event-stream"))
+}
+
+/// How many times one request's stream may be resumed without an answer.
+const MAX_RESUMES: usize = 10;
+/// The longest `retry` a backend may ask for before we resume.
+const MAX_RETRY: Duration = Duration::from_secs(5);
+
+/// The result of request `id` from an SSE stream; other messages go to
+/// `relay`. A backend may close the stream before answering (2025-11-25
+/// polling, SEP-1699) once it has given an event id: the stream is then
+/// resumed with a GET carrying `Last-Event-ID`, after the backend's `retry`.
+async fn read_events(
+    response: reqwest::Response,
+    id: i64,
+    session: Option<&HttpSession>,
+    relay: &mut (dyn FnMut(Value) + Send),
+) -> Result<Value, BackendError> {
+    let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+    let (mut last_event_id, mut retry) = (None::<String>, Duration::ZERO);
+    let mut resumes = 0;
+    loop {
         while let Some(event) = events.next().await {
             let event = event.map_err(|e| BackendError::Transport(format!("SSE: {e}")))?;
+            last_event_id = event.id.or(last_event_id);
+            retry = event.retry.map_or(retry, |ms| Duration::from_millis(ms).min(MAX_RETRY));
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
@@ -317,15 +361,25 @@ async fn read_response(
                 }
             }
         }
-        return Err(BackendError::Transport("SSE stream ended before the response".into()));
-    }
-    let body = response.bytes().await.map_err(transport)?;
-    match ours(&String::from_utf8_lossy(&body), id) {
-        Some(result) => result,
-        None if status.is_success() => Err(BackendError::Protocol(
-            "answer is not the response to our request".into(),
-        )),
-        None => Err(BackendError::Protocol(format!("HTTP {status}"))),
+        let (Some(session), Some(last)) = (session, last_event_id.as_deref()) else {
+            return Err(BackendError::Transport("SSE stream ended before the response".into()));
+        };
+        resumes += 1;
+        if resumes > MAX_RESUMES {
+            return Err(BackendError::Transport(format!(
+                "no response after {MAX_RESUMES} resumed streams"
+            )));
+        }
+        tracing::debug!(url = %session.url, last_event_id = last, "resuming a backend's SSE stream");
+        tokio::time::sleep(retry).await;
+        let resumed = session.open_stream(Some(last)).await?;
+        if !resumed.status().is_success() || !is_event_stream(&resumed) {
+            return Err(BackendError::Protocol(format!(
+                "resuming the stream answered {}",
+                resumed.status()
+            )));
+        }
+        events = sse_stream::SseStream::from_bytes_stream(resumed.bytes_stream());
     }
 }
 

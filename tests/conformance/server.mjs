@@ -37,6 +37,7 @@ const tools = [
     { type: "object", properties: { message: { type: "string" } }, required: ["message"] }],
   ["test_elicitation_sep1034_defaults", "Asks with defaults", noArgs],
   ["test_elicitation_sep1330_enums", "Asks with enums", noArgs],
+  ["test_reconnection", "Closes its SSE stream mid-call; the client resumes it", noArgs],
   ["json_schema_2020_12_tool", "Tool with JSON Schema 2020-12 features", {
     $schema: "https://json-schema.org/draft/2020-12/schema",
     type: "object",
@@ -115,6 +116,12 @@ async function callTool(req, extra, server) {
       return text(`Elicitation completed: action=${answer.action}, content=${JSON.stringify(answer.content ?? {})}`);
     }
     case "json_schema_2020_12_tool": return text(`Received ${JSON.stringify(args)}`);
+    case "test_reconnection":
+      // SEP-1699 polling: end the POST stream now; the answer comes on the resumed one.
+      await sleep(50);
+      extra.closeSSEStream?.();
+      await sleep(200);
+      return text("Reconnection test completed");
     default: throw new Error(`unknown tool ${name}`);
   }
 }
@@ -183,6 +190,23 @@ function newServer() {
   return server;
 }
 
+/// Events of every stream, for resumption with Last-Event-ID (ids sort in order).
+class EventStore {
+  constructor() { this.events = []; this.next = 0; }
+  async storeEvent(streamId, message) {
+    const eventId = `${streamId}_${String(this.next++).padStart(10, "0")}`;
+    this.events.push({ eventId, streamId, message });
+    return eventId;
+  }
+  async replayEventsAfter(lastEventId, { send }) {
+    const from = this.events.findIndex((e) => e.eventId === lastEventId);
+    if (from < 0) return "";
+    const { streamId } = this.events[from];
+    for (const e of this.events.slice(from + 1)) if (e.streamId === streamId) await send(e.eventId, e.message);
+    return streamId;
+  }
+}
+
 const LOCAL = /^(localhost|127\.0\.0\.1|\[::1\])(:\d+)?$/;
 const sessions = new Map();
 
@@ -203,6 +227,8 @@ const httpServer = http.createServer(async (req, res) => {
     }
     transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
+      eventStore: new EventStore(),
+      retryInterval: 100,
       onsessioninitialized: (sid) => sessions.set(sid, transport),
     });
     transport.onclose = () => transport.sessionId && sessions.delete(transport.sessionId);
