@@ -284,3 +284,27 @@ async fn a_stream_ended_by_a_draining_replica_resumes_on_the_new_owner() {
     let replayed = resumed.next_message().await.expect("replayed on B");
     assert_eq!((replayed.id, replayed.data), (held.missed.id, held.missed.data));
 }
+
+#[tokio::test]
+async fn a_broken_call_stream_is_resumed_with_last_event_id() {
+    let (_backend, _replica, client) = one_backend().await;
+    let mut events = client
+        .post_events(call(json!(9), "a_progress", json!({"progressToken": "t"})))
+        .await;
+    let priming = events.next().await.expect("priming event first");
+    assert!(priming.data.is_null(), "{priming:?}");
+    let first = events.next_message().await.expect("first progress");
+    assert_eq!(first.data["params"]["progress"].as_f64(), Some(1.0));
+    drop(events); // the connection breaks
+
+    let mut resumed = client.get_events(first.id.as_deref()).await;
+    let (notes, response) = resumed.until_response().await;
+    let progress: Vec<f64> = notes.iter().filter_map(|n| n["params"]["progress"].as_f64()).collect();
+    assert_eq!(progress, [2.0, 3.0], "what followed the last seen event, once");
+    assert_eq!(response["id"], 9);
+    assert_eq!(response["result"]["content"][0]["text"], "a done");
+    assert!(
+        resumed.next().await.is_none(),
+        "the resumed stream ends with the response"
+    );
+}

@@ -4,11 +4,13 @@
 //!
 //! The answer stays plain JSON unless something must be relayed before the
 //! result and the client accepts SSE: then the response becomes an event
-//! stream carrying the relayed messages and, last, the result. From that
-//! moment the call runs as its own task, because a client that drops the
-//! stream has not cancelled the request (only `notifications/cancelled`
-//! does). A JSON-only client gets relayed messages on its GET stream. Most
-//! calls relay nothing and pay for one channel, no task.
+//! stream carrying the relayed messages and, last, the result, each with an
+//! event id (`{stream}/{seq}`; 2025-11-25 clients first get a priming
+//! event). From that moment the call runs as its own task, because a client
+//! that drops the stream has not cancelled the request (only
+//! `notifications/cancelled` does); it resumes the stream with a GET and
+//! `Last-Event-ID`. A JSON-only client gets relayed messages on its GET
+//! stream. Most calls relay nothing and pay for one channel, no task.
 
 use std::sync::Arc;
 
@@ -16,7 +18,6 @@ use futures_util::future::BoxFuture;
 use http::Response;
 use serde_json::Value;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use super::reply::{self, Body, Format};
@@ -55,10 +56,7 @@ pub async fn respond(
             biased;
             message = relayed.recv(), if relay_open => match message {
                 Some(message) => match session.outward(message).await {
-                    Some(first) if accepts_sse => {
-                        let task = tokio::spawn(call);
-                        return stream(session, id, vec![first], relayed, Some(task));
-                    }
+                    Some(first) if accepts_sse => return stream(session, id, vec![first], relayed, Some(call)),
                     Some(other) => session.publish(&other).await,
                     None => {}
                 },
@@ -82,46 +80,38 @@ pub async fn respond(
     stream(session, id, late, relayed, None)
 }
 
-/// State of a relaying response stream.
-struct Relaying {
-    session: Arc<Session>,
-    id: Value,
-    ready: std::vec::IntoIter<Value>,
-    relayed: mpsc::UnboundedReceiver<FromBackend>,
-    task: Option<JoinHandle<Outcome>>,
-}
-
-/// An SSE response: `ready`, then what is relayed until the call ends, then its result.
+/// An SSE response: `ready`, then what is relayed until `call` ends, then
+/// its result. The call and the relaying run in a task of their own that
+/// writes a [`CallStream`]; this response (and any GET that resumes it with
+/// `Last-Event-ID`) reads from there.
 fn stream(
     session: Arc<Session>,
     id: Value,
     ready: Vec<Value>,
-    relayed: mpsc::UnboundedReceiver<FromBackend>,
-    task: Option<JoinHandle<Outcome>>,
+    mut relayed: mpsc::UnboundedReceiver<FromBackend>,
+    call: Option<BoxFuture<'static, Outcome>>,
 ) -> Response<Body> {
-    let state = Relaying {
-        session,
-        id,
-        ready: ready.into_iter(),
-        relayed,
-        task,
-    };
-    let messages = futures_util::stream::unfold(state, |mut st| async move {
-        if let Some(next) = st.ready.next() {
-            return Some((next, st));
-        }
-        let task = st.task.as_mut()?;
-        while let Some(message) = st.relayed.recv().await {
-            if let Some(out) = st.session.outward(message).await {
-                return Some((out, st));
+    let log = session.open_call_stream();
+    ready.iter().for_each(|m| log.push(m));
+    let priming = session.primes_streams().then(|| log.start_id());
+    let (writer, reader) = (Arc::clone(&log), log.read_from(0));
+    tokio::spawn(
+        async move {
+            if let Some(call) = call {
+                let relay = async {
+                    while let Some(message) = relayed.recv().await {
+                        if let Some(out) = session.outward(message).await {
+                            writer.push(&out);
+                        }
+                    }
+                };
+                // The relay closes when the call ends: its result comes last.
+                let (outcome, ()) = futures_util::future::join(call, relay).await;
+                writer.push(&mcp::jsonrpc::response_body(&id, outcome));
             }
+            writer.end();
         }
-        // The relay closes when the call ends: what is left is its result.
-        let outcome = task
-            .await
-            .unwrap_or_else(|e| Err(RpcError::internal(format!("call failed: {e}"))));
-        st.task = None;
-        Some((mcp::jsonrpc::response_body(&st.id, outcome), st))
-    });
-    reply::message_stream(messages)
+        .in_current_span(),
+    );
+    reply::message_stream(priming, reader)
 }

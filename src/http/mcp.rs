@@ -366,7 +366,12 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
     }
     match resolve(app, headers).await {
         Ok(session) => {
-            let last_seen = header_str(headers, "last-event-id").and_then(|v| v.trim().parse::<u64>().ok());
+            let last_event_id = header_str(headers, "last-event-id").map(str::trim);
+            // A broken call stream, resumed: the rest of it, until the call's response.
+            if let Some((call, seen)) = last_event_id.and_then(|id| session.resume_call_stream(id)) {
+                return reply::message_stream(None, call.read_from(seen));
+            }
+            let last_seen = last_event_id.and_then(|v| v.parse::<u64>().ok());
             let start = reply::StreamStart {
                 subscription: session.events_since(last_seen).await,
                 priming_id: session.primes_streams().then(|| session.last_event_id()),

@@ -93,11 +93,15 @@ fn sse_frame(text: String) -> Result<Frame<Bytes>, BoxError> {
     Ok(Frame::data(Bytes::from(text)))
 }
 
-/// An SSE response carrying `messages` as they come (a call's relayed
-/// messages, then its result).
-pub fn message_stream(messages: impl Stream<Item = Value> + Send + 'static) -> Response<Body> {
-    let frames = messages.map(|m| sse_frame(format!("event: message\ndata: {m}\n\n")));
-    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.boxed())));
+/// An SSE response carrying `events` (`(id, data)`) as they come, after a
+/// priming event with id `priming` if given.
+pub fn message_stream(
+    priming: Option<String>,
+    events: impl Stream<Item = (String, std::sync::Arc<str>)> + Send + 'static,
+) -> Response<Body> {
+    let first = futures_util::stream::iter(priming.map(|id| sse_frame(format!("id: {id}\ndata: \n\n"))));
+    let frames = events.map(|(id, data)| sse_frame(format!("id: {id}\nevent: message\ndata: {data}\n\n")));
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(first.chain(frames).boxed())));
     sse_headers(&mut response);
     response
 }

@@ -165,6 +165,7 @@ impl SessionFactory {
             events: super::events::EventLog::new(super::events::first_id_now()),
             publishing: tokio::sync::Mutex::new(()),
             calls: super::calls::Calls::default(),
+            call_streams: Default::default(),
             listening: super::listen::ListenSlot::default(),
         }
     }

@@ -7,6 +7,7 @@
 //! `close()` takes the write lock to refuse new calls, then waits for the
 //! in-flight ones before it closes the backend sessions.
 
+mod call_streams;
 mod calls;
 mod events;
 mod factory;
@@ -28,6 +29,7 @@ use crate::aggregate::{page, Catalog, Listing};
 use crate::backend::{BackendError, BackendSession, CallContext};
 use crate::store::{unix_ms, SessionMetadata};
 
+pub use call_streams::CallStream;
 pub use calls::CallTicket;
 pub use events::{Event, Subscription};
 pub use factory::SessionFactory;
@@ -91,6 +93,8 @@ pub struct Session {
     publishing: tokio::sync::Mutex<()>,
     /// Client requests a backend is serving now (for cancellation).
     calls: calls::Calls,
+    /// The relaying streams of calls, for resumption.
+    call_streams: call_streams::CallStreams,
     /// The backend listeners, while a client stream is open.
     listening: listen::ListenSlot,
 }
@@ -134,6 +138,16 @@ impl Session {
     /// Tracks a client request while a backend serves it, so the client can cancel it.
     pub fn track_call(&self, id: &Value) -> CallTicket {
         self.calls.track(id)
+    }
+
+    /// A new relaying call stream, resumable by its event ids.
+    pub fn open_call_stream(&self) -> Arc<CallStream> {
+        self.call_streams.open()
+    }
+
+    /// The call stream a `Last-Event-ID` belongs to, and how much of it was seen.
+    pub fn resume_call_stream(&self, last_event_id: &str) -> Option<(Arc<CallStream>, usize)> {
+        self.call_streams.resume(last_event_id)
     }
 
     /// The gateway's `instructions` for the client's `initialize` result.

@@ -1,0 +1,131 @@
+//! The relaying streams of calls (see `http::call`), kept on the replica
+//! that runs the call, so that a client whose POST stream broke can resume
+//! it: a GET with `Last-Event-ID: {stream}/{seq}` replays what followed and
+//! goes on until the call's response. A finished stream is kept a minute.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+/// How long a finished call stream can still be resumed.
+const KEPT_AFTER_END: Duration = Duration::from_secs(60);
+
+/// One call's stream: its messages in order, then the end.
+pub struct CallStream {
+    id: u64,
+    events: Mutex<Vec<Arc<str>>>,
+    /// (messages so far, ended)
+    progress: watch::Sender<(usize, bool)>,
+    ended_at: Mutex<Option<Instant>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl CallStream {
+    /// The event id that comes before every message of this stream.
+    pub fn start_id(&self) -> String {
+        format!("{}/0", self.id)
+    }
+
+    pub fn push(&self, message: &serde_json::Value) {
+        let mut events = lock(&self.events);
+        events.push(Arc::from(message.to_string()));
+        let len = events.len();
+        self.progress.send_modify(|p| p.0 = len);
+    }
+
+    pub fn end(&self) {
+        *lock(&self.ended_at) = Some(Instant::now());
+        self.progress.send_modify(|p| p.1 = true);
+    }
+
+    fn expired(&self, now: Instant) -> bool {
+        lock(&self.ended_at).is_some_and(|at| now.duration_since(at) > KEPT_AFTER_END)
+    }
+
+    /// The messages after the first `skip`, as `(event id, data)`, live until the end.
+    pub fn read_from(self: &Arc<Self>, skip: usize) -> BoxStream<'static, (String, Arc<str>)> {
+        let state = (Arc::clone(self), skip, self.progress.subscribe());
+        futures_util::stream::unfold(state, |(stream, next, mut progress)| async move {
+            loop {
+                let (len, ended) = *progress.borrow_and_update();
+                if next < len {
+                    let data = Arc::clone(&lock(&stream.events)[next]);
+                    let id = format!("{}/{}", stream.id, next + 1);
+                    return Some(((id, data), (stream, next + 1, progress)));
+                }
+                if ended {
+                    return None;
+                }
+                progress.changed().await.ok()?;
+            }
+        })
+        .boxed()
+    }
+}
+
+/// A session's call streams.
+#[derive(Default)]
+pub struct CallStreams {
+    next: AtomicU64,
+    open: Mutex<HashMap<u64, Arc<CallStream>>>,
+}
+
+impl CallStreams {
+    /// A new stream (and forgets those that ended long enough ago).
+    pub fn open(&self) -> Arc<CallStream> {
+        let id = self.next.fetch_add(1, Ordering::Relaxed) + 1;
+        let stream = Arc::new(CallStream {
+            id,
+            events: Mutex::default(),
+            progress: watch::channel((0, false)).0,
+            ended_at: Mutex::default(),
+        });
+        let mut open = lock(&self.open);
+        let now = Instant::now();
+        open.retain(|_, s| !s.expired(now));
+        open.insert(id, Arc::clone(&stream));
+        stream
+    }
+
+    /// The stream an event id `{stream}/{seq}` belongs to, and how many of
+    /// its messages the client has seen; `None` if it is not a call stream
+    /// id or the stream is gone.
+    pub fn resume(&self, last_event_id: &str) -> Option<(Arc<CallStream>, usize)> {
+        let (stream, seen) = last_event_id.split_once('/')?;
+        let (stream, seen): (u64, usize) = (stream.parse().ok()?, seen.parse().ok()?);
+        lock(&self.open).get(&stream).map(|s| (Arc::clone(s), seen))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[tokio::test]
+    async fn a_reader_resumes_after_what_it_saw_and_stops_at_the_end() {
+        let streams = CallStreams::default();
+        let stream = streams.open();
+        assert_eq!(stream.start_id(), "1/0");
+        stream.push(&json!("a"));
+        stream.push(&json!("b"));
+        let (found, seen) = streams.resume("1/1").unwrap();
+        let mut reader = found.read_from(seen);
+        let (id, data) = reader.next().await.unwrap();
+        assert_eq!((id.as_str(), &*data), ("1/2", "\"b\""));
+        stream.push(&json!("c"));
+        stream.end();
+        assert_eq!(reader.next().await.unwrap().0, "1/3");
+        assert!(reader.next().await.is_none());
+        assert!(streams.resume("2/0").is_none());
+        assert!(streams.resume("17").is_none());
+    }
+}
