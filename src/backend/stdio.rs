@@ -117,18 +117,16 @@ impl StdioSession {
         }
         let request: ClientRequest =
             serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
+        let mut route = self.client.route(relay);
         let mut handle = self
             .peer()
             .await?
             .send_cancellable_request(request, PeerRequestOptions::no_options())
             .await
             .map_err(classify)?;
-        // rmcp gave the child a progress token of its own: map it back to the
-        // client's. (Progress the child sends before this line is lost; a
-        // child answers a request later than that in practice.)
+        // rmcp gave the child a progress token of its own: map it back to the client's.
         let ours = serde_json::to_value(&handle.progress_token).unwrap_or(Value::Null);
-        let theirs = params.and_then(|p| p.pointer("/_meta/progressToken"));
-        let _route = self.client.route(relay, &ours, theirs);
+        route.map_progress(&ours, params.and_then(|p| p.pointer("/_meta/progressToken")));
         // `None`: cancelled by the client.
         let outcome = tokio::select! {
             answered = tokio::time::timeout(timeout, &mut handle.rx) => Some(answered),

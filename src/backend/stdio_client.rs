@@ -57,6 +57,21 @@ pub(super) struct CallRoute<'a> {
     client: &'a Inner,
     seq: u64,
     token: Option<String>,
+    relay: Option<CallRelay>,
+}
+
+impl CallRoute<'_> {
+    /// Progress under rmcp's token `ours` goes to this call as the client's `theirs`.
+    /// (Progress the child sends before rmcp told us its token is lost; a
+    /// child reports progress later than that in practice.)
+    pub(super) fn map_progress(&mut self, ours: &Value, theirs: Option<&Value>) {
+        let (Some(relay), Some(theirs)) = (&self.relay, theirs) else {
+            return;
+        };
+        let key = ours.to_string();
+        lock(&self.client.progress).insert(key.clone(), (theirs.clone(), relay.clone()));
+        self.token = Some(key);
+    }
 }
 
 impl Drop for CallRoute<'_> {
@@ -87,27 +102,18 @@ impl StdioClient {
 }
 
 impl Inner {
-    /// Routes the child's messages about one call to `relay` while it runs:
-    /// progress under rmcp's `ours` token goes out under the client's `theirs`.
-    pub(super) fn route(&self, relay: Option<&CallRelay>, ours: &Value, theirs: Option<&Value>) -> CallRoute<'_> {
+    /// Routes the child's requests during one call to `relay` while it runs
+    /// (registered before the request is sent, so none can come first).
+    pub(super) fn route(&self, relay: Option<&CallRelay>) -> CallRoute<'_> {
         let seq = self.next_id.fetch_add(1, Ordering::Relaxed) as u64;
-        let Some(relay) = relay else {
-            return CallRoute {
-                client: self,
-                seq,
-                token: None,
-            };
-        };
-        lock(&self.calls).push((seq, relay.clone()));
-        let token = theirs.map(|theirs| {
-            let key = ours.to_string();
-            lock(&self.progress).insert(key.clone(), (theirs.clone(), relay.clone()));
-            key
-        });
+        if let Some(relay) = relay {
+            lock(&self.calls).push((seq, relay.clone()));
+        }
         CallRoute {
             client: self,
             seq,
-            token,
+            token: None,
+            relay: relay.cloned(),
         }
     }
 
