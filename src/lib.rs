@@ -14,4 +14,5 @@ pub mod http;
 pub mod mcp;
 pub mod session;
 pub mod store;
+pub mod sync;
 pub mod telemetry;

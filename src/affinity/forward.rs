@@ -21,6 +21,7 @@ use hyper_util::rt::TokioExecutor;
 use super::hop::{HopError, HopTarget, Hops, HOP_HEADER};
 use super::ring::Member;
 use crate::http::reply::Body;
+use crate::sync::lock;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
@@ -96,16 +97,13 @@ impl Forwarder {
         let result = self.send(owner, parts, body, session).await;
         if matches!(result, Err(ForwardError::Unreachable(_))) {
             let until = Instant::now() + DOWN_FOR;
-            self.down
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(Arc::clone(&owner.id), until);
+            lock(&self.down).insert(Arc::clone(&owner.id), until);
         }
         result
     }
 
     fn is_down(&self, id: &Arc<str>) -> bool {
-        let mut down = self.down.lock().unwrap_or_else(|p| p.into_inner());
+        let mut down = lock(&self.down);
         match down.get(id) {
             Some(until) if *until > Instant::now() => true,
             Some(_) => {

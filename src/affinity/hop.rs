@@ -138,7 +138,7 @@ impl Hops {
         if sent.abs_diff(now_ms) > self.max_age_ms {
             return Err(HopError::Stale);
         }
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = crate::sync::lock(&self.seen);
         if !seen.insert(nonce, now_ms, self.max_age_ms) {
             return Err(HopError::Replayed);
         }

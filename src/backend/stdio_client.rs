@@ -19,6 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::FromBackend;
+use crate::sync::lock;
 
 /// Where a running call's messages go.
 pub(super) type CallRelay = mpsc::UnboundedSender<FromBackend>;
@@ -46,10 +47,6 @@ pub struct Inner {
     /// The child's requests waiting for the client, by the id we gave them.
     pending: Mutex<HashMap<i64, oneshot::Sender<Value>>>,
     next_id: AtomicI64,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One running call, registered with the client service; forgotten on drop.

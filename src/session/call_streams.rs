@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::sync::lock;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use tokio::sync::watch;
@@ -22,10 +23,6 @@ pub struct CallStream {
     /// (messages so far, ended)
     progress: watch::Sender<(usize, bool)>,
     ended_at: Mutex<Option<Instant>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl CallStream {

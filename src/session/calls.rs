@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::sync::lock;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -29,10 +30,6 @@ impl Drop for CallTicket {
     fn drop(&mut self) {
         lock(&self.running).remove(&self.key);
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// Ids as the client wrote them: `1` and `"1"` are different requests.

@@ -49,7 +49,7 @@ impl EventLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, (u64, VecDeque<Arc<Event>>)> {
-        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+        crate::sync::lock(&self.kept)
     }
 
     pub fn first_id(&self) -> u64 {

@@ -48,7 +48,7 @@ pub struct ListenSlot(Mutex<Weak<Listening>>);
 impl Session {
     /// Starts listening to the backends (or joins the listening under way).
     pub fn listen(self: &Arc<Self>) -> Arc<Listening> {
-        let mut slot = self.listening.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = crate::sync::lock(&self.listening.0);
         if let Some(listening) = slot.upgrade() {
             return listening;
         }

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use super::{id, IdentityHasher, Session, SessionFactory};
 use crate::affinity::{Membership, Placement};
 use crate::store::{SessionStore, StoreError, Touch};
+use crate::sync::lock;
 use crate::telemetry::Metrics;
 
 #[derive(Debug, thiserror::Error)]
@@ -115,10 +116,6 @@ impl Drop for Reservation<'_> {
             self.0.fetch_sub(1, Ordering::AcqRel);
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl SessionManager {
