@@ -39,7 +39,7 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
     let text = payload.to_string();
     let (content_type, body) = match format {
         Format::Json => ("application/json", text),
-        Format::Sse => ("text/event-stream", format!("event: message\ndata: {text}\n\n")),
+        Format::Sse => ("text/event-stream", message_event(None, &text)),
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
@@ -99,8 +99,8 @@ pub fn message_stream(
     priming: Option<String>,
     events: impl Stream<Item = (String, std::sync::Arc<str>)> + Send + 'static,
 ) -> Response<Body> {
-    let first = futures_util::stream::iter(priming.map(|id| sse_frame(format!("id: {id}\ndata: \n\n"))));
-    let frames = events.map(|(id, data)| sse_frame(format!("id: {id}\nevent: message\ndata: {data}\n\n")));
+    let first = futures_util::stream::iter(priming.map(|id| sse_frame(priming_event(&id))));
+    let frames = events.map(|(id, data)| sse_frame(message_event(Some(&id), &data)));
     let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(first.chain(frames).boxed())));
     sse_headers(&mut response);
     response
@@ -128,10 +128,7 @@ pub fn event_stream(
         subscription,
         priming_id,
     } = start;
-    let mut first: Vec<String> = priming_id
-        .map(|id| format!("id: {id}\ndata: \n\n"))
-        .into_iter()
-        .collect();
+    let mut first: Vec<String> = priming_id.map(|id| priming_event(&id)).into_iter().collect();
     first.extend(subscription.missed.iter().map(|e| event_text(e)));
     let state = (first.into_iter(), subscription.live, Some(Box::pin(end)), hold);
     let frames = futures_util::stream::unfold(state, |(mut first, mut live, end, hold)| async move {
@@ -162,7 +159,20 @@ pub fn event_stream(
 }
 
 fn event_text(event: &Event) -> String {
-    format!("id: {}\nevent: message\ndata: {}\n\n", event.id, event.data)
+    message_event(Some(&event.id), &event.data)
+}
+
+/// One SSE event carrying a JSON-RPC message, with its id if it has one.
+fn message_event(id: Option<&dyn std::fmt::Display>, data: &str) -> String {
+    match id {
+        Some(id) => format!("id: {id}\nevent: message\ndata: {data}\n\n"),
+        None => format!("event: message\ndata: {data}\n\n"),
+    }
+}
+
+/// A priming event (2025-11-25): an id to resume from, and no message.
+fn priming_event(id: &dyn std::fmt::Display) -> String {
+    format!("id: {id}\ndata: \n\n")
 }
 
 /// Plain text, for health checks and metrics.
