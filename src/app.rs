@@ -6,7 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Forwarder, Hops, Membership};
-use crate::backend::{Backend, BackendError};
+use crate::backend::{Backend, BackendError, Timeouts};
 use crate::config::{Config, MembershipKind, StoreKind};
 use crate::http::{HostGuard, Surface};
 use crate::session::{IdentityHasher, Limits};
@@ -40,12 +40,16 @@ impl App {
     /// Builds the replica (no network I/O: backends are contacted per session).
     pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
         install_crypto_provider();
+        let timeouts = Timeouts {
+            connect: config.session.init_timeout,
+            notice: config.session.close_timeout,
+        };
         let backends = config
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                Backend::new(b.clone(), i)
+                Backend::new(b.clone(), i, timeouts)
                     .map(Arc::new)
                     .map_err(|e| AppError::Backend(b.name.clone(), e))
             })
@@ -65,6 +69,8 @@ impl App {
             touch_interval: config.store.touch_interval.min(config.session.idle_timeout / 4),
             shared_store: config.store.kind == StoreKind::Redis,
             release_grace: config.affinity.release_grace,
+            close_timeout: config.session.close_timeout,
+            call_timeout: config.session.call_timeout,
         };
         let membership = Arc::new(match config.membership.kind {
             MembershipKind::Static => Membership::fixed(&config.replica_id, &config.membership.members),

@@ -14,7 +14,7 @@
 //! in rmcp.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +31,8 @@ pub struct HttpBackend {
     url: reqwest::Url,
     client: reqwest::Client,
     headers: HeaderMap,
+    /// Bound of every message nobody waits for (notices, answers, DELETE).
+    notice_timeout: Duration,
 }
 
 /// A JSON-RPC request as sent (borrowing its params: no copy).
@@ -66,13 +68,40 @@ struct RpcErrorBody {
     data: Option<Value>,
 }
 
-fn transport(e: impl std::fmt::Display) -> BackendError {
-    BackendError::Transport(e.to_string())
+/// A transport failure, described without the URL: backend URLs may carry
+/// credentials, and the message reaches clients (the backend is named instead).
+fn transport(e: reqwest::Error) -> BackendError {
+    let e = e.without_url();
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    BackendError::Transport(text)
+}
+
+/// `scheme://host:port/path` of a backend URL, without user info or query
+/// (which may carry credentials), for logs.
+pub fn redacted(url: &reqwest::Url) -> String {
+    let host = url.host_str().unwrap_or("?");
+    match url.port() {
+        Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
+        None => format!("{}://{host}{}", url.scheme(), url.path()),
+    }
 }
 
 impl HttpBackend {
-    pub fn new(url: &str, headers: &BTreeMap<String, String>) -> Result<Self, BackendError> {
-        let url = reqwest::Url::parse(url).map_err(|e| BackendError::Protocol(format!("url {url}: {e}")))?;
+    /// `connect_timeout` bounds each TCP (and TLS) connect; `notice_timeout`
+    /// every message nobody waits for.
+    pub fn new(
+        url: &str,
+        headers: &BTreeMap<String, String>,
+        connect_timeout: Duration,
+        notice_timeout: Duration,
+    ) -> Result<Self, BackendError> {
+        let url = reqwest::Url::parse(url).map_err(|e| BackendError::Protocol(format!("invalid url: {e}")))?;
         let mut prepared = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -87,6 +116,7 @@ impl HttpBackend {
         );
         let client = reqwest::Client::builder()
             .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
             .pool_idle_timeout(std::time::Duration::from_secs(90))
             // Backends are addressed directly; proxy matching cost ~5% per request.
             .no_proxy()
@@ -96,6 +126,7 @@ impl HttpBackend {
             url,
             client,
             headers: prepared,
+            notice_timeout,
         })
     }
 
@@ -103,7 +134,14 @@ impl HttpBackend {
         self.url.as_str()
     }
 
-    fn session(&self, session_id: Option<&str>, protocol_version: String, init: Value, first_id: i64) -> HttpSession {
+    fn session(
+        &self,
+        session_id: Option<&str>,
+        protocol_version: String,
+        init: Value,
+        first_id: i64,
+        ours: bool,
+    ) -> HttpSession {
         let mut headers = self.headers.clone();
         if let Ok(v) = HeaderValue::from_str(&protocol_version) {
             headers.insert(HeaderName::from_static("mcp-protocol-version"), v);
@@ -119,6 +157,9 @@ impl HttpBackend {
             protocol_version,
             next_id: AtomicI64::new(first_id),
             init,
+            notice_timeout: self.notice_timeout,
+            closed: AtomicBool::new(false),
+            delete_on_drop: AtomicBool::new(ours),
         }
     }
 
@@ -143,7 +184,9 @@ impl HttpBackend {
             .and_then(Value::as_str)
             .ok_or_else(|| BackendError::Protocol("initialize result without protocolVersion".into()))?
             .to_owned();
-        let session = self.session(session_id.as_deref(), protocol_version, init, 1);
+        // From here on the session exists on the backend: dropped without
+        // `close()` (a timeout, a client gone mid-initialize) it is DELETEd.
+        let session = self.session(session_id.as_deref(), protocol_version, init, 1, true);
         session.notify("notifications/initialized", None).await?;
         Ok(session)
     }
@@ -151,7 +194,8 @@ impl HttpBackend {
     /// A session the backend already knows (from stored metadata): no I/O.
     pub fn resume(&self, session_id: &str, protocol_version: String, capabilities: Value) -> HttpSession {
         let init = json!({ "protocolVersion": protocol_version, "capabilities": capabilities });
-        self.session(Some(session_id), protocol_version, init, random_first_id())
+        // Not ours to end if dropped: another replica may still resume it.
+        self.session(Some(session_id), protocol_version, init, random_first_id(), false)
     }
 }
 
@@ -165,6 +209,12 @@ pub struct HttpSession {
     protocol_version: String,
     next_id: AtomicI64,
     init: Value,
+    notice_timeout: Duration,
+    /// `close()` or `release()` ran.
+    closed: AtomicBool,
+    /// Opened here and not yet closed, released or forgotten by the backend:
+    /// DELETEd if dropped.
+    delete_on_drop: AtomicBool,
 }
 
 impl HttpSession {
@@ -203,25 +253,50 @@ impl HttpSession {
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
-        read_response(response, id, Some(self), relay).await
+        let result = read_response(response, id, Some(self), relay).await;
+        if matches!(result, Err(BackendError::SessionExpired)) {
+            self.delete_on_drop.store(false, Ordering::Relaxed);
+        }
+        result
     }
 
     /// Sends one message that needs no answer: a notification, or our
     /// client's response to a request of the backend.
+    /// At most `notice_timeout`.
     pub async fn deliver(&self, message: &Value) -> Result<(), BackendError> {
+        self.sender(message)?.await
+    }
+
+    /// The sending of `message` as a future that owns what it needs, so a
+    /// notice can go out in the background (bounded by `notice_timeout`).
+    pub fn sender(
+        &self,
+        message: &Value,
+    ) -> Result<impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static, BackendError> {
         let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
-        match response.status() {
-            StatusCode::NOT_FOUND if self.session_id.is_some() => Err(BackendError::SessionExpired),
-            s if s.is_success() => Ok(()),
-            s => Err(BackendError::Protocol(format!("message answered {s}"))),
-        }
+        let (client, url, headers) = (self.client.clone(), self.url.clone(), self.headers.clone());
+        let (timeout, has_session) = (self.notice_timeout, self.session_id.is_some());
+        Ok(async move {
+            let sent = async {
+                let response = post(&client, &url, headers, body).await?;
+                match response.status() {
+                    StatusCode::NOT_FOUND if has_session => Err(BackendError::SessionExpired),
+                    s if s.is_success() => Ok(()),
+                    s => Err(BackendError::Protocol(format!("message answered {s}"))),
+                }
+            };
+            tokio::time::timeout(timeout, sent)
+                .await
+                .unwrap_or(Err(BackendError::Timeout(timeout)))
+        })
     }
 
     /// Opens the backend's stream of messages it sends on its own (GET).
     /// `Ok(None)`: the backend offers no such stream (405).
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
-        let response = self.open_stream(None).await?;
+        let response = tokio::time::timeout(self.notice_timeout, self.open_stream(None))
+            .await
+            .unwrap_or(Err(BackendError::Timeout(self.notice_timeout)))?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => return Ok(None),
             StatusCode::NOT_FOUND if self.session_id.is_some() => return Err(BackendError::SessionExpired),
@@ -261,19 +336,49 @@ impl HttpSession {
         self.deliver(&message).await
     }
 
-    /// DELETEs the backend session; a backend that forgot it already is fine.
+    /// DELETEs the backend session (at most `notice_timeout`); a backend
+    /// that forgot it already is fine.
     pub async fn close(&self) {
-        if self.session_id.is_none() {
+        self.delete_on_drop.store(false, Ordering::Release);
+        if self.closed.swap(true, Ordering::AcqRel) {
             return;
         }
-        let sent = self
-            .client
-            .delete(self.url.clone())
-            .headers(self.headers.clone())
-            .send()
-            .await;
-        if let Err(e) = sent {
-            tracing::debug!(url = %self.url, error = %e, "backend session DELETE failed");
+        if let Some(delete) = self.deleter() {
+            delete.await;
+        }
+    }
+
+    /// Lets go of the backend session without ending it (another replica resumes it).
+    pub fn release(&self) {
+        self.delete_on_drop.store(false, Ordering::Release);
+        self.closed.store(true, Ordering::Release);
+    }
+
+    /// The DELETE of this backend session as a future that owns what it needs.
+    fn deleter(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
+        self.session_id.as_ref()?;
+        let request = self.client.delete(self.url.clone()).headers(self.headers.clone());
+        let (timeout, url) = (self.notice_timeout, redacted(&self.url));
+        Some(async move {
+            match tokio::time::timeout(timeout, request.send()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(%url, error = %transport(e), "backend session DELETE failed"),
+                Err(_) => tracing::debug!(%url, ?timeout, "backend session DELETE not answered in time"),
+            }
+        })
+    }
+}
+
+impl Drop for HttpSession {
+    /// A backend session dropped without `close()` or `release()` (an
+    /// `init_timeout` after the handshake, a client gone mid-initialize, a
+    /// replaced session) is DELETEd in the background, so none leaks.
+    fn drop(&mut self) {
+        if !self.delete_on_drop.load(Ordering::Acquire) {
+            return;
+        }
+        if let (Some(delete), Ok(runtime)) = (self.deleter(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(delete);
         }
     }
 }
@@ -370,7 +475,7 @@ async fn read_events(
                 "no response after {MAX_RESUMES} resumed streams"
             )));
         }
-        tracing::debug!(url = %session.url, last_event_id = last, "resuming a backend's SSE stream");
+        tracing::debug!(url = %redacted(&session.url), last_event_id = last, "resuming a backend's SSE stream");
         tokio::time::sleep(retry).await;
         let resumed = session.open_stream(Some(last)).await?;
         if !resumed.status().is_success() || !is_event_stream(&resumed) {

@@ -107,6 +107,16 @@ pub enum Transport {
     Stdio(StdioBackend),
 }
 
+/// The bounds of a backend's waits that are not a call's own `call_timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    /// One TCP (and TLS) connect.
+    pub connect: Duration,
+    /// Every message nobody waits for: a cancellation notice, a client's
+    /// answer, the backend-session DELETE, opening the backend's GET stream.
+    pub notice: Duration,
+}
+
 /// One configured backend, shared by every session of this replica.
 pub struct Backend {
     pub config: BackendConfig,
@@ -117,9 +127,14 @@ pub struct Backend {
 
 impl Backend {
     /// Builds the shared client for `config` (no I/O).
-    pub fn new(config: BackendConfig, position: usize) -> Result<Self, BackendError> {
+    pub fn new(config: BackendConfig, position: usize, timeouts: Timeouts) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
-            (Some(url), _) => Transport::Http(HttpBackend::new(url, &config.headers)?),
+            (Some(url), _) => Transport::Http(HttpBackend::new(
+                url,
+                &config.headers,
+                timeouts.connect,
+                timeouts.notice,
+            )?),
             (None, Some(command)) => Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone())),
             (None, None) => {
                 return Err(BackendError::Protocol(format!(
@@ -248,9 +263,20 @@ impl BackendSession {
                 let mut relay = |message| ctx.relay(self.name(), message);
                 let outcome = bounded(s.request(id, method, params, &mut relay), timeout, &ctx.cancel).await;
                 if let Err(e @ (BackendError::Cancelled | BackendError::Timeout(_))) = &outcome {
-                    let notice = json!({ "requestId": id, "reason": e.to_string() });
-                    if let Err(e) = s.notify("notifications/cancelled", Some(notice)).await {
-                        tracing::debug!(backend = self.name(), error = %e, "cancellation not delivered");
+                    // In the background: a backend that did not answer in time
+                    // may not take the notice in time either.
+                    let notice = json!({
+                        "jsonrpc": "2.0",
+                        "method": "notifications/cancelled",
+                        "params": { "requestId": id, "reason": e.to_string() },
+                    });
+                    if let Ok(send) = s.sender(&notice) {
+                        let name = Arc::clone(&self.backend);
+                        tokio::spawn(async move {
+                            if let Err(e) = send.await {
+                                tracing::debug!(backend = name.name(), error = %e, "cancellation not delivered");
+                            }
+                        });
                     }
                 }
                 outcome
@@ -297,8 +323,9 @@ impl BackendSession {
     /// Lets go of the backend session without ending it on the backend, so
     /// another replica can resume it. A stdio child is ours alone: it is killed.
     pub async fn release(&self) {
-        if let Conn::Stdio(s) = &self.conn {
-            s.close().await;
+        match &self.conn {
+            Conn::Http(s) => s.release(),
+            Conn::Stdio(s) => s.close().await,
         }
     }
 

@@ -124,6 +124,11 @@ pub struct SessionConfig {
     /// Deadline of one forwarded call to a backend.
     #[serde(with = "duration")]
     pub call_timeout: Duration,
+    /// Deadline of every notice to a backend that nobody waits for (the
+    /// cancellation sent after a timeout, the backend-session DELETE at close)
+    /// and of the wait for in-flight calls when a session closes.
+    #[serde(with = "duration")]
+    pub close_timeout: Duration,
     /// Key of the identity hashes that bind sessions to callers; the same on
     /// every replica. Unset: a random key kept in the store.
     pub identity_key: Option<String>,
@@ -137,6 +142,7 @@ impl Default for SessionConfig {
             max_backend_init_concurrency: 10,
             max_sessions: 100_000,
             call_timeout: Duration::from_secs(300),
+            close_timeout: Duration::from_secs(2),
             identity_key: None,
         }
     }

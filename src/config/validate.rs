@@ -19,6 +19,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if s.init_timeout.is_zero() {
         return Err(invalid("session.init_timeout", "must be greater than zero"));
     }
+    if s.close_timeout.is_zero() {
+        return Err(invalid("session.close_timeout", "must be greater than zero"));
+    }
     if s.call_timeout.is_zero() {
         return Err(invalid("session.call_timeout", "must be greater than zero"));
     }

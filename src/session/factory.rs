@@ -218,6 +218,17 @@ impl SessionFactory {
         }
     }
 
+    /// Ends the backend sessions a session's metadata lists, for a session
+    /// no replica holds (each DELETE bounded by the backend's notice bound).
+    pub(crate) async fn close_stored(&self, records: &[BackendRecord]) {
+        let closes = records.iter().filter_map(|record| {
+            let backend = self.backends.iter().find(|b| b.name() == record.name)?;
+            let session = backend.resume(record)?;
+            Some(async move { session.close().await })
+        });
+        futures_util::future::join_all(closes).await;
+    }
+
     pub(crate) fn metrics(&self) -> &Metrics {
         &self.metrics
     }

@@ -107,7 +107,9 @@ impl Session {
         match self.factory.store().update(&self.metadata_now()).await {
             Ok(true) => Ok(()),
             Ok(false) => {
-                self.close().await;
+                // Deleted elsewhere. This runs inside one of the session's
+                // own calls, so it must not wait for the calls in flight.
+                self.abandon();
                 Err(SessionError::Closed)
             }
             Err(e) => {

@@ -11,6 +11,11 @@
 //! With a shared store the request path does not wait for Redis either: the
 //! session's store lifetime is extended by a background touch at most once per
 //! `touch_interval`, and deletions on other replicas arrive on a feed.
+//!
+//! Closing never runs on a caller's path or in the reaper: a session leaves
+//! the table at once and its close (wait for in-flight calls, end backend
+//! sessions, each bounded) runs as a tracked task, so one hung backend holds
+//! up nothing but its own close, and shutdown can wait for all of them.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,6 +27,7 @@ use serde_json::Value;
 use tokio::sync::{Notify, OnceCell};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use super::{id, IdentityHasher, Session, SessionFactory};
 use crate::affinity::{Membership, Placement};
@@ -84,6 +90,10 @@ pub struct Limits {
     pub shared_store: bool,
     /// How long the runtime of a session that moved to another replica is kept.
     pub release_grace: Duration,
+    /// How long a closing session waits for its calls in flight (DELETE, idle, moved).
+    pub close_timeout: Duration,
+    /// The same at shutdown, where the replica's own deadline bounds it too.
+    pub call_timeout: Duration,
 }
 
 type Rebuild = Arc<OnceCell<Result<Arc<Session>, ResolveError>>>;
@@ -105,6 +115,8 @@ pub struct SessionManager {
     reaper_wake: Notify,
     epoch: Instant,
     draining: CancellationToken,
+    /// Sessions closing in the background.
+    closing: TaskTracker,
 }
 
 /// Releases a `max_sessions` reservation unless the session was kept.
@@ -140,6 +152,7 @@ impl SessionManager {
             reaper_wake: Notify::new(),
             epoch: Instant::now(),
             draining: CancellationToken::new(),
+            closing: TaskTracker::new(),
         }
     }
 
@@ -174,7 +187,7 @@ impl SessionManager {
         let id = self.mint_id()?;
         let session = Arc::new(self.factory.create(id, client_init, protocol_version, identity).await);
         if let Err(e) = self.store.put(&session.metadata_now()).await {
-            session.close().await;
+            self.close_later(session, CloseReason::Delete);
             return Err(e.into());
         }
         reservation.1 = true;
@@ -281,7 +294,7 @@ impl SessionManager {
             match self.store.update(&session.metadata_now()).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    session.close().await; // deleted while we rebuilt it
+                    self.close_later(session, CloseReason::Delete); // deleted while we rebuilt it
                     return Err(ResolveError::NotFound);
                 }
                 Err(e) => tracing::warn!(session.id = %id, error = %e, "rebuilt backend sessions not stored"),
@@ -327,7 +340,7 @@ impl SessionManager {
         };
         match found {
             Ok(Touch::Deleted) => {
-                self.remove(id, CloseReason::Delete).await;
+                self.remove(id, CloseReason::Delete);
             }
             Ok(_) => {}
             Err(e) => tracing::warn!(session.id = %id, error = %e, "session lifetime not extended in the store"),
@@ -341,10 +354,11 @@ impl SessionManager {
             .identify(self.store.as_ref(), authorization)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
-        let owner = match self.local(id) {
-            Some(session) => session.identity().map(str::to_owned),
+        let local = self.local(id);
+        let (owner, stored) = match &local {
+            Some(session) => (session.identity().map(str::to_owned), None),
             None => match self.store.get(id).await {
-                Ok(Some(meta)) => meta.identity,
+                Ok(Some(meta)) => (meta.identity, Some(meta.backends)),
                 Ok(None) => return Ok(false),
                 Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
             },
@@ -353,31 +367,53 @@ impl SessionManager {
             tracing::warn!(session.id = %id, "DELETE for a session bound to another identity");
             return Ok(false);
         }
-        self.remove(id, CloseReason::Delete).await;
+        // The tombstone first: once it is written no replica can write the
+        // session back, so closing can no longer race with a rebuild. If it
+        // cannot be written the session stays as it was (503, try again).
         self.store
             .delete(id)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        if !self.remove(id, CloseReason::Delete) {
+            if let Some(records) = stored {
+                // No runtime here: end the backend sessions the metadata lists.
+                // (A replica that still holds a runtime closes it from the feed.)
+                let factory = Arc::clone(&self.factory);
+                self.closing.spawn(async move { factory.close_stored(&records).await });
+            }
+        }
         Ok(true)
     }
 
-    /// Removes `id` if it is live here: closes it, or only releases the runtime.
-    async fn remove(&self, id: &str, reason: CloseReason) -> bool {
+    /// Removes `id` if it is live here, at once; it is closed (or only its
+    /// runtime released) in the background.
+    fn remove(&self, id: &str, reason: CloseReason) -> bool {
         let Some(session) = self.write_sessions().remove(id) else {
             return false;
         };
         self.reserved.fetch_sub(1, Ordering::AcqRel);
         self.metrics.sessions_active.dec();
         self.metrics.sessions_closed.with_label_values(&[reason.label()]).inc();
+        tracing::info!(session.id = %id, reason = reason.label(), "session ended here");
+        self.close_later(session, reason);
+        true
+    }
+
+    /// Closes (or releases) a session that is no longer in the table, as a tracked task.
+    fn close_later(&self, session: Arc<Session>, reason: CloseReason) {
         let keep_backends =
             reason == CloseReason::Released || (reason == CloseReason::Shutdown && self.limits.shared_store);
-        if keep_backends {
-            session.release().await;
-        } else {
-            session.close().await;
-        }
-        tracing::info!(session.id = %id, reason = reason.label(), "session ended here");
-        true
+        let calls_for = match reason {
+            CloseReason::Shutdown => self.limits.call_timeout,
+            _ => self.limits.close_timeout,
+        };
+        self.closing.spawn(async move {
+            if keep_backends {
+                session.release(calls_for).await;
+            } else {
+                session.close(calls_for).await;
+            }
+        });
     }
 
     fn write_sessions(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, Arc<Session>>> {
@@ -403,7 +439,8 @@ impl SessionManager {
     }
 
     /// Ends every session idle past its deadline; returns the next deadline.
-    async fn reap(&self) -> Option<Instant> {
+    /// Never waits on the store or a backend: each expiry is a task.
+    fn reap(self: &Arc<Self>) -> Option<Instant> {
         let now = Instant::now();
         let due: Vec<(Instant, String)> = {
             let mut deadlines = lock(&self.deadlines);
@@ -422,7 +459,8 @@ impl SessionManager {
                 self.schedule(if busy { now + self.limits.idle_timeout } else { real }, id);
                 continue;
             }
-            self.expire(&id).await;
+            let manager = Arc::clone(self);
+            self.closing.spawn(async move { manager.expire(&id).await });
         }
         lock(&self.deadlines).first().map(|(d, _)| *d)
     }
@@ -432,10 +470,10 @@ impl SessionManager {
     async fn expire(&self, id: &str) {
         let alive_elsewhere = self.limits.shared_store && matches!(self.store.get(id).await, Ok(Some(_)) | Err(_));
         if alive_elsewhere {
-            self.remove(id, CloseReason::Released).await;
+            self.remove(id, CloseReason::Released);
             return;
         }
-        self.remove(id, CloseReason::Idle).await;
+        self.remove(id, CloseReason::Idle);
         if let Err(e) = self.store.delete(id).await {
             tracing::warn!(session.id = %id, error = %e, "expired session not removed from the store");
         }
@@ -449,12 +487,12 @@ impl SessionManager {
             let mut feed = self.store.deletions();
             async move {
                 while let Some(id) = feed.next().await {
-                    manager.remove(&id, CloseReason::Delete).await;
+                    manager.remove(&id, CloseReason::Delete);
                 }
             }
         };
         tokio::select! {
-            _ = self.run_reaper() => {}
+            _ = Arc::clone(&self).run_reaper() => {}
             _ = deletions => {}
             _ = Arc::clone(&self).follow_membership() => {}
             _ = shutdown.cancelled() => {}
@@ -491,16 +529,16 @@ impl SessionManager {
                 tokio::time::sleep(manager.limits.release_grace).await;
                 for id in moved {
                     if manager.membership.place(&id) != Placement::Local {
-                        manager.remove(&id, CloseReason::Released).await;
+                        manager.remove(&id, CloseReason::Released);
                     }
                 }
             });
         }
     }
 
-    async fn run_reaper(&self) {
+    async fn run_reaper(self: Arc<Self>) {
         loop {
-            let next = self.reap().await;
+            let next = self.reap();
             let sleep = async {
                 match next {
                     Some(when) => tokio::time::sleep_until(when).await,
@@ -533,6 +571,10 @@ impl SessionManager {
             .keys()
             .cloned()
             .collect();
-        futures_util::future::join_all(ids.iter().map(|id| self.remove(id, CloseReason::Shutdown))).await;
+        for id in &ids {
+            self.remove(id, CloseReason::Shutdown);
+        }
+        self.closing.close();
+        self.closing.wait().await;
     }
 }

@@ -22,6 +22,7 @@ mod relay;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -388,28 +389,48 @@ impl Session {
         result
     }
 
-    /// Refuses new calls, waits for in-flight ones, then ends every backend
-    /// session in parallel. Idempotent.
-    pub async fn close(&self) {
-        self.shut(true).await;
+    /// Refuses new calls, waits for in-flight ones (at most `calls_for`),
+    /// then ends every backend session in parallel, each under the backend's
+    /// notice bound. Idempotent. Callers on a request path or in the reaper
+    /// run it in the background (see `SessionManager`).
+    pub async fn close(&self, calls_for: Duration) {
+        self.shut(true, calls_for).await;
     }
 
     /// Like `close()`, but leaves HTTP backend sessions open on the backends so
     /// that another replica can resume them (stdio children are still killed).
-    pub async fn release(&self) {
-        self.shut(false).await;
+    pub async fn release(&self, calls_for: Duration) {
+        self.shut(false, calls_for).await;
     }
 
-    async fn shut(&self, end_backend_sessions: bool) {
-        let backends = {
-            let mut state = self.write();
-            if state.closed {
-                return;
-            }
-            state.closed = true;
-            std::mem::take(&mut state.backends)
-        };
-        self.inflight.wait_idle().await;
+    /// Refuses new calls and ends the backend sessions in the background,
+    /// without waiting for the calls in flight: for a call of this very
+    /// session that learns the session is gone (it must not wait on itself).
+    pub(crate) fn abandon(&self) {
+        let Some(backends) = self.refuse_calls() else { return };
+        tokio::spawn(async move {
+            futures_util::future::join_all(backends.values().map(|b| b.close())).await;
+        });
+    }
+
+    /// Marks the session closed and takes its backend sessions; `None` if it was already.
+    fn refuse_calls(&self) -> Option<Backends> {
+        let mut state = self.write();
+        if state.closed {
+            return None;
+        }
+        state.closed = true;
+        Some(std::mem::take(&mut state.backends))
+    }
+
+    async fn shut(&self, end_backend_sessions: bool, calls_for: Duration) {
+        let Some(backends) = self.refuse_calls() else { return };
+        if tokio::time::timeout(calls_for, self.inflight.wait_idle())
+            .await
+            .is_err()
+        {
+            tracing::info!(session.id = %self.id, waited = ?calls_for, calls = self.inflight(), "closing with calls still in flight");
+        }
         if end_backend_sessions {
             futures_util::future::join_all(backends.values().map(|b| b.close())).await;
         } else {

@@ -31,6 +31,8 @@ fn manager(idle: Duration) -> (Arc<SessionManager>, Metrics) {
         touch_interval: idle / 4,
         shared_store: false,
         release_grace: idle,
+        close_timeout: Duration::from_secs(2),
+        call_timeout: Duration::from_secs(300),
     };
     let membership = Arc::new(crate::affinity::Membership::fixed("solo", &Default::default()));
     let hasher = IdentityHasher::new(Some("k"));

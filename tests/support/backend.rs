@@ -39,6 +39,8 @@ pub struct Stats {
 pub struct Options {
     /// Extra tools `tool-0..N` (to exercise pagination); the backend pages by 50.
     pub extra_tools: usize,
+    /// `tools/list` answers after this long (a backend slow to list).
+    pub list_delay: Option<Duration>,
 }
 
 struct Handler {
@@ -123,6 +125,9 @@ impl ServerHandler for Handler {
         request: Option<PaginatedRequestParams>,
         _: RequestContext<RoleServer>,
     ) -> Result<ListToolsResult, ErrorData> {
+        if let Some(delay) = self.options.list_delay {
+            tokio::time::sleep(delay).await;
+        }
         let all = self.tools();
         let start: usize = request.and_then(|r| r.cursor).and_then(|c| c.parse().ok()).unwrap_or(0);
         let end = (start + 50).min(all.len());

@@ -6,6 +6,7 @@ pub mod client;
 pub mod deps;
 pub mod events;
 pub mod process;
+pub mod proxy;
 pub mod redis;
 
 use std::collections::HashMap;
