@@ -88,7 +88,14 @@ async fn resources_prompts_and_completions_route_to_their_backend() {
 
 #[tokio::test]
 async fn large_lists_paginate_on_both_sides() {
-    let big = TestBackend::start_with("big", Options { extra_tools: 180, ..Options::default() }).await;
+    let big = TestBackend::start_with(
+        "big",
+        Options {
+            extra_tools: 180,
+            ..Options::default()
+        },
+    )
+    .await;
     let yaml = config_yaml(&[("big", &big.url)], "aggregation:\n  page_size: 64\n");
     let replica = Replica::start(&yaml).await;
     let mut client = replica.client();

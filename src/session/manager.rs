@@ -238,7 +238,7 @@ impl SessionManager {
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let session = match self.local(id) {
             Some(s) => s,
-            None => self.rebuild_once(id).await?,
+            None => self.rebuild_once(id, identity.as_deref()).await?,
         };
         if session.identity() != identity.as_deref() {
             tracing::warn!(session.id = %id, "request for a session bound to another identity");
@@ -249,23 +249,39 @@ impl SessionManager {
         Ok(session)
     }
 
-    /// Rebuilds foreign session `id` once, however many requests ask at once.
-    async fn rebuild_once(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
-        let cell: Rebuild = Arc::clone(lock(&self.rebuilding).entry(id.to_owned()).or_default());
-        let result = cell.get_or_init(|| self.rebuild(id)).await.clone();
+    /// Rebuilds foreign session `id` for a caller with `identity` once,
+    /// however many such requests ask at once. Callers with another identity
+    /// do not share the rebuild (they get their own `NotFound`).
+    async fn rebuild_once(&self, id: &str, identity: Option<&str>) -> Result<Arc<Session>, ResolveError> {
+        let key = format!("{id}\n{}", identity.unwrap_or_default());
+        let cell: Rebuild = Arc::clone(lock(&self.rebuilding).entry(key.clone()).or_default());
+        let result = cell.get_or_init(|| self.rebuild(id, identity)).await.clone();
         let mut rebuilding = lock(&self.rebuilding);
-        if rebuilding.get(id).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
-            rebuilding.remove(id);
+        if rebuilding.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+            rebuilding.remove(&key);
         }
         result
     }
 
-    async fn rebuild(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
+    async fn rebuild(&self, id: &str, identity: Option<&str>) -> Result<Arc<Session>, ResolveError> {
         if let Some(session) = self.local(id) {
             return Ok(session); // a rebuild that just finished
         }
         let started = std::time::Instant::now();
-        let result = self.restore(id).await;
+        let meta = match self.store.get(id).await {
+            Ok(Some(meta)) => meta,
+            Ok(None) => {
+                self.metrics.session_rebuilds.with_label_values(&["not_found"]).inc();
+                return Err(ResolveError::NotFound);
+            }
+            Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
+        };
+        // Who is asking, before any backend is touched or a slot taken.
+        if meta.identity.as_deref() != identity {
+            tracing::warn!(session.id = %id, "request for a session bound to another identity");
+            return Err(ResolveError::NotFound);
+        }
+        let result = self.restore(meta).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ResolveError::NotFound) => "not_found",
@@ -281,12 +297,8 @@ impl SessionManager {
         result
     }
 
-    async fn restore(&self, id: &str) -> Result<Arc<Session>, ResolveError> {
-        let meta = match self.store.get(id).await {
-            Ok(Some(meta)) => meta,
-            Ok(None) => return Err(ResolveError::NotFound),
-            Err(e) => return Err(ResolveError::Unavailable(e.to_string())),
-        };
+    async fn restore(&self, meta: crate::store::SessionMetadata) -> Result<Arc<Session>, ResolveError> {
+        let id = meta.id.clone();
         let mut reservation = self.reserve().ok_or(ResolveError::Full(self.limits.max_sessions))?;
         let stored = meta.backends.clone();
         let session = Arc::new(self.factory.restore(meta).await);
