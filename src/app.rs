@@ -6,6 +6,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Forwarder, Hops, Membership};
+use crate::backend::health::{Circuit, CircuitPolicy};
 use crate::backend::{Backend, BackendError, Timeouts};
 use crate::config::{Config, MembershipKind, StoreKind};
 use crate::http::{HostGuard, Surface};
@@ -44,12 +45,25 @@ impl App {
             connect: config.session.init_timeout,
             notice: config.session.close_timeout,
         };
+        let circuit = &config.session.circuit;
+        let circuit_policy = CircuitPolicy {
+            failures: circuit.failures,
+            open_for: circuit.open_for,
+            max_open_for: circuit.max_open_for,
+        };
+        let recoveries = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let backends = config
             .backends
             .iter()
             .enumerate()
             .map(|(i, b)| {
-                Backend::new(b.clone(), i, timeouts)
+                let circuit = Circuit::new(
+                    &b.name,
+                    circuit_policy,
+                    metrics.backend_circuit_state.with_label_values(&[&b.name]),
+                    Arc::clone(&recoveries),
+                );
+                Backend::new(b.clone(), i, timeouts, circuit)
                     .map(Arc::new)
                     .map_err(|e| AppError::Backend(b.name.clone(), e))
             })

@@ -63,6 +63,8 @@ pub struct Metrics {
     /// Backend sessions restored by a rebuild or self-heal; labels `backend`,
     /// `outcome` (resumed, reinitialized, failed).
     pub backend_rebuilds: IntCounterVec,
+    /// Label `backend`: 0 closed, 1 open (skipped), 2 half-open (probing).
+    pub backend_circuit_state: IntGaugeVec,
     /// Requests sent on to their owner replica; label `outcome` (ok, failed).
     pub requests_forwarded: IntCounterVec,
     /// Requests with a forged, stale or replayed hop header.
@@ -145,6 +147,13 @@ impl Metrics {
                 Opts::new("vmcp_backend_rebuilds_total", "Backend sessions restored, by outcome"),
                 &["backend", "outcome"],
             )?,
+            backend_circuit_state: IntGaugeVec::new(
+                Opts::new(
+                    "vmcp_backend_circuit_state",
+                    "Circuit of each backend: 0 closed, 1 open (new sessions skip it), 2 half-open (probing)",
+                ),
+                &["backend"],
+            )?,
             requests_forwarded: IntCounterVec::new(
                 Opts::new(
                     "vmcp_requests_forwarded_total",
@@ -185,6 +194,7 @@ impl Metrics {
         r.register(Box::new(self.session_rebuilds.clone()))?;
         r.register(Box::new(self.session_rebuild_duration.clone()))?;
         r.register(Box::new(self.backend_rebuilds.clone()))?;
+        r.register(Box::new(self.backend_circuit_state.clone()))?;
         r.register(Box::new(self.requests_forwarded.clone()))?;
         r.register(Box::new(self.hops_refused.clone()))?;
         r.register(Box::new(self.ring_members.clone()))?;

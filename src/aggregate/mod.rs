@@ -89,7 +89,9 @@ impl Catalog {
                     continue;
                 };
                 if let Some(owner) = routes.get(&exposed) {
-                    tracing::warn!(kind, name = %exposed, kept = %owner.backend, dropped = %id, "name conflict");
+                    if first_time(&format!("{kind}\n{exposed}\n{}\n{id}", owner.backend)) {
+                        tracing::warn!(kind, name = %exposed, kept = %owner.backend, dropped = %id, "name conflict");
+                    }
                     continue;
                 }
                 let mut item = item.clone();
@@ -112,7 +114,9 @@ impl Catalog {
                 continue;
             };
             if let Some(owner) = self.resource_routes.get(uri) {
-                tracing::warn!(uri, kept = %owner, dropped = %id, "resource URI conflict");
+                if first_time(&format!("uri\n{uri}\n{owner}\n{id}")) {
+                    tracing::warn!(uri, kept = %owner, dropped = %id, "resource URI conflict");
+                }
                 continue;
             }
             self.resource_routes.insert(uri.to_owned(), id.clone());
@@ -202,4 +206,14 @@ mod tests {
         assert_eq!(&*catalog.tool("add").unwrap().backend, "alpha");
         assert_eq!(catalog.tools.len(), 2);
     }
+}
+
+/// Whether a conflict is seen for the first time in this process: catalogs
+/// are built per session, and the same conflict is logged once, not once per
+/// `initialize`. Bounded: past the cap, conflicts are no longer logged.
+fn first_time(conflict: &str) -> bool {
+    const CAP: usize = 10_000;
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let mut seen = crate::sync::lock(SEEN.get_or_init(Default::default));
+    seen.len() < CAP && seen.insert(conflict.to_owned())
 }

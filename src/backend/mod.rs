@@ -10,6 +10,7 @@
 //! and routes, it does not need typed results, and untyped values keep fields
 //! that a typed round-trip would drop.
 
+pub mod health;
 mod http;
 mod stdio;
 mod stdio_client;
@@ -25,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BackendConfig;
 use crate::store::{BackendRecord, BackendTarget};
 
+use self::health::{Circuit, Tripped};
 pub use self::http::HttpBackend;
 pub use self::stdio::StdioBackend;
 
@@ -110,7 +112,7 @@ pub enum Transport {
 /// The bounds of a backend's waits that are not a call's own `call_timeout`.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
-    /// One TCP (and TLS) connect.
+    /// One TCP (and TLS) connect, and a probe's whole handshake.
     pub connect: Duration,
     /// Every message nobody waits for: a cancellation notice, a client's
     /// answer, the backend-session DELETE, opening the backend's GET stream.
@@ -123,11 +125,18 @@ pub struct Backend {
     /// Index in the configured backend list (aggregation order).
     pub position: usize,
     transport: Transport,
+    circuit: Circuit,
+    timeouts: Timeouts,
 }
 
 impl Backend {
     /// Builds the shared client for `config` (no I/O).
-    pub fn new(config: BackendConfig, position: usize, timeouts: Timeouts) -> Result<Self, BackendError> {
+    pub fn new(
+        config: BackendConfig,
+        position: usize,
+        timeouts: Timeouts,
+        circuit: Circuit,
+    ) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
             (Some(url), _) => Transport::Http(HttpBackend::new(
                 url,
@@ -147,7 +156,71 @@ impl Backend {
             config,
             position,
             transport,
+            circuit,
+            timeouts,
         })
+    }
+
+    pub fn circuit(&self) -> &Circuit {
+        &self.circuit
+    }
+
+    /// Tells the circuit how opening a backend session went.
+    pub fn opened<T>(self: &Arc<Self>, result: &Result<T, BackendError>) {
+        match result {
+            Ok(_) | Err(BackendError::Rpc { .. } | BackendError::SessionExpired | BackendError::Cancelled) => {
+                self.circuit.succeeded()
+            }
+            Err(e @ (BackendError::Timeout(_) | BackendError::Transport(_) | BackendError::Protocol(_))) => {
+                self.trip(e)
+            }
+        }
+    }
+
+    /// Tells the circuit how a call went: only "cannot reach it at all" counts
+    /// against the backend (a slow tool is not a sick backend).
+    pub fn called<T>(self: &Arc<Self>, result: &Result<T, BackendError>) {
+        match result {
+            Ok(_) | Err(BackendError::Rpc { .. }) => self.circuit.succeeded(),
+            Err(e @ BackendError::Transport(_)) => self.trip(e),
+            Err(_) => {}
+        }
+    }
+
+    fn trip(self: &Arc<Self>, e: &BackendError) {
+        if let Tripped::Opened(wait) = self.circuit.failed(&e.to_string()) {
+            tokio::spawn(Arc::clone(self).probe(wait));
+        }
+    }
+
+    /// Half-open probes until the backend answers a handshake: one at a
+    /// time, after `wait`, then twice as long while it keeps failing.
+    async fn probe(self: Arc<Self>, mut wait: Duration) {
+        let hello = serde_json::json!({
+            "protocolVersion": crate::mcp::LATEST_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "vmcp-probe", "version": env!("CARGO_PKG_VERSION") },
+        });
+        loop {
+            tokio::time::sleep(wait).await;
+            if self.circuit.probing().is_none() {
+                return; // closed meanwhile (a session got through)
+            }
+            let limit = self.timeouts.connect;
+            match tokio::time::timeout(limit, self.connect(&hello)).await {
+                Ok(Ok(session)) => {
+                    session.close().await;
+                    self.circuit.succeeded();
+                    return;
+                }
+                Ok(Err(e)) => tracing::debug!(backend = self.name(), error = %e, "probe failed"),
+                Err(_) => tracing::debug!(backend = self.name(), ?limit, "probe timed out"),
+            }
+            match self.circuit.probe_failed() {
+                Some(next) => wait = next,
+                None => return,
+            }
+        }
     }
 
     pub fn name(&self) -> &str {

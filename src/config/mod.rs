@@ -132,6 +132,32 @@ pub struct SessionConfig {
     /// Key of the identity hashes that bind sessions to callers; the same on
     /// every replica. Unset: a random key kept in the store.
     pub identity_key: Option<String>,
+    /// The per-backend circuit breaker.
+    pub circuit: CircuitConfig,
+}
+
+/// When a backend's circuit opens and how often it is probed.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Consecutive failures to open a backend session (or reach the backend) that open it.
+    pub failures: u32,
+    /// How long new sessions skip the backend before the first probe.
+    #[serde(with = "duration")]
+    pub open_for: Duration,
+    /// The longest wait between probes (it doubles while they fail).
+    #[serde(with = "duration")]
+    pub max_open_for: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        Self {
+            failures: 1,
+            open_for: Duration::from_secs(5),
+            max_open_for: Duration::from_secs(60),
+        }
+    }
 }
 
 impl Default for SessionConfig {
@@ -144,6 +170,7 @@ impl Default for SessionConfig {
             call_timeout: Duration::from_secs(300),
             close_timeout: Duration::from_secs(2),
             identity_key: None,
+            circuit: CircuitConfig::default(),
         }
     }
 }

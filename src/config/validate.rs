@@ -19,6 +19,15 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if s.init_timeout.is_zero() {
         return Err(invalid("session.init_timeout", "must be greater than zero"));
     }
+    if s.circuit.failures == 0 {
+        return Err(invalid("session.circuit.failures", "must be at least 1"));
+    }
+    if s.circuit.open_for.is_zero() || s.circuit.max_open_for < s.circuit.open_for {
+        return Err(invalid(
+            "session.circuit.open_for",
+            "must be greater than zero and at most max_open_for",
+        ));
+    }
     if s.close_timeout.is_zero() {
         return Err(invalid("session.close_timeout", "must be greater than zero"));
     }

@@ -10,6 +10,9 @@ pub use jsonrpc::{Incoming, RpcError};
 /// Handshake-era protocol versions the front door speaks, oldest first.
 pub const SUPPORTED_VERSIONS: &[&str] = &["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
 
+/// The newest handshake-era version (what the gateway itself asks backends for).
+pub const LATEST_VERSION: &str = SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1];
+
 /// What a client that names no version (and no header) is assumed to speak.
 pub const DEFAULT_HEADER_VERSION: &str = "2025-03-26";
 
@@ -19,7 +22,7 @@ pub fn negotiate(requested: &str) -> &'static str {
         .iter()
         .copied()
         .find(|v| *v == requested)
-        .unwrap_or(SUPPORTED_VERSIONS[SUPPORTED_VERSIONS.len() - 1])
+        .unwrap_or(LATEST_VERSION)
 }
 
 pub fn is_supported(version: &str) -> bool {

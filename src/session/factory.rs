@@ -34,6 +34,8 @@ pub struct SessionFactory {
     aggregation: Arc<AggregationConfig>,
     metrics: Metrics,
     store: Arc<dyn SessionStore>,
+    /// Circuits closed so far on this replica (see `backend::health`).
+    recoveries: Arc<AtomicU64>,
 }
 
 /// A backend that could not be opened, and why (for logs and instructions).
@@ -61,12 +63,17 @@ impl SessionFactory {
         metrics: Metrics,
         store: Arc<dyn SessionStore>,
     ) -> Self {
+        let recoveries = backends
+            .first()
+            .map(|b| Arc::clone(b.circuit().recoveries()))
+            .unwrap_or_default();
         Self {
             backends,
             session,
             aggregation: Arc::new(aggregation),
             metrics,
             store,
+            recoveries,
         }
     }
 
@@ -79,6 +86,7 @@ impl SessionFactory {
         identity: Option<String>,
     ) -> Session {
         let started = Instant::now();
+        let recoveries = self.recoveries();
         let opens: Vec<_> = self.backends.iter().map(|b| self.open(b, &client_init, None)).collect();
         let (healthy, failed) = self.open_all(opens).await;
         self.metrics
@@ -98,19 +106,20 @@ impl SessionFactory {
             client_init,
             backends: Vec::new(),
         };
-        self.assemble(meta, healthy, instructions)
+        self.assemble(meta, healthy, instructions, recoveries)
     }
 
     /// Rebuilds a session from its stored metadata: every configured backend
     /// is resumed from its record where possible, else opened afresh.
     pub async fn restore(self: &Arc<Self>, meta: SessionMetadata) -> Session {
+        let recoveries = self.recoveries();
         let opens: Vec<_> = self
             .backends
             .iter()
             .map(|b| self.open(b, &meta.client_init, meta.backends.iter().find(|r| r.name == b.name())))
             .collect();
         let (healthy, _) = self.open_all(opens).await;
-        self.assemble(meta, healthy, String::new())
+        self.assemble(meta, healthy, String::new(), recoveries)
     }
 
     /// Re-initializes one backend for an existing session (self-heal).
@@ -137,7 +146,13 @@ impl SessionFactory {
         (healthy, failed)
     }
 
-    fn assemble(self: &Arc<Self>, mut meta: SessionMetadata, healthy: Vec<Opened>, instructions: String) -> Session {
+    fn assemble(
+        self: &Arc<Self>,
+        mut meta: SessionMetadata,
+        healthy: Vec<Opened>,
+        instructions: String,
+        recoveries: u64,
+    ) -> Session {
         meta.backends = healthy.iter().map(|(s, _)| s.record()).collect();
         let mut backends = HashMap::new();
         let mut listings = HashMap::new();
@@ -167,6 +182,7 @@ impl SessionFactory {
             calls: super::calls::Calls::default(),
             call_streams: Default::default(),
             listening: super::listen::ListenSlot::default(),
+            seen_recoveries: AtomicU64::new(recoveries),
         }
     }
 
@@ -178,11 +194,22 @@ impl SessionFactory {
         record: Option<&'a BackendRecord>,
     ) -> BoxFuture<'a, Result<Opened, Failure>> {
         Box::pin(async move {
+            if backend.circuit().is_open() {
+                self.metrics
+                    .backend_inits
+                    .with_label_values(&[backend.name(), "circuit_open"])
+                    .inc();
+                return Err(Failure {
+                    backend: backend.name().to_owned(),
+                    reason: "circuit open: it failed recently and is being probed".into(),
+                });
+            }
             let started = Instant::now();
             let timeout = self.session.init_timeout;
             let result = tokio::time::timeout(timeout, open_or_resume(backend, client_init, record))
                 .await
                 .unwrap_or(Err(BackendError::Timeout(timeout)));
+            backend.opened(&result);
             self.record_open(backend.name(), record.is_some(), started.elapsed(), &result);
             result.map(|(opened, _)| opened).map_err(|e| {
                 tracing::warn!(backend = backend.name(), error = %e, "backend left out of the session");
@@ -227,6 +254,16 @@ impl SessionFactory {
             Some(async move { session.close().await })
         });
         futures_util::future::join_all(closes).await;
+    }
+
+    /// How many backend circuits have closed on this replica so far.
+    pub(crate) fn recoveries(&self) -> u64 {
+        self.recoveries.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Every configured backend.
+    pub(crate) fn backends(&self) -> &[Arc<Backend>] {
+        &self.backends
     }
 
     pub(crate) fn metrics(&self) -> &Metrics {

@@ -2,8 +2,11 @@
 //! sessions (it restarted, or expired the session) gets a new one, the
 //! catalog is rebuilt, the store learns the new backend session id, and the
 //! client hears `list_changed` for each list that changed. A backend's own
-//! `list_changed` takes the same way without the new backend session.
+//! `list_changed` takes the same way without the new backend session, and so
+//! does a backend the session lacks (it was down when the session began)
+//! once its circuit closes: [`Session::regain_if_recovered`].
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use serde_json::json;
@@ -56,6 +59,60 @@ impl Session {
         self.persist().await?;
         self.announce_changes(&old, &new).await;
         Ok(fresh)
+    }
+
+    /// If a backend circuit closed since this session last looked, opens the
+    /// backends it lacks in the background (the request goes on at once).
+    pub(crate) fn regain_if_recovered(self: &Arc<Self>) {
+        let now = self.factory.recoveries();
+        let seen = self.seen_recoveries.load(Ordering::Acquire);
+        if now == seen
+            || self
+                .seen_recoveries
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            return;
+        }
+        let session = Arc::clone(self);
+        tokio::spawn(async move { session.regain().await });
+    }
+
+    /// Opens every configured backend this session lacks whose circuit is
+    /// closed, then tells the client what changed, once.
+    async fn regain(&self) {
+        let _serial = self.heal.lock().await;
+        let missing: Vec<_> = {
+            let state = self.read();
+            if state.closed {
+                return;
+            }
+            self.factory
+                .backends()
+                .iter()
+                .filter(|b| !state.backends.contains_key(b.name()) && !b.circuit().is_open())
+                .cloned()
+                .collect()
+        };
+        let (mut before, mut after) = (None, None);
+        for backend in missing {
+            let Ok((fresh, listing)) = self.factory.reopen(&backend, &self.meta.client_init).await else {
+                continue; // logged and counted by the factory
+            };
+            let fresh = Arc::new(fresh);
+            let Some((old, new)) = self.install(backend.name(), Some(Arc::clone(&fresh)), listing) else {
+                fresh.close().await;
+                return;
+            };
+            tracing::info!(session.id = %self.id, backend = backend.name(), "backend joined the session after recovering");
+            before.get_or_insert(old);
+            after = Some(new);
+        }
+        if let (Some(old), Some(new)) = (before, after) {
+            if self.persist().await.is_ok() {
+                self.announce_changes(&old, &new).await;
+            }
+        }
     }
 
     /// Re-lists backend `name` after it said a list changed, and tells the

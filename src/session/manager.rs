@@ -246,6 +246,7 @@ impl SessionManager {
         }
         session.touch(self.now_ms());
         self.touch_store(&session);
+        session.regain_if_recovered();
         Ok(session)
     }
 

@@ -98,6 +98,9 @@ pub struct Session {
     call_streams: call_streams::CallStreams,
     /// The backend listeners, while a client stream is open.
     listening: listen::ListenSlot,
+    /// The replica's circuit recoveries this session has caught up with:
+    /// when more have happened, it opens the backends it lacks.
+    seen_recoveries: AtomicU64,
 }
 
 /// What a call needs, copied out from under the lock.
@@ -377,6 +380,7 @@ impl Session {
         let result = session
             .call(method, Some(params), self.factory.call_timeout(), ctx)
             .await;
+        session.backend().called(&result);
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
         metrics
             .backend_calls
