@@ -155,6 +155,16 @@ impl Catalog {
     }
 }
 
+/// Whether a conflict is seen for the first time in this process: catalogs
+/// are built per session, and the same conflict is logged once, not once per
+/// `initialize`. Bounded: past the cap, conflicts are no longer logged.
+fn first_time(conflict: &str) -> bool {
+    const CAP: usize = 10_000;
+    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
+    let mut seen = crate::sync::lock(SEEN.get_or_init(Default::default));
+    seen.len() < CAP && seen.insert(conflict.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
@@ -206,14 +216,4 @@ mod tests {
         assert_eq!(&*catalog.tool("add").unwrap().backend, "alpha");
         assert_eq!(catalog.tools.len(), 2);
     }
-}
-
-/// Whether a conflict is seen for the first time in this process: catalogs
-/// are built per session, and the same conflict is logged once, not once per
-/// `initialize`. Bounded: past the cap, conflicts are no longer logged.
-fn first_time(conflict: &str) -> bool {
-    const CAP: usize = 10_000;
-    static SEEN: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<String>>> = std::sync::OnceLock::new();
-    let mut seen = crate::sync::lock(SEEN.get_or_init(Default::default));
-    seen.len() < CAP && seen.insert(conflict.to_owned())
 }
