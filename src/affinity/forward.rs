@@ -34,6 +34,10 @@ pub enum ForwardError {
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+/// `Host` is not one of them here: the forwarded request keeps the client's
+/// `Host` (and `Origin`), so the owner applies `http.allowed_hosts` to what the
+/// client sent, not to the hop's own address (the client checks an explicit
+/// `Host` header and only sets one when it is absent).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -42,7 +46,6 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::HOST,
     header::CONTENT_LENGTH,
 ];
 
