@@ -74,8 +74,11 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        // `set_host(false)`: the request carries exactly the `Host` the hop
+        // signs (the client's, or none), never one made up from the owner's address.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .set_host(false)
             .build(connector);
         Self {
             client,
@@ -126,9 +129,13 @@ impl Forwarder {
     ) -> Result<Response<Body>, ForwardError> {
         let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
         let target = HopTarget {
+            to: &owner.id,
             method: parts.method.as_str(),
             path: parts.uri.path(),
             session,
+            host: parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            origin: parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
+            body: &body,
         };
         let hop = self.hops.sign(&self.self_id, &target, crate::store::unix_ms())?;
         let mut headers = parts.headers.clone();

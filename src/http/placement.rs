@@ -19,9 +19,13 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
     let session = header_str(&parts.headers, SESSION_HEADER)?;
     if let Some(hop) = parts.headers.get(HOP_HEADER) {
         let target = HopTarget {
+            to: &app.config.replica_id,
             method: parts.method.as_str(),
             path: parts.uri.path(),
             session,
+            host: parts.headers.get(http::header::HOST).map(http::HeaderValue::as_bytes),
+            origin: parts.headers.get(http::header::ORIGIN).map(http::HeaderValue::as_bytes),
+            body,
         };
         let verdict = hop
             .to_str()
