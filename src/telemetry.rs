@@ -63,7 +63,8 @@ pub struct Metrics {
     /// Backend sessions restored by a rebuild or self-heal; labels `backend`,
     /// `outcome` (resumed, reinitialized, failed).
     pub backend_rebuilds: IntCounterVec,
-    /// Requests sent on to their owner replica; label `outcome` (ok, failed).
+    /// Requests sent on to their owner replica; label `outcome` (ok, failed,
+    /// retried, outcome_unknown: see `http::placement`).
     pub requests_forwarded: IntCounterVec,
     /// Requests with a forged, stale or replayed hop header.
     pub hops_refused: IntCounter,

@@ -9,13 +9,21 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use http::StatusCode;
 use serde_json::{json, Value};
+use support::client::Reply;
+use support::process::VmcpProcess;
 use support::redis::RedisServer;
-use support::{deps, Replica, TestBackend};
+use support::{deps, eventually, Client, Replica, TestBackend};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpListener;
 
 const HOP_KEY: &str = "faults-hop-key-0123456789";
+
+/// The JSON-RPC code for "the owner failed after the request was sent".
+const OUTCOME_UNKNOWN: i64 = -32050;
 
 fn cluster_yaml(redis: &RedisServer, backend: &str, members: &BTreeMap<String, String>, me: &str, extra: &str) -> String {
     let list: Vec<String> = members.iter().map(|(id, addr)| format!("{id}: \"{addr}\"")).collect();
@@ -50,6 +58,124 @@ fn members(ids: &[&str]) -> BTreeMap<String, String> {
 
 fn port(addr: &str) -> u16 {
     addr.rsplit(':').next().and_then(|p| p.parse().ok()).expect("port")
+}
+
+fn served_by(reply: &Reply) -> String {
+    reply
+        .headers
+        .get("x-vmcp-replica")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned()
+}
+
+/// A replica "owner" that reads each request and dies without answering
+/// (what a SIGKILL between reading a request and answering it looks like).
+async fn swallowing_owner(addr: &str) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind the dead owner's port");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let mut seen = Vec::new();
+                // Read the whole request (headers and body), then drop the socket.
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(200), stream.read(&mut buf)).await {
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn a_call_whose_owner_dies_after_receiving_it_runs_once_and_reports_an_unknown_outcome() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("c").await;
+    let m = members(&["a", "b"]);
+    let a = VmcpProcess::start_on(port(&m["a"]), &cluster_yaml(&redis, &backend.url, &m, "a", "")).await;
+    let b = VmcpProcess::start_on(port(&m["b"]), &cluster_yaml(&redis, &backend.url, &m, "b", "")).await;
+    let mut client = Client::new(&a.url);
+    assert_eq!(served_by(&client.initialize().await), "a");
+
+    // A slow call with a side effect enters at b, which forwards it to its owner a.
+    let via_b = client.via(&b.url);
+    let call = tokio::spawn(async move {
+        let reply = via_b
+            .post_raw(
+                json!({"jsonrpc": "2.0", "id": "side-effect-1", "method": "tools/call",
+                       "params": {"name": "c_slow", "arguments": {"ms": 1500}}})
+                .to_string(),
+                &[("mcp-protocol-version", "2025-06-18")],
+            )
+            .await;
+        (via_b, reply)
+    });
+    let stats = std::sync::Arc::clone(&backend.stats);
+    eventually("the call reached the backend through a", || {
+        let stats = std::sync::Arc::clone(&stats);
+        async move { stats.calls.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+    a.kill().await;
+    let (via_b, reply) = tokio::time::timeout(Duration::from_secs(20), call)
+        .await
+        .expect("the call is answered")
+        .expect("task");
+    assert_eq!(reply.status, StatusCode::BAD_GATEWAY, "{reply:?}");
+    assert_eq!(reply.error_code(), OUTCOME_UNKNOWN, "{reply:?}");
+    assert_eq!(reply.body["id"], "side-effect-1");
+    assert!(reply.body["error"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .contains("outcome unknown"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 1, "the call ran exactly once");
+
+    // The owner's address now accepts requests and dies on each one.
+    let _dead_owner = swallowing_owner(&m["a"]).await;
+    let list = via_b.request("tools/list", json!({})).await;
+    assert_eq!(list.status, StatusCode::OK, "{list:?}");
+    assert!(
+        list.result()["tools"].as_array().is_some_and(|t| !t.is_empty()),
+        "a read is retried here: {list:?}"
+    );
+    assert_eq!(served_by(&list), "b");
+    let again = via_b.call_tool("c_echo", json!({"message": "x"})).await;
+    assert_eq!(again.error_code(), OUTCOME_UNKNOWN, "{again:?}");
+    assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 1, "never run by b");
+    let notification = via_b
+        .post_raw(
+            json!({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}).to_string(),
+            &[],
+        )
+        .await;
+    assert_eq!(notification.status, StatusCode::BAD_GATEWAY, "{notification:?}");
+    assert_eq!(notification.error_code(), OUTCOME_UNKNOWN);
+    assert_eq!(
+        b.metric("vmcp_requests_forwarded_total{outcome=\"outcome_unknown\"}").await,
+        3.0
+    );
+    assert_eq!(b.metric("vmcp_requests_forwarded_total{outcome=\"retried\"}").await, 1.0);
+}
+
+#[tokio::test]
+async fn an_owner_that_refuses_connections_is_served_around() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("c").await;
+    let m = members(&["a", "b"]);
+    let a = VmcpProcess::start_on(port(&m["a"]), &cluster_yaml(&redis, &backend.url, &m, "a", "")).await;
+    let b = VmcpProcess::start_on(port(&m["b"]), &cluster_yaml(&redis, &backend.url, &m, "b", "")).await;
+    let mut client = Client::new(&a.url);
+    client.initialize().await;
+    a.kill().await;
+    // Nothing listens on a's port: the request provably never reached it.
+    let reply = client.via(&b.url).call_tool("c_echo", json!({"message": "hi"})).await;
+    assert_eq!((reply.text(), served_by(&reply)), ("c:hi".to_owned(), "b".to_owned()));
+    assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(b.metric("vmcp_requests_forwarded_total{outcome=\"failed\"}").await, 1.0);
 }
 
 /// POSTs `body` to `url` with an explicit `Host` header.
