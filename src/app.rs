@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::{Backend, BackendError};
 use crate::config::{Config, MembershipKind, StoreKind};
+use crate::http::health::StoreHealth;
 use crate::http::{HostGuard, Surface};
 use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
@@ -34,6 +35,8 @@ pub struct App {
     pub streams_stop: CancellationToken,
     /// DNS rebinding protection for `/mcp`.
     pub hosts: HostGuard,
+    /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
+    pub store_health: Arc<StoreHealth>,
 }
 
 impl App {
@@ -91,6 +94,7 @@ impl App {
             Arc::clone(&membership),
         );
         let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
+        let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -100,6 +104,7 @@ impl App {
             forwarder,
             streams_stop: CancellationToken::new(),
             hosts,
+            store_health,
         }))
     }
 }
@@ -159,6 +164,10 @@ pub fn install_crypto_provider() {
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
+    let probe = tokio::spawn(Arc::clone(&app.store_health).run(
+        Arc::clone(app.manager.store()),
+        background_stop.clone(),
+    ));
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -185,6 +194,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     tokio::join!(main, admin, drain);
     background_stop.cancel();
     let _ = background.await;
+    let _ = probe.await;
     if let Some(task) = discovery {
         task.abort();
     }

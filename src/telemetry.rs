@@ -69,6 +69,9 @@ pub struct Metrics {
     /// Requests with a forged, stale or replayed hop header.
     pub hops_refused: IntCounter,
     pub ring_members: IntGauge,
+    /// 1 while the session store answers, 0 while it does not (probed every
+    /// few seconds); readiness does not depend on it.
+    pub store_up: IntGauge,
     /// Label `version`; always 1 (a gauge, as build-info metrics are by convention).
     pub build_info: IntGaugeVec,
 }
@@ -155,6 +158,7 @@ impl Metrics {
             )?,
             hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
             ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
+            store_up: IntGauge::new("vmcp_store_up", "1 if the session store answered the last probe, else 0")?,
             build_info: IntGaugeVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],
@@ -189,6 +193,7 @@ impl Metrics {
         r.register(Box::new(self.requests_forwarded.clone()))?;
         r.register(Box::new(self.hops_refused.clone()))?;
         r.register(Box::new(self.ring_members.clone()))?;
+        r.register(Box::new(self.store_up.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

@@ -231,3 +231,95 @@ async fn allowed_hosts_are_judged_on_the_clients_host_across_a_hop() {
     assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 1);
 }
 
+async fn get_text(url: &str) -> (StatusCode, String) {
+    let resp = support::http().get(url).send().await.expect("GET");
+    let status = resp.status();
+    (status, resp.text().await.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_redis_outage_keeps_the_replica_ready_and_its_sessions_serving() {
+    let mut redis = RedisServer::start().await;
+    let backend = TestBackend::start("c").await;
+    let yaml = format!(
+        "backends:\n  - name: c\n    url: {}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\", key_prefix: \"r:\" }}\n",
+        backend.url,
+        redis.url()
+    );
+    let replica = Replica::start(&yaml).await;
+    let other = Replica::start(&yaml).await;
+    let readyz = format!("{}/readyz", replica.base);
+    let mut client = replica.client();
+    client.initialize().await;
+    // A session this replica does not hold: serving it needs the store.
+    let mut foreign = other.client();
+    foreign.initialize().await;
+    let foreign = foreign.via(&replica.url);
+    eventually("the store is seen up", || async { replica.metric("vmcp_store_up") == 1.0 }).await;
+    assert_eq!(get_text(&readyz).await.0, StatusCode::OK);
+
+    redis.stop().await;
+    eventually("the store is seen down", || async { replica.metric("vmcp_store_up") == 0.0 }).await;
+    let (status, text) = get_text(&readyz).await;
+    assert_eq!(status, StatusCode::OK, "readiness is about this replica: {text}");
+    assert!(text.contains("store: down"), "{text}");
+
+    let call = tokio::time::timeout(Duration::from_secs(10), client.call_tool("c_echo", json!({"message": "x"})))
+        .await
+        .expect("a session held here answers without Redis");
+    assert_eq!(call.text(), "c:x");
+
+    let rebuild = tokio::time::timeout(Duration::from_secs(15), foreign.call_tool("c_echo", json!({})))
+        .await
+        .expect("a foreign session answers without Redis");
+    assert_eq!(rebuild.status, StatusCode::SERVICE_UNAVAILABLE, "{rebuild:?}");
+    assert!(rebuild.headers.contains_key("retry-after"), "{rebuild:?}");
+
+    let fresh = replica.client();
+    let init = tokio::time::timeout(
+        Duration::from_secs(15),
+        fresh.post_raw(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+            .to_string(),
+            &[],
+        ),
+    )
+    .await
+    .expect("initialize answers without Redis");
+    assert_eq!(init.status, StatusCode::SERVICE_UNAVAILABLE, "{init:?}");
+    assert!(init.headers.contains_key("retry-after"), "{init:?}");
+
+    redis.start_again().await;
+    for _ in 0..100 {
+        if replica.metric("vmcp_store_up") == 1.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(replica.metric("vmcp_store_up"), 1.0, "the store is seen up again");
+    let (status, text) = get_text(&readyz).await;
+    assert_eq!((status, text.as_str()), (StatusCode::OK, "ready\n"));
+    let mut again = replica.client();
+    eventually_initialize(&mut again).await;
+    assert_eq!(client.call_tool("c_echo", json!({"message": "y"})).await.text(), "c:y");
+}
+
+/// `initialize` until it works (the Redis client reconnects on its own schedule).
+async fn eventually_initialize(client: &mut Client) {
+    for _ in 0..100 {
+        let reply = client
+            .post_raw(
+                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
+                .to_string(),
+                &[],
+            )
+            .await;
+        if reply.status == StatusCode::OK {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("initialize did not recover after Redis came back");
+}
