@@ -164,10 +164,8 @@ pub fn install_crypto_provider() {
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
-    let probe = tokio::spawn(Arc::clone(&app.store_health).run(
-        Arc::clone(app.manager.store()),
-        background_stop.clone(),
-    ));
+    let probe =
+        tokio::spawn(Arc::clone(&app.store_health).run(Arc::clone(app.manager.store()), background_stop.clone()));
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let drain = {

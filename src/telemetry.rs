@@ -158,7 +158,10 @@ impl Metrics {
             )?,
             hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
             ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
-            store_up: IntGauge::new("vmcp_store_up", "1 if the session store answered the last probe, else 0")?,
+            store_up: IntGauge::new(
+                "vmcp_store_up",
+                "1 if the session store answered the last probe, else 0",
+            )?,
             build_info: IntGaugeVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],

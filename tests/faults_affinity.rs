@@ -25,7 +25,13 @@ const HOP_KEY: &str = "faults-hop-key-0123456789";
 /// The JSON-RPC code for "the owner failed after the request was sent".
 const OUTCOME_UNKNOWN: i64 = -32050;
 
-fn cluster_yaml(redis: &RedisServer, backend: &str, members: &BTreeMap<String, String>, me: &str, extra: &str) -> String {
+fn cluster_yaml(
+    redis: &RedisServer,
+    backend: &str,
+    members: &BTreeMap<String, String>,
+    me: &str,
+    extra: &str,
+) -> String {
     let list: Vec<String> = members.iter().map(|(id, addr)| format!("{id}: \"{addr}\"")).collect();
     format!(
         "replica_id: {me}
@@ -132,7 +138,11 @@ async fn a_call_whose_owner_dies_after_receiving_it_runs_once_and_reports_an_unk
         .unwrap_or_default()
         .contains("outcome unknown"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 1, "the call ran exactly once");
+    assert_eq!(
+        backend.stats.calls.load(Ordering::SeqCst),
+        1,
+        "the call ran exactly once"
+    );
 
     // The owner's address now accepts requests and dies on each one.
     let _dead_owner = swallowing_owner(&m["a"]).await;
@@ -155,10 +165,14 @@ async fn a_call_whose_owner_dies_after_receiving_it_runs_once_and_reports_an_unk
     assert_eq!(notification.status, StatusCode::BAD_GATEWAY, "{notification:?}");
     assert_eq!(notification.error_code(), OUTCOME_UNKNOWN);
     assert_eq!(
-        b.metric("vmcp_requests_forwarded_total{outcome=\"outcome_unknown\"}").await,
+        b.metric("vmcp_requests_forwarded_total{outcome=\"outcome_unknown\"}")
+            .await,
         3.0
     );
-    assert_eq!(b.metric("vmcp_requests_forwarded_total{outcome=\"retried\"}").await, 1.0);
+    assert_eq!(
+        b.metric("vmcp_requests_forwarded_total{outcome=\"retried\"}").await,
+        1.0
+    );
 }
 
 #[tokio::test]
@@ -255,18 +269,27 @@ async fn a_redis_outage_keeps_the_replica_ready_and_its_sessions_serving() {
     let mut foreign = other.client();
     foreign.initialize().await;
     let foreign = foreign.via(&replica.url);
-    eventually("the store is seen up", || async { replica.metric("vmcp_store_up") == 1.0 }).await;
+    eventually("the store is seen up", || async {
+        replica.metric("vmcp_store_up") == 1.0
+    })
+    .await;
     assert_eq!(get_text(&readyz).await.0, StatusCode::OK);
 
     redis.stop().await;
-    eventually("the store is seen down", || async { replica.metric("vmcp_store_up") == 0.0 }).await;
+    eventually("the store is seen down", || async {
+        replica.metric("vmcp_store_up") == 0.0
+    })
+    .await;
     let (status, text) = get_text(&readyz).await;
     assert_eq!(status, StatusCode::OK, "readiness is about this replica: {text}");
     assert!(text.contains("store: down"), "{text}");
 
-    let call = tokio::time::timeout(Duration::from_secs(10), client.call_tool("c_echo", json!({"message": "x"})))
-        .await
-        .expect("a session held here answers without Redis");
+    let call = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.call_tool("c_echo", json!({"message": "x"})),
+    )
+    .await
+    .expect("a session held here answers without Redis");
     assert_eq!(call.text(), "c:x");
 
     let rebuild = tokio::time::timeout(Duration::from_secs(15), foreign.call_tool("c_echo", json!({})))

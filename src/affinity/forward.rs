@@ -209,11 +209,7 @@ impl Forwarder {
             .body(Full::new(body))
             .map_err(|e| NotSent::Request(e.to_string()))?;
         *request.headers_mut() = headers;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(classify)?;
+        let response = self.client.request(request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))

@@ -99,7 +99,14 @@ enum Refusal {
 
 impl Seen {
     /// Records the nonce of a hop signed at `sent_ms`.
-    fn insert(&mut self, nonce: &str, sent_ms: u64, now_ms: u64, generation_ms: u64, cap: usize) -> Result<(), Refusal> {
+    fn insert(
+        &mut self,
+        nonce: &str,
+        sent_ms: u64,
+        now_ms: u64,
+        generation_ms: u64,
+        cap: usize,
+    ) -> Result<(), Refusal> {
         let full = self.current.len() >= (cap / 2).max(1);
         if full || now_ms.saturating_sub(self.current_since) >= generation_ms {
             self.floor_ms = self.floor_ms.max(self.previous_newest);
@@ -333,9 +340,15 @@ mod tests {
             origin: Some(b"http://evil.example.com"),
             ..T
         };
-        assert_eq!(receiver.verify(&header, &origin, 1_000_000), Err(HopError::BadSignature));
+        assert_eq!(
+            receiver.verify(&header, &origin, 1_000_000),
+            Err(HopError::BadSignature)
+        );
         let no_host = HopTarget { host: None, ..T };
-        assert_eq!(receiver.verify(&header, &no_host, 1_000_000), Err(HopError::BadSignature));
+        assert_eq!(
+            receiver.verify(&header, &no_host, 1_000_000),
+            Err(HopError::BadSignature)
+        );
         assert!(receiver.verify(&header, &T, 1_000_000).is_ok());
     }
 

@@ -89,17 +89,11 @@ enum Rerun {
 }
 
 /// Requests whose repetition changes nothing: reads.
-const IDEMPOTENT: &[&str] = &[
-    "ping",
-    "resources/read",
-    "prompts/get",
-    "completion/complete",
-];
+const IDEMPOTENT: &[&str] = &["ping", "resources/read", "prompts/get", "completion/complete"];
 
 fn idempotent_request(message: &Value) -> bool {
     let method = message.get("method").and_then(Value::as_str);
-    message.get("id").is_some()
-        && method.is_some_and(|m| m.ends_with("/list") || IDEMPOTENT.contains(&m))
+    message.get("id").is_some() && method.is_some_and(|m| m.ends_with("/list") || IDEMPOTENT.contains(&m))
 }
 
 /// GET (a stream of what the session says) and DELETE (ending a session
@@ -147,7 +141,11 @@ mod tests {
             "ping",
             "completion/complete",
         ] {
-            assert_eq!(post(json!({"jsonrpc": "2.0", "id": 1, "method": method})), Rerun::Safe, "{method}");
+            assert_eq!(
+                post(json!({"jsonrpc": "2.0", "id": 1, "method": method})),
+                Rerun::Safe,
+                "{method}"
+            );
         }
         assert_eq!(
             post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call"})),
