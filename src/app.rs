@@ -9,6 +9,7 @@ use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::health::{Circuit, CircuitPolicy};
 use crate::backend::{Backend, BackendError, Timeouts};
 use crate::config::{Config, MembershipKind, StoreKind};
+use crate::http::health::StoreHealth;
 use crate::http::{HostGuard, Surface};
 use crate::session::{IdentityHasher, Limits};
 use crate::session::{SessionFactory, SessionManager};
@@ -35,6 +36,8 @@ pub struct App {
     pub streams_stop: CancellationToken,
     /// DNS rebinding protection for `/mcp`.
     pub hosts: HostGuard,
+    /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
+    pub store_health: Arc<StoreHealth>,
 }
 
 impl App {
@@ -111,6 +114,7 @@ impl App {
             Arc::clone(&membership),
         );
         let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
+        let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -120,6 +124,7 @@ impl App {
             forwarder,
             streams_stop: CancellationToken::new(),
             hosts,
+            store_health,
         }))
     }
 }
@@ -179,6 +184,8 @@ pub fn install_crypto_provider() {
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
+    let probe =
+        tokio::spawn(Arc::clone(&app.store_health).run(Arc::clone(app.manager.store()), background_stop.clone()));
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -205,6 +212,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     tokio::join!(main, admin, drain);
     background_stop.cancel();
     let _ = background.await;
+    let _ = probe.await;
     if let Some(task) = discovery {
         task.abort();
     }

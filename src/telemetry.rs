@@ -65,11 +65,15 @@ pub struct Metrics {
     pub backend_rebuilds: IntCounterVec,
     /// Label `backend`: 0 closed, 1 open (skipped), 2 half-open (probing).
     pub backend_circuit_state: IntGaugeVec,
-    /// Requests sent on to their owner replica; label `outcome` (ok, failed).
+    /// Requests sent on to their owner replica; label `outcome` (ok, failed,
+    /// retried, outcome_unknown: see `http::placement`).
     pub requests_forwarded: IntCounterVec,
     /// Requests with a forged, stale or replayed hop header.
     pub hops_refused: IntCounter,
     pub ring_members: IntGauge,
+    /// 1 while the session store answers, 0 while it does not (probed every
+    /// few seconds); readiness does not depend on it.
+    pub store_up: IntGauge,
     /// Label `version`; always 1 (a gauge, as build-info metrics are by convention).
     pub build_info: IntGaugeVec,
 }
@@ -163,6 +167,10 @@ impl Metrics {
             )?,
             hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
             ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
+            store_up: IntGauge::new(
+                "vmcp_store_up",
+                "1 if the session store answered the last probe, else 0",
+            )?,
             build_info: IntGaugeVec::new(
                 Opts::new("vmcp_build_info", "Build information; always 1"),
                 &["version"],
@@ -198,6 +206,7 @@ impl Metrics {
         r.register(Box::new(self.requests_forwarded.clone()))?;
         r.register(Box::new(self.hops_refused.clone()))?;
         r.register(Box::new(self.ring_members.clone()))?;
+        r.register(Box::new(self.store_up.clone()))?;
         r.register(Box::new(self.build_info.clone()))?;
         Ok(())
     }

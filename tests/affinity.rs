@@ -277,10 +277,15 @@ async fn forged_and_replayed_hop_headers_are_refused() {
         .await;
     assert_eq!(forged.status, StatusCode::FORBIDDEN);
 
+    let host = m["a"].clone();
     let target = HopTarget {
+        to: "a",
         method: "POST",
         path: "/mcp",
         session: &session,
+        host: Some(host.as_bytes()),
+        origin: None,
+        body: body.as_bytes(),
     };
     let now = vmcp::store::unix_ms();
     let wrong_key = Hops::new(Some("not-the-shared-key!!"), Duration::from_secs(30))

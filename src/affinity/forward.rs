@@ -3,7 +3,8 @@
 //! One pooled keep-alive HTTP/1 client (TCP_NODELAY) serves all hops. The
 //! request body is already buffered (it is bounded by `max_body_bytes`), so
 //! when the owner cannot be reached the caller still has it and serves the
-//! request itself. The response, SSE included, streams back untouched.
+//! request itself if the owner provably never got it (see [`ForwardError`]).
+//! The response, SSE included, streams back untouched.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,17 +24,73 @@ use super::ring::Member;
 use crate::http::reply::Body;
 use crate::sync::lock;
 
+/// Why a request could not be forwarded, by whether it may have reached the
+/// owner: that decides whether the entering replica may serve it instead
+/// without running it twice (the rule of Envoy's and gRPC's transparent retries).
 #[derive(Debug, thiserror::Error)]
 pub enum ForwardError {
+    /// The owner provably never got the request: serving it here is safe.
+    #[error("owner not reached: {0}")]
+    NotSent(#[from] NotSent),
+    /// The request was (or may have been) written, then the owner failed:
+    /// it may or may not have run there.
+    #[error("owner failed after the request was sent: {}", chain(.0))]
+    MaybeSent(#[source] hyper_util::client::legacy::Error),
+}
+
+/// The ways a request provably did not reach its owner.
+#[derive(Debug, thiserror::Error)]
+pub enum NotSent {
     #[error("cannot build the forwarded request: {0}")]
     Request(String),
-    #[error("owner unreachable: {0}")]
-    Unreachable(String),
     #[error(transparent)]
     Hop(#[from] HopError),
+    #[error("owner was unreachable less than {DOWN_FOR:?} ago")]
+    RecentlyDown,
+    /// Connection refused or timed out.
+    #[error("cannot connect: {}", chain(.0))]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    /// A fresh connection closed before the request was written (a reused
+    /// one is retried by the client itself).
+    #[error("connection closed before the request was written: {}", chain(.0))]
+    Unwritten(#[source] hyper_util::client::legacy::Error),
+}
+
+/// An error with its causes (the client's own message is only its kind).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Sorts a client error by whether the request may have been written. The
+/// legacy client reports a connect failure as `is_connect`, and a request it
+/// got back unwritten (hyper gave the message back) with a canceled
+/// `hyper::Error` as source; anything else happened after writing began.
+fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
+    if e.is_connect() {
+        return NotSent::Connect(e).into();
+    }
+    let unwritten = std::error::Error::source(&e)
+        .and_then(|s| s.downcast_ref::<hyper::Error>())
+        .is_some_and(hyper::Error::is_canceled);
+    if unwritten {
+        NotSent::Unwritten(e).into()
+    } else {
+        ForwardError::MaybeSent(e)
+    }
 }
 
 /// Headers that belong to one connection, not to the request (RFC 9110 §7.6.1).
+/// `Host` is not one of them here: the forwarded request keeps the client's
+/// `Host` (and `Origin`), so the owner applies `http.allowed_hosts` to what the
+/// client sent, not to the hop's own address (the client checks an explicit
+/// `Host` header and only sets one when it is absent).
 const HOP_BY_HOP: &[HeaderName] = &[
     header::CONNECTION,
     header::PROXY_AUTHENTICATE,
@@ -42,7 +99,6 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
-    header::HOST,
     header::CONTENT_LENGTH,
 ];
 
@@ -71,8 +127,11 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        // `set_host(false)`: the request carries exactly the `Host` the hop
+        // signs (the client's, or none), never one made up from the owner's address.
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
+            .set_host(false)
             .build(connector);
         Self {
             client,
@@ -82,8 +141,9 @@ impl Forwarder {
         }
     }
 
-    /// Sends the request to `owner` with a signed hop header. An error means
-    /// the owner did not answer: the caller serves the request itself.
+    /// Sends the request to `owner` with a signed hop header. On
+    /// [`ForwardError::NotSent`] the caller may serve the request itself; on
+    /// [`ForwardError::MaybeSent`] only if running it twice is harmless.
     pub async fn forward(
         &self,
         owner: &Member,
@@ -92,10 +152,12 @@ impl Forwarder {
         session: &str,
     ) -> Result<Response<Body>, ForwardError> {
         if self.is_down(&owner.id) {
-            return Err(ForwardError::Unreachable("recently unreachable".into()));
+            return Err(NotSent::RecentlyDown.into());
         }
         let result = self.send(owner, parts, body, session).await;
-        if matches!(result, Err(ForwardError::Unreachable(_))) {
+        // Only a failed connect says the owner is down; a request lost after
+        // writing may be one bad connection.
+        if matches!(result, Err(ForwardError::NotSent(NotSent::Connect(_)))) {
             let until = Instant::now() + DOWN_FOR;
             lock(&self.down).insert(Arc::clone(&owner.id), until);
         }
@@ -123,28 +185,31 @@ impl Forwarder {
     ) -> Result<Response<Body>, ForwardError> {
         let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
         let target = HopTarget {
+            to: &owner.id,
             method: parts.method.as_str(),
             path: parts.uri.path(),
             session,
+            host: parts.headers.get(header::HOST).map(HeaderValue::as_bytes),
+            origin: parts.headers.get(header::ORIGIN).map(HeaderValue::as_bytes),
+            body: &body,
         };
-        let hop = self.hops.sign(&self.self_id, &target, crate::store::unix_ms())?;
+        let hop = self
+            .hops
+            .sign(&self.self_id, &target, crate::store::unix_ms())
+            .map_err(NotSent::Hop)?;
         let mut headers = parts.headers.clone();
         strip(&mut headers);
         headers.insert(
             HOP_HEADER,
-            HeaderValue::from_str(&hop).map_err(|e| ForwardError::Request(e.to_string()))?,
+            HeaderValue::from_str(&hop).map_err(|e| NotSent::Request(e.to_string()))?,
         );
         let mut request = Request::builder()
             .method(parts.method.clone())
             .uri(format!("http://{}{path}", owner.addr))
             .body(Full::new(body))
-            .map_err(|e| ForwardError::Request(e.to_string()))?;
+            .map_err(|e| NotSent::Request(e.to_string()))?;
         *request.headers_mut() = headers;
-        let response = self
-            .client
-            .request(request)
-            .await
-            .map_err(|e| ForwardError::Unreachable(e.to_string()))?;
+        let response = self.client.request(request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         strip(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))

@@ -1,21 +1,37 @@
 //! Authenticating replica-to-replica hops.
 //!
-//! A forwarded request carries `x-vmcp-hop: v1;{from};{unix ms};{nonce};{mac}`,
-//! where `mac` is HMAC-SHA256 under the shared hop key over the version, the
-//! sender, the timestamp, the nonce, the HTTP method, the path and the session
-//! id. The receiver serves a request with a valid hop header itself (exactly
-//! one hop, even if its view of the owner differs), and refuses a forged,
-//! stale or replayed one: without the key a client cannot make a replica skip
-//! placement, and a captured header cannot be used twice.
+//! A forwarded request carries
+//! `x-vmcp-hop: v2;{from};{to};{unix ms};{nonce};{mac}`, where `mac` is
+//! HMAC-SHA256 under the shared hop key over the version, the sender, the
+//! destination replica, the timestamp, the nonce, the HTTP method, the path,
+//! the session id, the client's `Host` and `Origin` and a SHA-256 digest of
+//! the body (each field length-prefixed). The receiver serves a request with a
+//! valid hop header itself (exactly one hop, even if its view of the owner
+//! differs) and judges it on the carried `Host`/`Origin`. It refuses a forged,
+//! misdirected, stale, future-dated or replayed header: without the key a
+//! client cannot make a replica skip placement, and a captured header cannot
+//! be used twice, sent to another replica, or carry another body.
 
 use std::collections::HashSet;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 pub const HOP_HEADER: &str = "x-vmcp-hop";
+
+/// The header format version; `v1` headers (no destination, no body digest)
+/// are refused.
+const VERSION: &str = "v2";
+
+/// How far in the future a hop's timestamp may be (clock skew between
+/// replicas). The past is bounded by `affinity.hop_max_age`.
+pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(2);
+
+/// Nonces remembered at most (both generations together): a flood of valid
+/// hops costs bounded memory (about 100 bytes a nonce).
+pub const REPLAY_CACHE_CAP: usize = 100_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum HopError {
@@ -23,6 +39,8 @@ pub enum HopError {
     Malformed,
     #[error("hop header signature does not match")]
     BadSignature,
+    #[error("hop header is addressed to another replica")]
+    Misdirected,
     #[error("hop header is too old or from the future")]
     Stale,
     #[error("hop header was already used")]
@@ -33,50 +51,121 @@ pub enum HopError {
 
 /// What a hop header signs besides its own fields.
 pub struct HopTarget<'a> {
+    /// The replica the hop is sent to (the receiver checks it is itself).
+    pub to: &'a str,
     pub method: &'a str,
     pub path: &'a str,
     pub session: &'a str,
+    /// The original client's `Host` and `Origin` headers, as received.
+    pub host: Option<&'a [u8]>,
+    pub origin: Option<&'a [u8]>,
+    /// The request body (signed as its SHA-256 digest).
+    pub body: &'a [u8],
 }
 
 pub struct Hops {
     key: Option<Vec<u8>>,
     max_age_ms: u64,
+    cache_cap: usize,
     seen: Mutex<Seen>,
 }
 
-/// Nonces of the last two `max_age` windows. A header older than `max_age`
-/// is refused as stale anyway, so a nonce only needs remembering that long;
-/// rotating whole generations makes each check O(1) instead of a scan.
+/// Nonces of the last two generations. A generation lasts `max_age + skew`
+/// (a header older than that is refused as stale anyway), or less when it
+/// fills up (half the cap). A hop whose nonce is not cached is accepted only
+/// if it is newer than every nonce ever dropped (`floor_ms`): it cannot then
+/// be one of them, so bounding memory never opens a replay window; under a
+/// flood it can only shorten `hop_max_age`. Rotating whole generations makes
+/// each check O(1) instead of a scan.
 #[derive(Default)]
 struct Seen {
     current: HashSet<String>,
     previous: HashSet<String>,
-    rotated_at_ms: u64,
+    current_since: u64,
+    /// The newest timestamp signed into each generation.
+    current_newest: u64,
+    previous_newest: u64,
+    /// The newest timestamp of any nonce no longer cached.
+    floor_ms: u64,
+}
+
+/// Why a nonce was not recorded.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Not newer than what the cache has forgotten.
+    Uncovered,
+    Replayed,
 }
 
 impl Seen {
-    /// Records `nonce`; `false` if it was already seen.
-    fn insert(&mut self, nonce: &str, now_ms: u64, max_age_ms: u64) -> bool {
-        if now_ms.saturating_sub(self.rotated_at_ms) >= max_age_ms {
+    /// Records the nonce of a hop signed at `sent_ms`.
+    fn insert(
+        &mut self,
+        nonce: &str,
+        sent_ms: u64,
+        now_ms: u64,
+        generation_ms: u64,
+        cap: usize,
+    ) -> Result<(), Refusal> {
+        let full = self.current.len() >= (cap / 2).max(1);
+        if full || now_ms.saturating_sub(self.current_since) >= generation_ms {
+            self.floor_ms = self.floor_ms.max(self.previous_newest);
             self.previous = std::mem::take(&mut self.current);
-            self.rotated_at_ms = now_ms;
+            self.previous_newest = std::mem::take(&mut self.current_newest);
+            self.current_since = now_ms;
         }
-        if self.previous.contains(nonce) {
-            return false;
+        if self.previous.contains(nonce) || self.current.contains(nonce) {
+            return Err(Refusal::Replayed);
         }
-        self.current.insert(nonce.to_owned())
+        if sent_ms <= self.floor_ms {
+            return Err(Refusal::Uncovered);
+        }
+        self.current.insert(nonce.to_owned());
+        self.current_newest = self.current_newest.max(sent_ms);
+        Ok(())
     }
 }
 
-fn mac(key: &[u8], fields: &[&str]) -> Hmac<Sha256> {
+/// HMAC over length-prefixed fields (no separator can be smuggled into one).
+fn mac(key: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         unreachable!("HMAC accepts keys of any length")
     };
     for field in fields {
-        mac.update(field.as_bytes());
-        mac.update(b"\n");
+        mac.update(&(field.len() as u64).to_be_bytes());
+        mac.update(field);
     }
     mac
+}
+
+/// Distinguishes an absent header from an empty one.
+fn optional(value: Option<&[u8]>) -> Vec<u8> {
+    match value {
+        None => vec![0],
+        Some(v) => [&[1u8][..], v].concat(),
+    }
+}
+
+fn tag(key: &[u8], header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
+    let [version, from, to, ts, nonce] = header;
+    let digest = Sha256::digest(target.body);
+    let (host, origin) = (optional(target.host), optional(target.origin));
+    mac(
+        key,
+        &[
+            version.as_bytes(),
+            from.as_bytes(),
+            to.as_bytes(),
+            ts.as_bytes(),
+            nonce.as_bytes(),
+            target.method.as_bytes(),
+            target.path.as_bytes(),
+            target.session.as_bytes(),
+            &host,
+            &origin,
+            &digest,
+        ],
+    )
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -98,51 +187,59 @@ impl Hops {
         Self {
             key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
             max_age_ms: max_age.as_millis() as u64,
+            cache_cap: REPLAY_CACHE_CAP,
             seen: Mutex::default(),
         }
     }
 
-    /// The header value for a hop from `from` at `now_ms`.
+    /// The same, remembering at most `cap` nonces (tests use a small one).
+    pub fn with_cache_cap(mut self, cap: usize) -> Self {
+        self.cache_cap = cap.max(2);
+        self
+    }
+
+    /// The header value for a hop from `from` to `target.to` at `now_ms`.
     pub fn sign(&self, from: &str, target: &HopTarget<'_>, now_ms: u64) -> Result<String, HopError> {
         let key = self.key.as_deref().ok_or(HopError::NoKey)?;
         let mut nonce = [0u8; 12];
         getrandom::fill(&mut nonce).map_err(|_| HopError::NoKey)?;
         let (ts, nonce) = (now_ms.to_string(), hex(&nonce));
-        let tag = mac(
-            key,
-            &["v1", from, &ts, &nonce, target.method, target.path, target.session],
-        )
-        .finalize()
-        .into_bytes();
-        Ok(format!("v1;{from};{ts};{nonce};{}", hex(&tag)))
+        let tag = tag(key, [VERSION, from, target.to, &ts, &nonce], target)
+            .finalize()
+            .into_bytes();
+        Ok(format!("{VERSION};{from};{};{ts};{nonce};{}", target.to, hex(&tag)))
     }
 
-    /// Checks a hop header; returns the sending replica.
+    /// Checks a hop header received by `target.to` (this replica); returns
+    /// the sending replica.
     pub fn verify(&self, header: &str, target: &HopTarget<'_>, now_ms: u64) -> Result<String, HopError> {
         let key = self.key.as_deref().ok_or(HopError::NoKey)?;
         let parts: Vec<&str> = header.split(';').collect();
-        let [version, from, ts, nonce, tag] = parts[..] else {
+        let [version, from, to, ts, nonce, tag_hex] = parts[..] else {
             return Err(HopError::Malformed);
         };
-        if version != "v1" || nonce.len() != 24 {
+        if version != VERSION || nonce.len() != 24 {
             return Err(HopError::Malformed);
         }
         let sent: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
-        let tag = unhex(tag).ok_or(HopError::Malformed)?;
-        mac(
-            key,
-            &["v1", from, ts, nonce, target.method, target.path, target.session],
-        )
-        .verify_slice(&tag)
-        .map_err(|_| HopError::BadSignature)?;
-        if sent.abs_diff(now_ms) > self.max_age_ms {
+        let claimed = unhex(tag_hex).ok_or(HopError::Malformed)?;
+        tag(key, [version, from, to, ts, nonce], target)
+            .verify_slice(&claimed)
+            .map_err(|_| HopError::BadSignature)?;
+        if to != target.to {
+            return Err(HopError::Misdirected);
+        }
+        let skew = MAX_FUTURE_SKEW.as_millis() as u64;
+        if sent > now_ms.saturating_add(skew) || now_ms.saturating_sub(sent) > self.max_age_ms {
             return Err(HopError::Stale);
         }
+        let generation = self.max_age_ms.saturating_add(skew);
         let mut seen = crate::sync::lock(&self.seen);
-        if !seen.insert(nonce, now_ms, self.max_age_ms) {
-            return Err(HopError::Replayed);
+        match seen.insert(nonce, sent, now_ms, generation, self.cache_cap) {
+            Ok(()) => Ok(from.to_owned()),
+            Err(Refusal::Uncovered) => Err(HopError::Stale),
+            Err(Refusal::Replayed) => Err(HopError::Replayed),
         }
-        Ok(from.to_owned())
     }
 }
 
@@ -151,9 +248,13 @@ mod tests {
     use super::*;
 
     const T: HopTarget<'static> = HopTarget {
+        to: "b",
         method: "POST",
         path: "/mcp",
         session: "s1",
+        host: Some(b"mcp.example.com"),
+        origin: None,
+        body: br#"{"jsonrpc":"2.0","id":1,"method":"ping"}"#,
     };
 
     fn hops() -> Hops {
@@ -164,6 +265,7 @@ mod tests {
     fn a_signed_hop_verifies_once() {
         let (sender, receiver) = (hops(), hops());
         let header = sender.sign("a", &T, 1_000_000).unwrap();
+        assert!(header.starts_with("v2;a;b;1000000;"));
         assert_eq!(receiver.verify(&header, &T, 1_000_500).unwrap(), "a");
         assert_eq!(receiver.verify(&header, &T, 1_000_600), Err(HopError::Replayed));
     }
@@ -173,11 +275,11 @@ mod tests {
         let (sender, receiver) = (hops(), hops());
         let header = sender.sign("a", &T, 1_000_000).unwrap();
         assert!(receiver.verify(&header, &T, 1_000_000).is_ok());
-        // A later hop rotates the generations; the first nonce is still known.
+        // Later hops rotate the generations; the first nonce is still known.
         let later = sender.sign("a", &T, 1_029_000).unwrap();
         assert!(receiver.verify(&later, &T, 1_029_000).is_ok());
-        let fresh = sender.sign("a", &T, 1_031_000).unwrap();
-        assert!(receiver.verify(&fresh, &T, 1_031_000).is_ok());
+        let fresh = sender.sign("a", &T, 1_032_500).unwrap();
+        assert!(receiver.verify(&fresh, &T, 1_032_500).is_ok());
         assert_eq!(receiver.verify(&header, &T, 1_029_500), Err(HopError::Replayed));
     }
 
@@ -192,13 +294,92 @@ mod tests {
             .unwrap();
         assert_eq!(receiver.verify(&wrong_key, &T, 1_000_000), Err(HopError::BadSignature));
         assert_eq!(receiver.verify(&header, &T, 1_000_000 + 31_000), Err(HopError::Stale));
-        assert_eq!(receiver.verify("v1;a;1;zz;00", &T, 1), Err(HopError::Malformed));
+        assert_eq!(receiver.verify("v2;a;b;1;zz;00", &T, 1), Err(HopError::Malformed));
         assert_eq!(receiver.verify("garbage", &T, 1), Err(HopError::Malformed));
-        let tampered = header.replacen(";a;", ";b;", 1);
+        let tampered = header.replacen(";a;", ";c;", 1);
         assert_eq!(receiver.verify(&tampered, &T, 1_000_000), Err(HopError::BadSignature));
         assert_eq!(
             Hops::new(None, Duration::from_secs(1)).verify(&header, &T, 1_000_000),
             Err(HopError::NoKey)
         );
+    }
+
+    #[test]
+    fn v1_headers_are_refused() {
+        let v1 = format!("v1;a;1000000;{};{}", "0".repeat(24), "00".repeat(32));
+        assert_eq!(hops().verify(&v1, &T, 1_000_000), Err(HopError::Malformed));
+    }
+
+    #[test]
+    fn a_hop_sent_to_another_replica_is_refused() {
+        let receiver = hops();
+        let to_c = HopTarget { to: "c", ..T };
+        let header = hops().sign("a", &to_c, 1_000_000).unwrap();
+        // Replayed at b: the MAC holds (it names c), the destination does not.
+        assert_eq!(receiver.verify(&header, &T, 1_000_000), Err(HopError::Misdirected));
+        // Rewriting the destination breaks the MAC.
+        let rewritten = header.replacen(";c;", ";b;", 1);
+        assert_eq!(receiver.verify(&rewritten, &T, 1_000_000), Err(HopError::BadSignature));
+    }
+
+    #[test]
+    fn a_tampered_body_host_or_origin_is_refused() {
+        let receiver = hops();
+        let header = hops().sign("a", &T, 1_000_000).unwrap();
+        let body = HopTarget {
+            body: br#"{"jsonrpc":"2.0","id":1,"method":"tools/call"}"#,
+            ..T
+        };
+        assert_eq!(receiver.verify(&header, &body, 1_000_000), Err(HopError::BadSignature));
+        let host = HopTarget {
+            host: Some(b"evil.example.com"),
+            ..T
+        };
+        assert_eq!(receiver.verify(&header, &host, 1_000_000), Err(HopError::BadSignature));
+        let origin = HopTarget {
+            origin: Some(b"http://evil.example.com"),
+            ..T
+        };
+        assert_eq!(
+            receiver.verify(&header, &origin, 1_000_000),
+            Err(HopError::BadSignature)
+        );
+        let no_host = HopTarget { host: None, ..T };
+        assert_eq!(
+            receiver.verify(&header, &no_host, 1_000_000),
+            Err(HopError::BadSignature)
+        );
+        assert!(receiver.verify(&header, &T, 1_000_000).is_ok());
+    }
+
+    #[test]
+    fn future_timestamps_beyond_the_skew_are_refused() {
+        let (sender, receiver) = (hops(), hops());
+        let far = sender.sign("a", &T, 1_000_000 + 2_001).unwrap();
+        assert_eq!(receiver.verify(&far, &T, 1_000_000), Err(HopError::Stale));
+        let near = sender.sign("a", &T, 1_000_000 + 1_500).unwrap();
+        assert!(receiver.verify(&near, &T, 1_000_000).is_ok());
+    }
+
+    #[test]
+    fn a_full_cache_rotates_early_without_opening_a_replay_window() {
+        let sender = hops();
+        let receiver = hops().with_cache_cap(4);
+        let first = sender.sign("a", &T, 1_000_000).unwrap();
+        assert!(receiver.verify(&first, &T, 1_000_000).is_ok());
+        // A flood within one max_age window: the cache rotates every 2 nonces,
+        // so `first` is forgotten...
+        for i in 1..=5 {
+            let h = sender.sign("a", &T, 1_000_000 + i * 1_000).unwrap();
+            assert!(receiver.verify(&h, &T, 1_000_000 + i * 1_000).is_ok(), "hop {i}");
+        }
+        let seen = crate::sync::lock(&receiver.seen);
+        assert!(seen.current.len() + seen.previous.len() <= 4, "bounded");
+        drop(seen);
+        // ...and, still within hop_max_age, its replay is refused all the same.
+        assert_eq!(receiver.verify(&first, &T, 1_006_000), Err(HopError::Stale));
+        // Fresh hops keep working.
+        let fresh = sender.sign("a", &T, 1_006_000).unwrap();
+        assert!(receiver.verify(&fresh, &T, 1_006_000).is_ok());
     }
 }

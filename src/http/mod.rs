@@ -6,6 +6,7 @@
 //! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
 
 mod call;
+pub mod health;
 mod mcp;
 mod origin;
 mod placement;
@@ -112,7 +113,10 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>) -> Response<
 /// The replica that served an MCP response.
 pub const REPLICA_HEADER: &str = "x-vmcp-replica";
 
-/// Ready when not draining, the member list is known and the store answers.
+/// Ready when not draining and the member list is known: readiness is about
+/// this replica only. The store's health is detail (and `vmcp_store_up`): a
+/// replica whose store is down still serves the sessions it holds, and a
+/// Redis restart must not empty the Service.
 async fn ready(app: &App) -> Response<Body> {
     if app.manager.is_draining() {
         return reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n".into());
@@ -124,8 +128,10 @@ async fn ready(app: &App) -> Response<Body> {
             "membership unknown\n".into(),
         );
     }
-    match app.manager.store().ping().await {
-        Ok(()) => reply::text(StatusCode::OK, "text/plain", "ready\n".into()),
-        Err(e) => reply::text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("store: {e}\n")),
-    }
+    let body = match app.store_health.state() {
+        health::StoreState::Up => "ready\n".to_owned(),
+        health::StoreState::Unknown => "ready\nstore: not probed yet\n".to_owned(),
+        health::StoreState::Down(reason) => format!("ready\nstore: down: {reason}\n"),
+    };
+    reply::text(StatusCode::OK, "text/plain", body)
 }

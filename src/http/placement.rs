@@ -3,25 +3,32 @@
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{Response, StatusCode};
+use http::{Method, Response, StatusCode};
+use serde_json::Value;
 
 use super::mcp::{header_str, reject};
-use super::reply::{Body, SESSION_HEADER};
+use super::reply::{self, Body, SESSION_HEADER};
+use crate::affinity::forward::ForwardError;
 use crate::affinity::{HopTarget, Placement, HOP_HEADER};
 use crate::app::App;
 use crate::mcp::RpcError;
 
 /// `Some(response)` when the request was answered by its owner (or refused
-/// for a bad hop header); `None` when this replica serves it: it owns the
+/// for a bad hop header, or lost with an owner that failed after it was sent
+/// and not safe to run again); `None` when this replica serves it: it owns the
 /// session, the request came over a valid hop, has no session yet
-/// (`initialize`), or the owner could not be reached.
+/// (`initialize`), the owner provably never got it, or it is a read.
 pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response<Body>> {
     let session = header_str(&parts.headers, SESSION_HEADER)?;
     if let Some(hop) = parts.headers.get(HOP_HEADER) {
         let target = HopTarget {
+            to: &app.config.replica_id,
             method: parts.method.as_str(),
             path: parts.uri.path(),
             session,
+            host: parts.headers.get(http::header::HOST).map(http::HeaderValue::as_bytes),
+            origin: parts.headers.get(http::header::ORIGIN).map(http::HeaderValue::as_bytes),
+            body,
         };
         let verdict = hop
             .to_str()
@@ -50,10 +57,124 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
             app.metrics.requests_forwarded.with_label_values(&["ok"]).inc();
             Some(response)
         }
-        Err(e) => {
+        Err(ForwardError::NotSent(e)) => {
             app.metrics.requests_forwarded.with_label_values(&["failed"]).inc();
             tracing::warn!(owner = %owner.id, error = %e, "owner unreachable; serving here");
             None
         }
+        Err(e @ ForwardError::MaybeSent(_)) => match rerun(&parts.method, body) {
+            Rerun::Safe => {
+                app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
+                tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
+                None
+            }
+            Rerun::Unsafe(id) => {
+                app.metrics
+                    .requests_forwarded
+                    .with_label_values(&["outcome_unknown"])
+                    .inc();
+                tracing::warn!(owner = %owner.id, error = %e, "owner failed after the request was sent; outcome unknown");
+                Some(reply::error(&RpcError::outcome_unknown(), id.as_ref()))
+            }
+        },
+    }
+}
+
+/// Whether a request that may have run on a failed owner may run here too.
+#[derive(Debug, PartialEq)]
+enum Rerun {
+    Safe,
+    /// Not known to be idempotent; the request's id, if it has one.
+    Unsafe(Option<Value>),
+}
+
+/// Requests whose repetition changes nothing: reads.
+const IDEMPOTENT: &[&str] = &["ping", "resources/read", "prompts/get", "completion/complete"];
+
+fn idempotent_request(message: &Value) -> bool {
+    let method = message.get("method").and_then(Value::as_str);
+    message.get("id").is_some() && method.is_some_and(|m| m.ends_with("/list") || IDEMPOTENT.contains(&m))
+}
+
+/// GET (a stream of what the session says) and DELETE (ending a session
+/// twice ends it once) may run again; a POST only if every message in it is
+/// a read. A body that is not JSON runs nothing anywhere. Notifications,
+/// client responses, `tools/call` and anything unknown may not.
+fn rerun(method: &Method, body: &[u8]) -> Rerun {
+    if method != Method::POST {
+        return Rerun::Safe;
+    }
+    let Ok(message) = serde_json::from_slice::<Value>(body) else {
+        return Rerun::Safe;
+    };
+    match &message {
+        Value::Array(items) if !items.is_empty() && items.iter().all(idempotent_request) => Rerun::Safe,
+        Value::Array(_) => Rerun::Unsafe(None),
+        single if idempotent_request(single) => Rerun::Safe,
+        single => Rerun::Unsafe(
+            single
+                .get("id")
+                .filter(|id| id.is_string() || id.is_i64() || id.is_u64())
+                .cloned(),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn post(body: Value) -> Rerun {
+        rerun(&Method::POST, body.to_string().as_bytes())
+    }
+
+    #[test]
+    fn only_reads_run_again_after_an_owner_failed() {
+        for method in [
+            "tools/list",
+            "prompts/list",
+            "resources/list",
+            "resources/templates/list",
+            "resources/read",
+            "prompts/get",
+            "ping",
+            "completion/complete",
+        ] {
+            assert_eq!(
+                post(json!({"jsonrpc": "2.0", "id": 1, "method": method})),
+                Rerun::Safe,
+                "{method}"
+            );
+        }
+        assert_eq!(
+            post(json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call"})),
+            Rerun::Unsafe(Some(json!(7)))
+        );
+        assert_eq!(
+            post(json!({"jsonrpc": "2.0", "id": "x", "method": "resources/subscribe"})),
+            Rerun::Unsafe(Some(json!("x")))
+        );
+        assert_eq!(
+            post(json!({"jsonrpc": "2.0", "method": "notifications/cancelled"})),
+            Rerun::Unsafe(None)
+        );
+        assert_eq!(
+            post(json!({"jsonrpc": "2.0", "id": 3, "result": {}})),
+            Rerun::Unsafe(Some(json!(3)))
+        );
+        assert_eq!(
+            post(json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                        {"jsonrpc": "2.0", "id": 2, "method": "ping"}])),
+            Rerun::Safe
+        );
+        assert_eq!(
+            post(json!([{"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                        {"jsonrpc": "2.0", "id": 2, "method": "tools/call"}])),
+            Rerun::Unsafe(None)
+        );
+        assert_eq!(rerun(&Method::GET, b""), Rerun::Safe);
+        assert_eq!(rerun(&Method::DELETE, b""), Rerun::Safe);
+        assert_eq!(rerun(&Method::POST, b"{not json"), Rerun::Safe);
     }
 }

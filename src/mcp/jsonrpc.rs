@@ -6,6 +6,11 @@ use serde_json::{json, Value};
 
 use crate::backend::codes;
 
+/// The owner of the session failed after a forwarded request was sent to it:
+/// the request may or may not have run, so it is not run again elsewhere
+/// (vmcp's own code, in the range JSON-RPC reserves for implementations).
+pub const OUTCOME_UNKNOWN: i32 = -32050;
+
 /// An error answered to the client.
 #[derive(Debug, Clone)]
 pub struct RpcError {
@@ -48,6 +53,15 @@ impl RpcError {
 
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(codes::INTERNAL_ERROR, message, StatusCode::OK)
+    }
+
+    /// A non-idempotent request lost with its owner replica: 502, [`OUTCOME_UNKNOWN`].
+    pub fn outcome_unknown() -> Self {
+        Self::new(
+            OUTCOME_UNKNOWN,
+            "outcome unknown: the replica that owns this session failed after the request was sent; it may or may not have run",
+            StatusCode::BAD_GATEWAY,
+        )
     }
 
     pub fn with_status(mut self, status: StatusCode) -> Self {
