@@ -164,3 +164,26 @@ fn example_configs_in_the_repository_are_valid() {
     }
     assert!(checked >= 2, "examples/ holds the demo and the reference config");
 }
+
+#[test]
+fn inherit_env_copies_named_variables_and_refuses_vmcp_ones() {
+    let env = HashMap::from([
+        ("TOKEN_A".to_owned(), "a".to_owned()),
+        ("SET_BOTH".to_owned(), "inherited".to_owned()),
+    ]);
+    let yaml = "backends:\n  - name: s\n    command: [x]\n    env: { SET_BOTH: explicit }\n    inherit_env: [TOKEN_A, SET_BOTH, UNSET_ONE]\n";
+    let c = Config::parse(yaml, Path::new("x.yaml"), &env).unwrap();
+    let b = &c.backends[0];
+    assert_eq!(b.env.get("TOKEN_A").map(String::as_str), Some("a"));
+    assert_eq!(b.env.get("SET_BOTH").map(String::as_str), Some("explicit"));
+    assert!(!b.env.contains_key("UNSET_ONE"));
+
+    let (field, message) =
+        field_error("backends:\n  - name: s\n    command: [x]\n    inherit_env: [PATH, VMCP_HOP_KEY]\n");
+    assert_eq!(field, "backends.0.inherit_env.1");
+    assert!(message.contains("VMCP_HOP_KEY"), "{message}");
+    let (field, _) = field_error("backends:\n  - name: s\n    command: [x]\n    env: { vmcp_redis_url: x }\n");
+    assert_eq!(field, "backends.0.env.vmcp_redis_url");
+    let (field, _) = field_error("backends:\n  - name: s\n    command: [x]\n    inherit_env: [\"A=B\"]\n");
+    assert_eq!(field, "backends.0.inherit_env.0");
+}

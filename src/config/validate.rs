@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{Config, MembershipKind, StoreKind};
+use super::{is_vmcp_variable, Config, MembershipKind, StoreKind};
 
 type Invalid = (String, String);
 
@@ -141,6 +141,31 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
                 }
             }
         }
+        for key in b.env.keys() {
+            if !env_name_ok(key) {
+                return Err(invalid(field(&format!("env.{key}")), "is not a valid variable name"));
+            }
+            if is_vmcp_variable(key) {
+                return Err(invalid(
+                    field(&format!("env.{key}")),
+                    "VMCP_* variables hold vmcp's own secrets and are never given to a backend",
+                ));
+            }
+        }
+        for (j, name) in b.inherit_env.iter().enumerate() {
+            if !env_name_ok(name) {
+                return Err(invalid(
+                    field(&format!("inherit_env.{j}")),
+                    format!("`{name}` is not a valid variable name"),
+                ));
+            }
+            if is_vmcp_variable(name) {
+                return Err(invalid(
+                    field(&format!("inherit_env.{j}")),
+                    format!("`{name}`: VMCP_* variables hold vmcp's own secrets and are never passed to a backend"),
+                ));
+            }
+        }
         for (key, value) in &b.headers {
             if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
                 return Err(invalid(field(&format!("headers.{key}")), "is not a valid header name"));
@@ -151,4 +176,9 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A name a process environment can hold (no `=`, no NUL, not empty).
+fn env_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
 }
