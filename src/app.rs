@@ -34,6 +34,10 @@ pub struct App {
     pub streams_stop: CancellationToken,
     /// DNS rebinding protection for `/mcp`.
     pub hosts: HostGuard,
+    /// The session store (also held by the manager).
+    pub store: Arc<dyn SessionStore>,
+    /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
+    pub identity: IdentityHasher,
 }
 
 impl App {
@@ -81,11 +85,11 @@ impl App {
             config.session.clone(),
             config.aggregation.clone(),
             metrics.clone(),
-            store,
+            Arc::clone(&store),
         );
         let manager = SessionManager::new(
             Arc::new(factory),
-            identity,
+            identity.clone(),
             metrics.clone(),
             limits,
             Arc::clone(&membership),
@@ -100,6 +104,8 @@ impl App {
             forwarder,
             streams_stop: CancellationToken::new(),
             hosts,
+            store,
+            identity,
         }))
     }
 }
@@ -159,6 +165,10 @@ pub fn install_crypto_provider() {
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
+    let salt_keeper = {
+        let (identity, store, stop) = (app.identity.clone(), Arc::clone(&app.store), background_stop.clone());
+        tokio::spawn(async move { identity.keep_salt(store, stop).await })
+    };
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let drain = {
@@ -185,6 +195,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     tokio::join!(main, admin, drain);
     background_stop.cancel();
     let _ = background.await;
+    let _ = salt_keeper.await;
     if let Some(task) = discovery {
         task.abort();
     }

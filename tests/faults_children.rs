@@ -116,3 +116,60 @@ async fn shutdown_kills_the_childs_whole_process_group() {
         "the child's grandchild outlived vmcp"
     );
 }
+
+/// Two single-replica vmcp processes on one Redis (no hops: each rebuilds the
+/// other's sessions from the metadata), sessions bound to a bearer token.
+fn redis_yaml(backend: &str, redis: &support::redis::RedisServer) -> String {
+    support::config_yaml(
+        &[("one", backend)],
+        &format!(
+            "store:\n  kind: redis\n  redis:\n    url: {}\n    key_prefix: \"salt-test:\"\n",
+            redis.url()
+        ),
+    )
+}
+
+#[tokio::test]
+async fn a_lost_identity_salt_is_written_back_so_replicas_keep_agreeing() {
+    let redis = support::redis::RedisServer::start().await;
+    let backend = support::TestBackend::start("one").await;
+    let a = VmcpProcess::start(&redis_yaml(&backend.url, &redis)).await;
+    let mut client = Client::new(&a.url);
+    client.token = Some("token-of-alice".into());
+    client.initialize().await;
+
+    // Redis loses the salt (eviction, a FLUSHALL, a restart): only the salt key here.
+    let mut conn = redis.conn().await;
+    let removed: i64 = redis::cmd("DEL")
+        .arg("salt-test:identity-salt")
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    assert_eq!(removed, 1, "the salt was stored under its documented key");
+    let mut written_back = false;
+    for _ in 0..100 {
+        let exists: i64 = redis::cmd("EXISTS")
+            .arg("salt-test:identity-salt")
+            .query_async(&mut conn)
+            .await
+            .expect("EXISTS");
+        if exists == 1 {
+            written_back = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(written_back, "no replica wrote the salt it holds back within 10 s");
+
+    // A replica started now agrees with A on who owns the session.
+    let b = VmcpProcess::start(&redis_yaml(&backend.url, &redis)).await;
+    let same = client.via(&b.url);
+    let reply = same.request("tools/list", serde_json::json!({})).await;
+    assert_eq!(reply.status, http::StatusCode::OK, "same token on B: {reply:?}");
+    let mut other = client.via(&b.url);
+    other.token = Some("token-of-mallory".into());
+    let reply = other.request("tools/list", serde_json::json!({})).await;
+    assert_eq!(reply.status, http::StatusCode::NOT_FOUND, "other token on B: {reply:?}");
+    a.kill().await;
+    b.kill().await;
+}

@@ -402,6 +402,9 @@ impl Config {
         if let Some(key) = lookup.get("VMCP_HOP_KEY").filter(|v| !v.is_empty()) {
             self.affinity.hop_key = Some(key);
         }
+        if let Some(key) = lookup.get("VMCP_IDENTITY_KEY").filter(|v| !v.is_empty()) {
+            self.session.identity_key = Some(key);
+        }
         if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
             let prefix = self.store.redis.as_ref().map(|r| r.key_prefix.clone());
             self.store.redis = Some(RedisConfig {

@@ -138,11 +138,16 @@ fn environment_overrides_apply() {
         ("VMCP_REPLICA_ID".to_owned(), "pod-7".to_owned()),
         ("VMCP_LOG_FORMAT".to_owned(), "json".to_owned()),
         ("VMCP_REDIS_URL".to_owned(), "redis://:pw@10.0.0.1:6379/0".to_owned()),
+        (
+            "VMCP_IDENTITY_KEY".to_owned(),
+            "identity-key-from-the-secret".to_owned(),
+        ),
     ]);
     let c = Config::parse("store:\n  kind: redis\n", Path::new("x.yaml"), &env).unwrap();
     assert_eq!(c.replica_id, "pod-7");
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.store.redis.unwrap().url, "redis://:pw@10.0.0.1:6379/0");
+    assert_eq!(c.session.identity_key.as_deref(), Some("identity-key-from-the-secret"));
 }
 
 #[test]
