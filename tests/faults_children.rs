@@ -173,3 +173,133 @@ async fn a_lost_identity_salt_is_written_back_so_replicas_keep_agreeing() {
     a.kill().await;
     b.kill().await;
 }
+
+/// A TCP proxy in front of a backend that can freeze: once frozen it stops
+/// moving bytes on every connection and leaves new ones unanswered (a hung
+/// backend, not a refusing one).
+struct FreezableProxy {
+    url: String,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl FreezableProxy {
+    async fn start(target: &str) -> Self {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let target_addr = target
+            .trim_start_matches("http://")
+            .split('/')
+            .next()
+            .expect("host:port")
+            .to_owned();
+        let path = target.splitn(4, '/').nth(3).unwrap_or("").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let url = format!("http://{}/{path}", listener.local_addr().expect("addr"));
+        let frozen = std::sync::Arc::new(AtomicBool::new(false));
+        let flag = std::sync::Arc::clone(&frozen);
+        let task = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((inbound, _)) = listener.accept().await {
+                if flag.load(Ordering::SeqCst) {
+                    held.push(inbound);
+                    continue;
+                }
+                let Ok(outbound) = tokio::net::TcpStream::connect(&target_addr).await else {
+                    continue;
+                };
+                let flag = std::sync::Arc::clone(&flag);
+                tokio::spawn(async move {
+                    let (mut ri, mut wi) = inbound.into_split();
+                    let (mut ro, mut wo) = outbound.into_split();
+                    let up = copy_until_frozen(&mut ri, &mut wo, std::sync::Arc::clone(&flag));
+                    let down = copy_until_frozen(&mut ro, &mut wi, flag);
+                    tokio::join!(up, down);
+                    // Frozen or closed: keep the sockets open, answer nothing.
+                    std::future::pending::<()>().await;
+                });
+            }
+        });
+        Self {
+            url,
+            frozen,
+            _task: task,
+        }
+    }
+
+    fn freeze(&self) {
+        self.frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Copies until EOF, or forever holds the bytes once `frozen` is set.
+async fn copy_until_frozen(
+    from: &mut tokio::net::tcp::OwnedReadHalf,
+    to: &mut tokio::net::tcp::OwnedWriteHalf,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if frozen.load(std::sync::atomic::Ordering::SeqCst) {
+            std::future::pending::<()>().await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tokio::test]
+async fn sigterm_exits_within_drain_delay_plus_shutdown_timeout_with_a_hung_backend() {
+    let backend = support::TestBackend::start("one").await;
+    let proxy = FreezableProxy::start(&backend.url).await;
+    let yaml = support::config_yaml(
+        &[("one", &proxy.url)],
+        "session:\n  call_timeout: 60s\nhttp:\n  drain_delay: 500ms\n  shutdown_timeout: 3s\n",
+    );
+    let vmcp = VmcpProcess::start(&yaml).await;
+    let mut client = Client::new(&vmcp.url);
+    client.initialize().await;
+    assert_eq!(
+        client
+            .call_tool("one_echo", serde_json::json!({"message": "hi"}))
+            .await
+            .text(),
+        "one:hi"
+    );
+    proxy.freeze();
+    let url = vmcp.url.clone();
+    let session = client.session.clone();
+    // Raw, so that the reply cut by the exit is not a panic in the test client.
+    let in_flight = tokio::spawn(async move {
+        let body = serde_json::json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "one_echo", "arguments": {"message": "never answered"}}});
+        let _ = support::http()
+            .post(&url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2025-06-18")
+            .header("mcp-session-id", session.unwrap_or_default())
+            .body(body.to_string())
+            .timeout(Duration::from_secs(30))
+            .send()
+            .await;
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    vmcp.signal_term();
+    let exited = tokio::time::timeout(Duration::from_secs(20), vmcp.wait()).await;
+    let took = started.elapsed();
+    assert!(exited.is_ok(), "vmcp did not exit within 20 s of SIGTERM");
+    // drain_delay + shutdown_timeout = 3.5 s, plus a margin for the exit itself
+    // (before the fix: about 3.5 s + another shutdown_timeout closing the hung backend).
+    assert!(
+        took < Duration::from_millis(3500 + 1500),
+        "shutdown took {took:?}, more than drain_delay + shutdown_timeout"
+    );
+    in_flight.abort();
+}
