@@ -303,3 +303,150 @@ async fn sigterm_exits_within_drain_delay_plus_shutdown_timeout_with_a_hung_back
     );
     in_flight.abort();
 }
+
+#[tokio::test]
+async fn no_secret_reaches_the_log_even_at_trace_level() {
+    const REDIS_PASSWORD: &str = "redis-pw-Zq81xLk";
+    const URL_PASSWORD: &str = "url-pw-Hf73kQa";
+    const QUERY_TOKEN: &str = "query-token-Pm29vWe";
+    const HEADER_SECRET: &str = "header-secret-Yt56nBc";
+    const HOP_KEY: &str = "hop-key-secret-Rb47sJd-0123456789";
+    const IDENTITY_KEY: &str = "identity-key-secret-Gc95tMu";
+    const BEARER: &str = "bearer-token-Lw38pXo";
+    const DOWN_PASSWORD: &str = "down-pw-Vn62cEr";
+    let secrets = [
+        REDIS_PASSWORD,
+        URL_PASSWORD,
+        QUERY_TOKEN,
+        HEADER_SECRET,
+        HOP_KEY,
+        IDENTITY_KEY,
+        BEARER,
+        DOWN_PASSWORD,
+    ];
+
+    let redis = support::redis::RedisServer::start_with_password(REDIS_PASSWORD).await;
+    let backend = support::TestBackend::start("one").await;
+    let with_secrets =
+        backend.url.replace("http://", &format!("http://user:{URL_PASSWORD}@")) + &format!("?token={QUERY_TOKEN}");
+    let down = support::refused_url()
+        .await
+        .replace("http://", &format!("http://user:{DOWN_PASSWORD}@"));
+    let (port_a, port_b) = (support::deps::free_port(), support::deps::free_port());
+    let yaml = |id: &str| {
+        format!(
+            "replica_id: {id}
+backends:
+  - name: one
+    url: \"{with_secrets}\"
+    headers: {{ X-Api-Key: {HEADER_SECRET} }}
+  - name: down
+    url: \"{down}\"
+session:
+  init_timeout: 1s
+http:
+  drain_delay: 100ms
+store:
+  kind: redis
+membership:
+  members: {{ a: \"127.0.0.1:{port_a}\", b: \"127.0.0.1:{port_b}\" }}
+"
+        )
+    };
+    let env = [
+        ("RUST_LOG", "trace"),
+        ("VMCP_REDIS_URL", &redis.url()),
+        ("VMCP_HOP_KEY", HOP_KEY),
+        ("VMCP_IDENTITY_KEY", IDENTITY_KEY),
+    ];
+    let dir = std::env::temp_dir();
+    let (log_a, log_b) = (
+        dir.join(format!("vmcp-secrets-a-{port_a}.log")),
+        dir.join(format!("vmcp-secrets-b-{port_b}.log")),
+    );
+    let a = VmcpProcess::start_logged(port_a, &yaml("a"), &env, &log_a).await;
+    let b = VmcpProcess::start_logged(port_b, &yaml("b"), &env, &log_b).await;
+
+    // Sessions entering at both replicas: created, called, forwarded to their owner, deleted.
+    for _ in 0..4 {
+        for entry in [&a.url, &b.url] {
+            let mut client = Client::new(entry);
+            client.token = Some(BEARER.into());
+            client.initialize().await;
+            let other = if entry == &a.url { &b.url } else { &a.url };
+            let reply = client.call_tool("one_echo", serde_json::json!({"message": "x"})).await;
+            assert_eq!(reply.text(), "one:x");
+            let via_other = client.via(other);
+            assert_eq!(
+                via_other
+                    .call_tool("one_echo", serde_json::json!({"message": "y"}))
+                    .await
+                    .text(),
+                "one:y"
+            );
+            let mut stranger = client.via(other);
+            stranger.token = Some("someone-else".into());
+            assert_eq!(stranger.request("tools/list", serde_json::json!({})).await.status, 404);
+            assert!(via_other.delete().await.is_success());
+        }
+    }
+    a.terminate().await;
+    b.terminate().await;
+    for log in [&log_a, &log_b] {
+        let text = std::fs::read_to_string(log).expect("log");
+        assert!(
+            text.contains("TRACE") || text.contains("DEBUG"),
+            "the log is at trace level"
+        );
+        for secret in secrets {
+            let line = text.lines().find(|l| l.contains(secret));
+            assert!(
+                line.is_none(),
+                "{secret} in {}: {}",
+                log.display(),
+                line.unwrap_or_default()
+            );
+        }
+        let _ = std::fs::remove_file(log);
+    }
+}
+
+/// Backend failures log the backend's error: its URL must not carry the
+/// credentials or query of the configured URL there.
+#[tokio::test]
+#[ignore = "needs src/backend/http.rs to redact URLs in its errors and logs (see crate::redact::url)"]
+async fn backend_url_secrets_stay_out_of_logs_when_the_backend_fails() {
+    const DOWN_QUERY: &str = "down-query-Kd83jRw";
+    const GONE_PASSWORD: &str = "gone-pw-Ux20hNf";
+    const GONE_QUERY: &str = "gone-query-Ae47bZy";
+    let down = support::refused_url().await + &format!("?key={DOWN_QUERY}");
+    let gone = support::TestBackend::start("gone").await;
+    let gone_url =
+        gone.url.replace("http://", &format!("http://user:{GONE_PASSWORD}@")) + &format!("?token={GONE_QUERY}");
+    let yaml = format!(
+        "backends:\n  - name: gone\n    url: \"{gone_url}\"\n  - name: down\n    url: \"{down}\"\nsession:\n  init_timeout: 1s\nhttp:\n  drain_delay: 100ms\n"
+    );
+    let port = support::deps::free_port();
+    let log = std::env::temp_dir().join(format!("vmcp-secrets-fail-{port}.log"));
+    let vmcp = VmcpProcess::start_logged(port, &yaml, &[("RUST_LOG", "trace")], &log).await;
+    let mut client = Client::new(&vmcp.url);
+    client.initialize().await;
+    assert_eq!(
+        client
+            .call_tool("gone_echo", serde_json::json!({"message": "x"}))
+            .await
+            .text(),
+        "gone:x"
+    );
+    // The backend goes away: the session's close (DELETE to it) fails.
+    drop(gone);
+    assert!(client.delete().await.is_success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    vmcp.terminate().await;
+    let text = std::fs::read_to_string(&log).expect("log");
+    let _ = std::fs::remove_file(&log);
+    for secret in [DOWN_QUERY, GONE_PASSWORD, GONE_QUERY] {
+        let line = text.lines().find(|l| l.contains(secret));
+        assert!(line.is_none(), "{secret} in the log: {}", line.unwrap_or_default());
+    }
+}

@@ -192,3 +192,13 @@ fn inherit_env_copies_named_variables_and_refuses_vmcp_ones() {
     let (field, _) = field_error("backends:\n  - name: s\n    command: [x]\n    inherit_env: [\"A=B\"]\n");
     assert_eq!(field, "backends.0.inherit_env.0");
 }
+
+#[test]
+fn url_errors_do_not_echo_credentials_or_query() {
+    let (field, message) = field_error("backends:\n  - name: a\n    url: \"ftp://user:pw-Q9@h/mcp?token=tk-Q9\"\n");
+    assert_eq!(field, "backends.0.url");
+    assert!(message.contains("ftp://h/mcp"), "{message}");
+    assert!(!message.contains("pw-Q9") && !message.contains("tk-Q9"), "{message}");
+    let (_, message) = field_error("backends:\n  - name: a\n    url: \"http://user:pw-Q9@h h/?token=tk-Q9\"\n");
+    assert!(!message.contains("pw-Q9") && !message.contains("tk-Q9"), "{message}");
+}

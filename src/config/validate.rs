@@ -125,13 +125,15 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
             (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
             (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
             (Some(url), None) => {
+                // Echoed without credentials or query: config errors are logged.
+                let shown = crate::redact::url(url);
                 let parsed: http::Uri = url
                     .parse()
-                    .map_err(|e| invalid(field("url"), format!("`{url}` is not a URL: {e}")))?;
+                    .map_err(|e| invalid(field("url"), format!("`{shown}` is not a URL: {e}")))?;
                 if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
                     return Err(invalid(
                         field("url"),
-                        format!("`{url}` must be an http:// or https:// URL"),
+                        format!("`{shown}` must be an http:// or https:// URL"),
                     ));
                 }
             }

@@ -37,10 +37,10 @@ impl VmcpProcess {
         Self::start_full(super::deps::free_port(), yaml, env, Stdio::inherit()).await
     }
 
-    /// Like [`VmcpProcess::start_env`], with vmcp's stderr (its log) written to `log`.
-    pub async fn start_logged(yaml: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
+    /// Like [`VmcpProcess::start_env`] on `port`, with vmcp's stderr (its log) written to `log`.
+    pub async fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
         let file = std::fs::File::create(log).expect("create log file");
-        Self::start_full(super::deps::free_port(), yaml, env, Stdio::from(file)).await
+        Self::start_full(port, yaml, env, Stdio::from(file)).await
     }
 
     async fn start_full(port: u16, yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
