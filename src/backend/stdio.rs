@@ -84,6 +84,7 @@ impl StdioBackend {
         let mut child = ChildGroup(
             cmd.spawn()
                 .map_err(|e| BackendError::Transport(format!("cannot start {program}: {e}")))?,
+            Reaped::No,
         );
         let (Some(stdin), Some(stdout)) = (child.0.stdin().take(), child.0.stdout().take()) else {
             return Err(BackendError::Transport(format!("{program}: no stdio pipes")));
@@ -115,12 +116,23 @@ impl StdioBackend {
 }
 
 /// The child and its process group, killed together when dropped.
-struct ChildGroup(Box<dyn ChildWrapper>);
+struct ChildGroup(Box<dyn ChildWrapper>, Reaped);
+
+/// Whether the child was reaped: its pid (the group id) may then be reused,
+/// so the group is not signalled again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reaped {
+    No,
+    Yes,
+}
 
 impl ChildGroup {
     /// SIGKILL to the whole group (the child, if still running, and whatever
     /// it started); no group left is not an error.
     fn kill_group(&mut self) {
+        if self.1 == Reaped::Yes {
+            return;
+        }
         if let Err(e) = self.0.start_kill() {
             tracing::trace!(error = %e, "stdio backend group already gone");
         }
@@ -268,7 +280,9 @@ impl StdioSession {
         }
         child.kill_group();
         // Reap the child (killed just now, or already gone) so no zombie is left.
-        let _ = tokio::time::timeout(Duration::from_millis(500), child.0.inner_mut().wait()).await;
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), child.0.inner_mut().wait()).await {
+            child.1 = Reaped::Yes;
+        }
     }
 }
 
