@@ -50,7 +50,7 @@ async fn gone_within(pid: u64, within: Duration) -> bool {
 async fn stdio_children_get_a_minimal_environment_without_vmcp_secrets() {
     let yaml = env_server_yaml(
         "    env:\n      FROM_CONFIG: configured\n    inherit_env: [PASS_THROUGH]\n",
-        "",
+        "http:\n  drain_delay: 0s\n",
     );
     let vmcp = VmcpProcess::start_env(
         &yaml,
@@ -79,12 +79,13 @@ async fn stdio_children_get_a_minimal_environment_without_vmcp_secrets() {
     assert_eq!(env.get("LC_ALL").and_then(Value::as_str), Some("C.UTF-8"));
     assert_eq!(env.get("FROM_CONFIG").and_then(Value::as_str), Some("configured"));
     assert_eq!(env.get("PASS_THROUGH").and_then(Value::as_str), Some("asked-for"));
-    vmcp.kill().await;
+    // SIGTERM, not SIGKILL: a SIGKILLed vmcp cannot kill its children's groups.
+    vmcp.terminate().await;
 }
 
 #[tokio::test]
 async fn closing_a_session_kills_the_childs_whole_process_group() {
-    let vmcp = VmcpProcess::start(&env_server_yaml("", "")).await;
+    let vmcp = VmcpProcess::start(&env_server_yaml("", "http:\n  drain_delay: 0s\n")).await;
     let mut client = Client::new(&vmcp.url);
     client.initialize().await;
     let report = child_report(&client).await;
@@ -100,7 +101,7 @@ async fn closing_a_session_kills_the_childs_whole_process_group() {
         gone_within(grandchild, Duration::from_secs(5)).await,
         "the child's grandchild outlived the session"
     );
-    vmcp.kill().await;
+    vmcp.terminate().await;
 }
 
 #[tokio::test]
