@@ -1,6 +1,9 @@
 """Checks what kubernetes-validate cannot: the ServiceMonitor against the
-fields its CRD requires (and that it selects a Service port that exists), and
-every vmcp config in a ConfigMap with `vmcp validate`.
+fields its CRD requires (and that it selects a Service port that exists),
+every vmcp config in a ConfigMap with `vmcp validate`, and that each
+Deployment's terminationGracePeriodSeconds stays above the longest shutdown
+its vmcp config allows (http.drain_delay + http.shutdown_timeout, plus the
+seconds the process may take to exit), so Kubernetes never SIGKILLs a drain.
 
 Usage: check_rendered.py RENDERED.yaml VMCP_BINARY
 """
@@ -38,6 +41,22 @@ SERVICE_MONITOR = {
     },
 }
 
+# vmcp's own exit margin beyond drain_delay + shutdown_timeout (main.rs: EXIT_GRACE twice), plus 1 s.
+EXIT_MARGIN_S = 3
+UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600}
+
+
+def seconds(duration, default):
+    """A vmcp duration as the chart writes them (`500ms`, `5s`, `1m`), in seconds."""
+    if duration is None:
+        return default
+    text = str(duration).strip()
+    for unit in ("ms", "s", "m", "h"):
+        if text.endswith(unit) and text[: -len(unit)].isdigit():
+            return int(text[: -len(unit)]) * UNITS[unit]
+    raise AssertionError(f"duration {text!r}: expected a number and ms, s, m or h")
+
+
 ENV = {"VMCP_REPLICA_ID": "vmcp-0", "VMCP_HOP_KEY": "0123456789abcdef0123", "REDIS_PASSWORD": "x", "ALPHA_KEY": "x"}
 
 
@@ -46,6 +65,7 @@ def main(path, vmcp):
         docs = [d for d in yaml.safe_load_all(f) if d]
     services = [d for d in docs if d.get("kind") == "Service"]
     checked = 0
+    longest_stop = 0
     for doc in docs:
         if doc.get("kind") == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR)
@@ -57,6 +77,9 @@ def main(path, vmcp):
         for name, text in (doc.get("data") or {}).items() if doc.get("kind") == "ConfigMap" else []:
             if not name.endswith(".yaml") or "listen:" not in text:
                 continue
+            http = (yaml.safe_load(text) or {}).get("http") or {}
+            stop = seconds(http.get("drain_delay"), 5) + seconds(http.get("shutdown_timeout"), 20)
+            longest_stop = max(longest_stop, stop)
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
                 tmp.write(text)
             try:
@@ -65,7 +88,17 @@ def main(path, vmcp):
             finally:
                 os.unlink(tmp.name)
             checked += 1
-    print(f"{path}: {checked} ServiceMonitor/config object(s) checked")
+    for doc in docs:
+        if doc.get("kind") != "Deployment" or not longest_stop:
+            continue
+        grace = doc["spec"]["template"]["spec"].get("terminationGracePeriodSeconds", 30)
+        needed = longest_stop + EXIT_MARGIN_S
+        assert grace >= needed, (
+            f"{path}: Deployment {doc['metadata']['name']}: terminationGracePeriodSeconds {grace} < "
+            f"drain_delay + shutdown_timeout + {EXIT_MARGIN_S} s = {needed}"
+        )
+        checked += 1
+    print(f"{path}: {checked} ServiceMonitor/config/Deployment object(s) checked")
 
 
 if __name__ == "__main__":

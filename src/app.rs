@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::affinity::{Forwarder, Hops, Membership};
@@ -38,6 +39,10 @@ pub struct App {
     pub hosts: HostGuard,
     /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
     pub store_health: Arc<StoreHealth>,
+    /// The session store (also held by the manager).
+    pub store: Arc<dyn SessionStore>,
+    /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
+    pub identity: IdentityHasher,
 }
 
 impl App {
@@ -104,11 +109,11 @@ impl App {
             config.session.clone(),
             config.aggregation.clone(),
             metrics.clone(),
-            store,
+            Arc::clone(&store),
         );
         let manager = SessionManager::new(
             Arc::new(factory),
-            identity,
+            identity.clone(),
             metrics.clone(),
             limits,
             Arc::clone(&membership),
@@ -125,6 +130,8 @@ impl App {
             streams_stop: CancellationToken::new(),
             hosts,
             store_health,
+            store,
+            identity,
         }))
     }
 }
@@ -177,24 +184,35 @@ pub fn install_crypto_provider() {
 ///    still served and forwarded for `http.drain_delay`, while load balancers
 ///    and the other replicas notice;
 /// 2. the listener closes; open client streams end with a `retry` hint, so the
-///    clients reconnect elsewhere; in-flight requests get
+///    clients reconnect elsewhere; in-flight requests get what is left of
 ///    `http.shutdown_timeout` to finish;
 /// 3. sessions are released (with Redis: backend sessions stay open and the
 ///    metadata stays, for the replicas that take over) or closed (memory store).
+///
+/// One deadline, `drain_delay + shutdown_timeout` after the stop signal,
+/// bounds all of it: whatever hangs (a request, a backend being closed), this
+/// returns by then (the orchestrator's grace period is set above it).
 pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationToken) {
     let background_stop = CancellationToken::new();
     let background = tokio::spawn(Arc::clone(&app.manager).run_background(background_stop.clone()));
     let probe =
         tokio::spawn(Arc::clone(&app.store_health).run(Arc::clone(app.manager.store()), background_stop.clone()));
+    let salt_keeper = {
+        let (identity, store, stop) = (app.identity.clone(), Arc::clone(&app.store), background_stop.clone());
+        tokio::spawn(async move { identity.keep_salt(store, stop).await })
+    };
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
+    let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);
     let drain = {
-        let (app, stop_accepting) = (Arc::clone(&app), stop_accepting.clone());
+        let (app, stop_accepting, shutdown) = (Arc::clone(&app), stop_accepting.clone(), shutdown.clone());
         async move {
             shutdown.cancelled().await;
+            let http = &app.config.http;
+            let _ = deadline_tx.send(Some(Instant::now() + http.drain_delay + http.shutdown_timeout));
             app.manager.start_draining();
-            tracing::info!(delay = ?app.config.http.drain_delay, "draining: not ready, still serving");
-            tokio::time::sleep(app.config.http.drain_delay).await;
+            tracing::info!(delay = ?http.drain_delay, "draining: not ready, still serving");
+            tokio::time::sleep(http.drain_delay).await;
             app.streams_stop.cancel();
             stop_accepting.cancel();
         }
@@ -209,15 +227,39 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
         }
     };
     let main = crate::http::serve(listener, Arc::clone(&app), Surface::Main, stop_accepting.clone());
-    tokio::join!(main, admin, drain);
+    let serving = async {
+        tokio::join!(main, admin, drain);
+    };
+    tokio::pin!(serving);
+    let mut deadline_rx = deadline_rx;
+    // No deadline before the stop signal; from then on everything ends by it.
+    let signalled = tokio::select! {
+        _ = &mut serving => None,
+        at = deadline_rx.wait_for(Option::is_some) => Some(at.ok().and_then(|at| *at)),
+    };
+    let deadline = match signalled {
+        None => (*deadline_rx.borrow()).unwrap_or_else(Instant::now),
+        Some(at) => {
+            let at = at.unwrap_or_else(Instant::now);
+            if tokio::time::timeout_at(at, &mut serving).await.is_err() {
+                tracing::warn!("in-flight requests did not finish before the shutdown deadline");
+            }
+            at
+        }
+    };
     background_stop.cancel();
-    let _ = background.await;
-    let _ = probe.await;
+    let background = async {
+        let _ = background.await;
+        let _ = probe.await;
+        let _ = salt_keeper.await;
+    };
+    if tokio::time::timeout_at(deadline, background).await.is_err() {
+        tracing::warn!("background tasks did not stop before the shutdown deadline");
+    }
     if let Some(task) = discovery {
         task.abort();
     }
-    let closing = app.manager.close_all();
-    if tokio::time::timeout(app.config.http.shutdown_timeout, closing)
+    if tokio::time::timeout_at(deadline, app.manager.close_all())
         .await
         .is_err()
     {

@@ -3,7 +3,7 @@
 //! Data flow: `http` (front door) → `mcp` (JSON-RPC + method dispatch) →
 //! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
-//! session; `config` and `telemetry` serve all of them; `app` wires a replica.
+//! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica.
 
 pub mod affinity;
 pub mod aggregate;
@@ -12,6 +12,7 @@ pub mod backend;
 pub mod config;
 pub mod http;
 pub mod mcp;
+pub mod redact;
 pub mod session;
 pub mod store;
 pub mod sync;

@@ -2,6 +2,7 @@
 //! checks a configuration and exits non-zero naming the bad field.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -43,10 +44,18 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()
                 .context("cannot start the tokio runtime")?;
-            runtime.block_on(serve(config, path))
+            let result = runtime.block_on(serve(config, path));
+            // Tasks still running (connections cut at the deadline) are dropped
+            // here; a blocking call that never returns must not hold the exit.
+            runtime.shutdown_timeout(EXIT_GRACE);
+            result
         }
     }
 }
+
+/// What the process may take beyond its shutdown deadline to exit (dropping
+/// tasks, flushing the log) before the watchdog ends it.
+const EXIT_GRACE: Duration = Duration::from_secs(1);
 
 async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
     telemetry::init_tracing(config.log.format);
@@ -62,9 +71,10 @@ async fn serve(config: Config, path: PathBuf) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         config.listen
     );
+    let bound = config.http.drain_delay + config.http.shutdown_timeout;
     let app = vmcp::app::App::new(config, metrics)?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(signal_on_stop(shutdown.clone()));
+    tokio::spawn(signal_on_stop(shutdown.clone(), bound));
     tokio::spawn(reload_on_hangup(std::sync::Arc::clone(&app), path));
     vmcp::app::run(listener, app, shutdown).await;
     tracing::info!("vmcp stopped");
@@ -95,8 +105,11 @@ async fn reload_on_hangup(app: std::sync::Arc<vmcp::app::App>, path: PathBuf) {
     let _ = (app, path);
 }
 
-/// Cancels `shutdown` on SIGTERM or SIGINT.
-async fn signal_on_stop(shutdown: CancellationToken) {
+/// Cancels `shutdown` on SIGTERM or SIGINT, and from then on guarantees the
+/// process exits within `bound` (drain delay + shutdown timeout) plus
+/// [`EXIT_GRACE`] twice over, even if the runtime itself is stuck: a plain
+/// thread ends the process then.
+async fn signal_on_stop(shutdown: CancellationToken, bound: Duration) {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
@@ -118,4 +131,12 @@ async fn signal_on_stop(shutdown: CancellationToken) {
     let _ = ctrl_c.await;
     tracing::info!("stop signal received: draining");
     shutdown.cancel();
+    let watchdog = std::thread::Builder::new().name("exit-watchdog".into()).spawn(move || {
+        std::thread::sleep(bound + EXIT_GRACE * 2);
+        tracing::error!(?bound, "vmcp did not stop by its shutdown deadline; exiting now");
+        std::process::exit(1);
+    });
+    if let Err(e) = watchdog {
+        tracing::warn!(error = %e, "cannot start the exit watchdog");
+    }
 }

@@ -1,15 +1,21 @@
-//! stdio backends: one child process per client session, through rmcp's
-//! `TokioChildProcess`. The child is killed when the session closes (and by
-//! rmcp's drop guard if the session is dropped without closing).
+//! stdio backends: one child process per client session, speaking MCP over
+//! its stdin/stdout through rmcp.
+//!
+//! Least privilege: the child gets a minimal environment (what the official
+//! MCP SDKs give stdio servers, plus locale and `TMPDIR`), the backend's `env`
+//! and the variables its `inherit_env` names; never vmcp's own (`VMCP_HOP_KEY`,
+//! the Redis URL, ...). It runs as the leader of its own process group, and
+//! the whole group is killed when the session closes or is dropped, so the
+//! grandchildren of `npx`-style launchers do not survive it.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
+use process_wrap::tokio::{ChildWrapper, CommandWrap};
 use rmcp::model::{ClientConfig, ClientRequest};
 use rmcp::service::{PeerRequestOptions, RequestHandle, RunningService, ServiceError};
-use rmcp::transport::TokioChildProcess;
 use rmcp::RoleClient;
 use serde_json::{json, Value};
 use tokio::sync::Mutex;
@@ -18,6 +24,27 @@ use tracing::Instrument;
 
 use super::stdio_client::{CallRelay, StdioClient};
 use super::{rpc_error, BackendError};
+use crate::config::is_vmcp_variable;
+use crate::sync::lock;
+
+/// vmcp's variables a child inherits by default: the official MCP SDKs' list
+/// for POSIX (`DEFAULT_INHERITED_ENV_VARS`), plus locale and the temp dir.
+const INHERITED: &[&str] = &[
+    "HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER", "TMPDIR", "LANG", "LANGUAGE",
+];
+
+/// How long closing a session waits for its child to exit after its stdin
+/// closed, before the whole process group is killed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// The default part of a child's environment, from vmcp's own. Like the SDKs,
+/// values that are shell functions (`()...`) are skipped.
+fn default_environment() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::OsString)> {
+    std::env::vars_os().filter(|(name, value)| {
+        let Some(name) = name.to_str() else { return false };
+        (INHERITED.contains(&name) || name.starts_with("LC_")) && !value.as_encoded_bytes().starts_with(b"()")
+    })
+}
 
 /// How to start one stdio backend.
 pub struct StdioBackend {
@@ -44,14 +71,28 @@ impl StdioBackend {
             .split_first()
             .ok_or_else(|| BackendError::Protocol("empty command".into()))?;
         let mut cmd = tokio::process::Command::new(program);
-        cmd.args(args).envs(&self.env);
-        let (transport, stderr) = TokioChildProcess::builder(cmd)
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .map_err(|e| BackendError::Transport(format!("cannot start {program}: {e}")))?;
-        if let Some(stderr) = stderr {
+        cmd.args(args)
+            .env_clear()
+            .envs(default_environment())
+            .envs(self.env.iter().filter(|(name, _)| !is_vmcp_variable(name)))
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut cmd = CommandWrap::from(cmd);
+        #[cfg(unix)]
+        cmd.wrap(process_wrap::tokio::ProcessGroup::leader());
+        let mut child = ChildGroup(
+            cmd.spawn()
+                .map_err(|e| BackendError::Transport(format!("cannot start {program}: {e}")))?,
+            Reaped::No,
+        );
+        let (Some(stdin), Some(stdout)) = (child.0.stdin().take(), child.0.stdout().take()) else {
+            return Err(BackendError::Transport(format!("{program}: no stdio pipes")));
+        };
+        if let Some(stderr) = child.0.stderr().take() {
             tokio::spawn(log_stderr(program.clone(), stderr));
         }
+        let transport = (stdout, stdin);
         // The service's tasks outlive this request: give them their own root span.
         let span = tracing::info_span!(parent: None, "stdio_backend", program = %program);
         let client = StdioClient::new(info, name);
@@ -69,7 +110,38 @@ impl StdioBackend {
             init,
             client,
             service: Mutex::new(Some(service)),
+            child: std::sync::Mutex::new(Some(child)),
         })
+    }
+}
+
+/// The child and its process group, killed together when dropped.
+struct ChildGroup(Box<dyn ChildWrapper>, Reaped);
+
+/// Whether the child was reaped: its pid (the group id) may then be reused,
+/// so the group is not signalled again.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reaped {
+    No,
+    Yes,
+}
+
+impl ChildGroup {
+    /// SIGKILL to the whole group (the child, if still running, and whatever
+    /// it started); no group left is not an error.
+    fn kill_group(&mut self) {
+        if self.1 == Reaped::Yes {
+            return;
+        }
+        if let Err(e) = self.0.start_kill() {
+            tracing::trace!(error = %e, "stdio backend group already gone");
+        }
+    }
+}
+
+impl Drop for ChildGroup {
+    fn drop(&mut self) {
+        self.kill_group();
     }
 }
 
@@ -78,6 +150,7 @@ pub struct StdioSession {
     init: Value,
     client: StdioClient,
     service: Mutex<Option<RunningService<RoleClient, StdioClient>>>,
+    child: std::sync::Mutex<Option<ChildGroup>>,
 }
 
 impl StdioSession {
@@ -183,13 +256,32 @@ impl StdioSession {
         .boxed()
     }
 
-    /// Stops the service and kills the child.
+    /// Stops the service, which closes the child's stdin (the MCP way of
+    /// asking a stdio server to exit), gives the child [`CLOSE_GRACE`] to
+    /// exit, then kills its whole process group. Never waits longer than that
+    /// (plus a moment to reap), whatever the child does.
     pub async fn close(&self) {
+        let deadline = tokio::time::Instant::now() + CLOSE_GRACE;
         let service = self.service.lock().await.take();
+        let child = lock(&self.child).take();
         if let Some(service) = service {
-            if let Err(e) = service.cancel().await {
-                tracing::debug!(error = %e, "stdio backend did not stop cleanly");
+            match tokio::time::timeout_at(deadline, service.cancel()).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::debug!(error = %e, "stdio backend did not stop cleanly"),
+                Err(_) => tracing::debug!("stdio backend service did not stop in time"),
             }
+        }
+        let Some(mut child) = child else { return };
+        if tokio::time::timeout_at(deadline, child.0.inner_mut().wait())
+            .await
+            .is_err()
+        {
+            tracing::debug!("stdio backend did not exit after its stdin closed; killing it");
+        }
+        child.kill_group();
+        // Reap the child (killed just now, or already gone) so no zombie is left.
+        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(500), child.0.inner_mut().wait()).await {
+            child.1 = Reaped::Yes;
         }
     }
 }

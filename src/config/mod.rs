@@ -80,9 +80,14 @@ pub struct BackendConfig {
     /// Program and arguments of a stdio backend (one child process per session).
     #[serde(default)]
     pub command: Option<Vec<String>>,
-    /// Extra environment for the stdio child process.
+    /// Extra environment for the stdio child process. A child otherwise gets
+    /// only a minimal environment (see [`crate::backend::StdioBackend`]).
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Names of vmcp's own environment variables passed on to the stdio child
+    /// (resolved when the config is loaded; `env` wins). Never `VMCP_*`.
+    #[serde(default)]
+    pub inherit_env: Vec<String>,
     /// Which tools of this backend are exposed, and under which names.
     #[serde(default)]
     pub tools: ItemFilter,
@@ -406,7 +411,20 @@ impl Config {
             field,
             message,
         })?;
+        config.resolve_inherited_env(lookup);
         Ok(config)
+    }
+
+    /// Copies the variables each stdio backend's `inherit_env` names into its
+    /// `env` (unset ones are skipped; an explicit `env` entry wins).
+    fn resolve_inherited_env(&mut self, lookup: &dyn Lookup) {
+        for backend in &mut self.backends {
+            for name in &backend.inherit_env {
+                if let Some(value) = lookup.get(name) {
+                    backend.env.entry(name.clone()).or_insert(value);
+                }
+            }
+        }
     }
 
     /// Environment overrides for values that differ per pod or are secret.
@@ -416,6 +434,9 @@ impl Config {
         }
         if let Some(key) = lookup.get("VMCP_HOP_KEY").filter(|v| !v.is_empty()) {
             self.affinity.hop_key = Some(key);
+        }
+        if let Some(key) = lookup.get("VMCP_IDENTITY_KEY").filter(|v| !v.is_empty()) {
+            self.session.identity_key = Some(key);
         }
         if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
             let prefix = self.store.redis.as_ref().map(|r| r.key_prefix.clone());
@@ -430,6 +451,12 @@ impl Config {
             _ => {}
         }
     }
+}
+
+/// vmcp's own variables (hop key, Redis URL, ...), whatever the case: never
+/// given to a backend.
+pub fn is_vmcp_variable(name: &str) -> bool {
+    name.get(..5).is_some_and(|p| p.eq_ignore_ascii_case("VMCP_"))
 }
 
 /// Humantime durations (`250ms`, `5s`, `30m`) for serde.

@@ -138,11 +138,16 @@ fn environment_overrides_apply() {
         ("VMCP_REPLICA_ID".to_owned(), "pod-7".to_owned()),
         ("VMCP_LOG_FORMAT".to_owned(), "json".to_owned()),
         ("VMCP_REDIS_URL".to_owned(), "redis://:pw@10.0.0.1:6379/0".to_owned()),
+        (
+            "VMCP_IDENTITY_KEY".to_owned(),
+            "identity-key-from-the-secret".to_owned(),
+        ),
     ]);
     let c = Config::parse("store:\n  kind: redis\n", Path::new("x.yaml"), &env).unwrap();
     assert_eq!(c.replica_id, "pod-7");
     assert_eq!(c.log.format, LogFormat::Json);
     assert_eq!(c.store.redis.unwrap().url, "redis://:pw@10.0.0.1:6379/0");
+    assert_eq!(c.session.identity_key.as_deref(), Some("identity-key-from-the-secret"));
 }
 
 #[test]
@@ -163,4 +168,37 @@ fn example_configs_in_the_repository_are_valid() {
         }
     }
     assert!(checked >= 2, "examples/ holds the demo and the reference config");
+}
+
+#[test]
+fn inherit_env_copies_named_variables_and_refuses_vmcp_ones() {
+    let env = HashMap::from([
+        ("TOKEN_A".to_owned(), "a".to_owned()),
+        ("SET_BOTH".to_owned(), "inherited".to_owned()),
+    ]);
+    let yaml = "backends:\n  - name: s\n    command: [x]\n    env: { SET_BOTH: explicit }\n    inherit_env: [TOKEN_A, SET_BOTH, UNSET_ONE]\n";
+    let c = Config::parse(yaml, Path::new("x.yaml"), &env).unwrap();
+    let b = &c.backends[0];
+    assert_eq!(b.env.get("TOKEN_A").map(String::as_str), Some("a"));
+    assert_eq!(b.env.get("SET_BOTH").map(String::as_str), Some("explicit"));
+    assert!(!b.env.contains_key("UNSET_ONE"));
+
+    let (field, message) =
+        field_error("backends:\n  - name: s\n    command: [x]\n    inherit_env: [PATH, VMCP_HOP_KEY]\n");
+    assert_eq!(field, "backends.0.inherit_env.1");
+    assert!(message.contains("VMCP_HOP_KEY"), "{message}");
+    let (field, _) = field_error("backends:\n  - name: s\n    command: [x]\n    env: { vmcp_redis_url: x }\n");
+    assert_eq!(field, "backends.0.env.vmcp_redis_url");
+    let (field, _) = field_error("backends:\n  - name: s\n    command: [x]\n    inherit_env: [\"A=B\"]\n");
+    assert_eq!(field, "backends.0.inherit_env.0");
+}
+
+#[test]
+fn url_errors_do_not_echo_credentials_or_query() {
+    let (field, message) = field_error("backends:\n  - name: a\n    url: \"ftp://user:pw-Q9@h/mcp?token=tk-Q9\"\n");
+    assert_eq!(field, "backends.0.url");
+    assert!(message.contains("ftp://h/mcp"), "{message}");
+    assert!(!message.contains("pw-Q9") && !message.contains("tk-Q9"), "{message}");
+    let (_, message) = field_error("backends:\n  - name: a\n    url: \"http://user:pw-Q9@h h/?token=tk-Q9\"\n");
+    assert!(!message.contains("pw-Q9") && !message.contains("tk-Q9"), "{message}");
 }

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{Config, MembershipKind, StoreKind};
+use super::{is_vmcp_variable, Config, MembershipKind, StoreKind};
 
 type Invalid = (String, String);
 
@@ -137,13 +137,15 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
             (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
             (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
             (Some(url), None) => {
+                // Echoed without credentials or query: config errors are logged.
+                let shown = crate::redact::url(url);
                 let parsed: http::Uri = url
                     .parse()
-                    .map_err(|e| invalid(field("url"), format!("`{url}` is not a URL: {e}")))?;
+                    .map_err(|e| invalid(field("url"), format!("`{shown}` is not a URL: {e}")))?;
                 if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.host().is_none() {
                     return Err(invalid(
                         field("url"),
-                        format!("`{url}` must be an http:// or https:// URL"),
+                        format!("`{shown}` must be an http:// or https:// URL"),
                     ));
                 }
             }
@@ -151,6 +153,31 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
                 if cmd.first().is_none_or(|p| p.is_empty()) {
                     return Err(invalid(field("command"), "must name a program"));
                 }
+            }
+        }
+        for key in b.env.keys() {
+            if !env_name_ok(key) {
+                return Err(invalid(field(&format!("env.{key}")), "is not a valid variable name"));
+            }
+            if is_vmcp_variable(key) {
+                return Err(invalid(
+                    field(&format!("env.{key}")),
+                    "VMCP_* variables hold vmcp's own secrets and are never given to a backend",
+                ));
+            }
+        }
+        for (j, name) in b.inherit_env.iter().enumerate() {
+            if !env_name_ok(name) {
+                return Err(invalid(
+                    field(&format!("inherit_env.{j}")),
+                    format!("`{name}` is not a valid variable name"),
+                ));
+            }
+            if is_vmcp_variable(name) {
+                return Err(invalid(
+                    field(&format!("inherit_env.{j}")),
+                    format!("`{name}`: VMCP_* variables hold vmcp's own secrets and are never passed to a backend"),
+                ));
             }
         }
         for (key, value) in &b.headers {
@@ -163,4 +190,9 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
         }
     }
     Ok(())
+}
+
+/// A name a process environment can hold (no `=`, no NUL, not empty).
+fn env_name_ok(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
 }

@@ -103,6 +103,14 @@ pub trait SessionStore: Send + Sync + 'static {
     fn deletions(&self) -> BoxStream<'static, String>;
     /// A secret shared by every replica on this store, to key identity hashes.
     fn identity_salt(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>>;
+    /// Writes `salt` (the one this replica holds) back unless the store
+    /// already has one; `true` if it was missing. A store that lost the salt
+    /// (Redis restarted without persistence, a FLUSHALL, an eviction) would
+    /// otherwise let the next replica mint another one, and sessions bound to
+    /// a caller would then answer 404 on some replicas.
+    fn keep_identity_salt<'a>(&'a self, _salt: &'a [u8]) -> BoxFuture<'a, Result<bool, StoreError>> {
+        Box::pin(async { Ok(false) })
+    }
     /// Keeps one event of a session's client stream (at most `keep` per
     /// session, as long as the session lives) for reconnects elsewhere.
     /// A store only one replica uses keeps nothing: the replica's own log serves.

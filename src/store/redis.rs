@@ -5,7 +5,8 @@
 //!   extended by touches;
 //! - `P` + `closed:{ID}`: a tombstone left by DELETE (same TTL), so that a
 //!   replica still holding the session can never write it back;
-//! - `P` + `identity-salt`: the key of the identity hashes (created once, no TTL);
+//! - `P` + `identity-salt`: the key of the identity hashes (created once, no TTL;
+//!   every replica that holds it writes it back if it goes missing);
 //! - `P` + `events:{ID}`: the session's last client-stream events, for
 //!   `Last-Event-ID` on another replica: a sorted set scored by event id
 //!   (microsecond-based, below 2^53, so exact as a score), members
@@ -102,6 +103,10 @@ impl RedisStore {
 
     fn events_key(&self, id: &str) -> String {
         format!("{}events:{{{id}}}", self.prefix)
+    }
+
+    fn salt_key(&self) -> String {
+        format!("{}identity-salt", self.prefix)
     }
 
     fn channel(&self) -> String {
@@ -231,13 +236,22 @@ impl SessionStore for RedisStore {
     fn identity_salt(&self) -> BoxFuture<'_, Result<Vec<u8>, StoreError>> {
         self.timed("salt", async move {
             let mut conn = self.conn().await?;
-            let key = format!("{}identity-salt", self.prefix);
+            let key = self.salt_key();
             let mut fresh = [0u8; 32];
             getrandom::fill(&mut fresh).map_err(unavailable)?;
             let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
             let _: bool = conn.set_nx(&key, fresh).await.map_err(unavailable)?;
-            let salt: String = conn.get(&key).await.map_err(unavailable)?;
-            Ok(salt.into_bytes())
+            let salt: Option<String> = conn.get(&key).await.map_err(unavailable)?;
+            salt.map(String::into_bytes)
+                .ok_or_else(|| unavailable("the identity salt vanished while it was read"))
+        })
+        .boxed()
+    }
+
+    fn keep_identity_salt<'a>(&'a self, salt: &'a [u8]) -> BoxFuture<'a, Result<bool, StoreError>> {
+        self.timed("salt_keep", async move {
+            let mut conn = self.conn().await?;
+            conn.set_nx(self.salt_key(), salt).await.map_err(unavailable)
         })
         .boxed()
     }

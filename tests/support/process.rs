@@ -29,14 +29,30 @@ impl VmcpProcess {
 
     /// Starts `vmcp serve` on `port`; `yaml` must not set `listen`.
     pub async fn start_on(port: u16, yaml: &str) -> Self {
+        Self::start_full(port, yaml, &[], Stdio::inherit()).await
+    }
+
+    /// Starts `vmcp serve` with extra environment variables (`RUST_LOG` among them overrides `warn`).
+    pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
+        Self::start_full(super::deps::free_port(), yaml, env, Stdio::inherit()).await
+    }
+
+    /// Like [`VmcpProcess::start_env`] on `port`, with vmcp's stderr (its log) written to `log`.
+    pub async fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
+        let file = std::fs::File::create(log).expect("create log file");
+        Self::start_full(port, yaml, env, Stdio::from(file)).await
+    }
+
+    async fn start_full(port: u16, yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let path = std::env::temp_dir().join(format!("vmcp-test-{port}.yaml"));
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{yaml}")).expect("write config");
         let child = Command::new(env!("CARGO_BIN_EXE_vmcp"))
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .kill_on_drop(true)
             .spawn()
             .expect("vmcp binary runs");

@@ -8,35 +8,54 @@ use tokio::process::{Child, Command};
 pub struct RedisServer {
     pub port: u16,
     child: Option<Child>,
+    /// `--requirepass`, when started with one.
+    password: Option<String>,
 }
 
 impl RedisServer {
     pub async fn start() -> Self {
+        Self::start_inner(None).await
+    }
+
+    /// A server that requires `password` (its URL carries it).
+    pub async fn start_with_password(password: &str) -> Self {
+        Self::start_inner(Some(password.to_owned())).await
+    }
+
+    async fn start_inner(password: Option<String>) -> Self {
         let mut server = Self {
             port: super::deps::free_port(),
             child: None,
+            password,
         };
         server.start_again().await;
         server
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        match &self.password {
+            Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
+            None => format!("redis://127.0.0.1:{}/0", self.port),
+        }
     }
 
     /// (Re)starts the server on the same port, empty (no persistence).
     pub async fn start_again(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
+        let mut command = Command::new("redis-server");
+        command.args([
+            "--port",
+            &self.port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ]);
+        if let Some(pw) = &self.password {
+            command.args(["--requirepass", pw]);
+        }
+        let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .kill_on_drop(true)

@@ -1,0 +1,43 @@
+//! Secrets out of logs and messages: what may be printed of a URL.
+//!
+//! Backend URLs may carry credentials (`https://user:token@host/...`) or
+//! tokens in the query (`?api_key=...`), and the Redis URL its password. Logs
+//! and error messages show only `scheme://host:port/path`.
+
+/// `raw` without userinfo, query or fragment; works on text that is not a
+/// valid URL too (a config error must not echo a secret either).
+pub fn url(raw: &str) -> String {
+    let cut = raw.find(['?', '#']).unwrap_or(raw.len());
+    let head = &raw[..cut];
+    let (scheme, rest) = match head.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, head),
+    };
+    let end = rest.find('/').unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{host}{path}"),
+        None => format!("{host}{path}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::url;
+
+    #[test]
+    fn credentials_query_and_fragment_are_dropped() {
+        assert_eq!(
+            url("https://user:pw@example.com:8443/mcp/v1?api_key=k#frag"),
+            "https://example.com:8443/mcp/v1"
+        );
+        assert_eq!(url("redis://:secret@10.0.0.1:6379/0"), "redis://10.0.0.1:6379/0");
+        assert_eq!(url("http://127.0.0.1:9001/mcp"), "http://127.0.0.1:9001/mcp");
+        assert_eq!(url("http://host?token=t"), "http://host");
+        assert_eq!(url("user:pw@host/x"), "host/x");
+        assert_eq!(url("not a url"), "not a url");
+        // `@` in the path is not userinfo.
+        assert_eq!(url("http://h/a@b"), "http://h/a@b");
+    }
+}

@@ -1,0 +1,44 @@
+"""A minimal MCP stdio server for tests/faults_children.rs (standard library only).
+
+At start it spawns a long-lived grandchild (`sleep 300`), as `npx` does with
+the real server. Its one tool, `env`, answers with the child's environment and
+the grandchild's pid, so a test can check what the child inherited and that
+closing the session kills the whole process group.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+grandchild = subprocess.Popen(
+    ["sleep", "300"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+)
+
+
+def reply(msg_id, result):
+    sys.stdout.write(json.dumps({"jsonrpc": "2.0", "id": msg_id, "result": result}) + "\n")
+    sys.stdout.flush()
+
+
+for line in sys.stdin:
+    line = line.strip()
+    if not line:
+        continue
+    msg = json.loads(line)
+    method, msg_id = msg.get("method"), msg.get("id")
+    if msg_id is None:
+        continue
+    if method == "initialize":
+        reply(msg_id, {
+            "protocolVersion": msg["params"]["protocolVersion"],
+            "capabilities": {"tools": {}},
+            "serverInfo": {"name": "env-server", "version": "1"},
+        })
+    elif method == "tools/list":
+        reply(msg_id, {"tools": [{"name": "env", "inputSchema": {"type": "object"}}]})
+    elif method == "tools/call":
+        text = json.dumps({"env": dict(os.environ), "grandchild": grandchild.pid, "pid": os.getpid()})
+        reply(msg_id, {"content": [{"type": "text", "text": text}]})
+    else:
+        reply(msg_id, {})
