@@ -139,3 +139,34 @@ async fn deep_nesting_is_a_parse_error_not_a_stack_overflow() {
         .await;
     assert_eq!(reply.text(), "b:deep");
 }
+
+#[tokio::test]
+async fn a_refusal_waits_for_the_body_and_keeps_the_connection() {
+    let (_b, replica) = replica_with("  max_body_bytes: 4194304\n").await;
+    // Refused on its headers (415) with the body not yet there. Answered at
+    // once, the connection had to close with the body unread, so the
+    // client's body writes met a reset that could destroy the 415 before the
+    // client read it (seen by the hostile-input test as broken pipes).
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    let head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\
+                Accept: application/json\r\nContent-Length: 10\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stream.write_all(b"0123456789").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("answer")
+        .unwrap_or(0);
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 415"), "{first}");
+    // The same connection carries the next request.
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await;
+    let second = read_until_closed(&mut stream).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "connection not reusable: {second:?}"
+    );
+}

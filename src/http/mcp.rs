@@ -26,6 +26,31 @@ use crate::telemetry::Metrics;
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    // A POST's body is read (bounded) before anything is judged: an error
+    // answered while the client is still sending makes the close that follows
+    // reset the connection, and the client never sees the error.
+    let bytes = if parts.method == Method::POST {
+        match read_body(body, &parts.headers, &app.config.http).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body is never read: the connection cannot carry another request.
+                let mut response = reject(e, None);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+    handle_buffered(app, Request::from_parts(parts, bytes)).await
+}
+
+/// `/mcp` for a request whose body was read already: the same checks and
+/// answers as over HTTP (tests drive hostile input through it in-process).
+pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<Body> {
+    let (parts, bytes) = req.into_parts();
     if !app.hosts.admits(&parts.headers) {
         return reject(
             RpcError::invalid_request("Host or Origin not allowed").with_status(StatusCode::FORBIDDEN),
@@ -45,20 +70,6 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             return response;
         }
-    };
-    let bytes = match format {
-        Some(_) => match read_body(body, &parts.headers, &app.config.http).await {
-            Ok(b) => b,
-            Err(e) => {
-                // The rest of the body is never read: the connection cannot carry another request.
-                let mut response = reject(e, None);
-                response
-                    .headers_mut()
-                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                return response;
-            }
-        },
-        None => bytes::Bytes::new(),
     };
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
         return response;

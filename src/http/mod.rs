@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
+pub use mcp::handle_buffered;
 pub use origin::HostGuard;
 use reply::Body;
 
