@@ -320,6 +320,18 @@ impl Default for AffinityConfig {
 pub struct HttpConfig {
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// A client must send a request's line and headers within this long, else
+    /// the connection is closed (slowloris). The same clock bounds an idle
+    /// keep-alive connection waiting for its next request.
+    #[serde(with = "duration")]
+    pub header_read_timeout: Duration,
+    /// The whole body of a POST must arrive within this long, else 408.
+    #[serde(with = "duration")]
+    pub body_read_timeout: Duration,
+    /// Most messages in one JSON-RPC batch; a longer batch is refused whole
+    /// (400, -32600) and none of it runs: a batch's requests run concurrently,
+    /// so this bounds the fan-out one POST can cause.
+    pub max_batch: usize,
     /// How long a stopping replica waits for in-flight requests.
     #[serde(with = "duration")]
     pub shutdown_timeout: Duration,
@@ -337,6 +349,9 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(30),
+            max_batch: 64,
             shutdown_timeout: Duration::from_secs(20),
             drain_delay: Duration::from_secs(5),
             allowed_hosts: None,

@@ -59,6 +59,15 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if config.http.max_body_bytes < 1024 {
         return Err(invalid("http.max_body_bytes", "must be at least 1024"));
     }
+    if config.http.header_read_timeout.is_zero() {
+        return Err(invalid("http.header_read_timeout", "must be greater than zero"));
+    }
+    if config.http.body_read_timeout.is_zero() {
+        return Err(invalid("http.body_read_timeout", "must be greater than zero"));
+    }
+    if config.http.max_batch == 0 {
+        return Err(invalid("http.max_batch", "must be at least 1"));
+    }
     if config.replica_id.is_empty() {
         return Err(invalid("replica_id", "must not be empty"));
     }

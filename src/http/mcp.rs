@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
 use crate::app::App;
 use crate::backend::CallContext;
+use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, RpcError};
 use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
@@ -25,6 +26,31 @@ use crate::telemetry::Metrics;
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
     let (parts, body) = req.into_parts();
+    // A POST's body is read (bounded) before anything is judged: an error
+    // answered while the client is still sending makes the close that follows
+    // reset the connection, and the client never sees the error.
+    let bytes = if parts.method == Method::POST {
+        match read_body(body, &parts.headers, &app.config.http).await {
+            Ok(b) => b,
+            Err(e) => {
+                // The rest of the body is never read: the connection cannot carry another request.
+                let mut response = reject(e, None);
+                response
+                    .headers_mut()
+                    .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                return response;
+            }
+        }
+    } else {
+        bytes::Bytes::new()
+    };
+    handle_buffered(app, Request::from_parts(parts, bytes)).await
+}
+
+/// `/mcp` for a request whose body was read already: the same checks and
+/// answers as over HTTP (tests drive hostile input through it in-process).
+pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<Body> {
+    let (parts, bytes) = req.into_parts();
     if !app.hosts.admits(&parts.headers) {
         return reject(
             RpcError::invalid_request("Host or Origin not allowed").with_status(StatusCode::FORBIDDEN),
@@ -44,13 +70,6 @@ pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
                 .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
             return response;
         }
-    };
-    let bytes = match format {
-        Some(_) => match read_body(body, &parts.headers, app.config.http.max_body_bytes).await {
-            Ok(b) => b,
-            Err(e) => return reject(e, None),
-        },
-        None => bytes::Bytes::new(),
     };
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
         return response;
@@ -123,8 +142,11 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
     Ok(format)
 }
 
-/// Reads the whole body, refusing more than `limit` bytes with 413.
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<bytes::Bytes, RpcError> {
+/// Reads the whole body, refusing more than `max_body_bytes` with 413 and a
+/// body that does not arrive within `body_read_timeout` with 408 (a client
+/// trickling its body must not hold a task and a buffer forever).
+async fn read_body(body: Incoming, headers: &HeaderMap, limits: &HttpConfig) -> Result<bytes::Bytes, RpcError> {
+    let limit = limits.max_body_bytes;
     let too_large = || {
         RpcError::invalid_request(format!("request body exceeds {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
@@ -133,10 +155,16 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
-        Err(e) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
+    let deadline = limits.body_read_timeout;
+    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
+        Ok(Err(e)) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
+        Err(_) => Err(RpcError::invalid_request(format!(
+            "request body not received within {}",
+            humantime::format_duration(deadline)
+        ))
+        .with_status(StatusCode::REQUEST_TIMEOUT)),
     }
 }
 
@@ -146,6 +174,14 @@ async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> R
         Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
     };
     match value {
+        Value::Array(items) if items.len() > app.config.http.max_batch => reject(
+            RpcError::invalid_request(format!(
+                "batch of {} messages exceeds max_batch {}",
+                items.len(),
+                app.config.http.max_batch
+            )),
+            None,
+        ),
         Value::Array(items) => batch(app, items, headers, format).await,
         single => one(app, single, headers, format).await,
     }

@@ -18,13 +18,14 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::app::App;
+pub use mcp::handle_buffered;
 pub use origin::HostGuard;
 use reply::Body;
 
@@ -38,7 +39,13 @@ pub enum Surface {
 
 pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
-    let http = hyper::server::conn::http1::Builder::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // Slowloris: a request line and headers that do not arrive within the
+    // deadline close the connection. hyper arms this clock whenever it waits
+    // for a request head, so it also ends idle keep-alive connections.
+    // Header count (100) and size (~400 KiB buffer) keep hyper's bounds.
+    http.timer(TokioTimer::new())
+        .header_read_timeout(app.config.http.header_read_timeout);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {

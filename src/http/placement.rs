@@ -40,8 +40,9 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
                 None
             }
             Err(e) => {
+                // Counted, and logged once at info by `reject`: any client
+                // can send a hop header, so a warning here would let it flood the logs.
                 app.metrics.hops_refused.inc();
-                tracing::warn!(error = %e, "hop header refused");
                 Some(reject(
                     RpcError::invalid_request(e.to_string()).with_status(StatusCode::FORBIDDEN),
                     None,

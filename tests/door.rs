@@ -1,0 +1,172 @@
+//! Front-door limits on real sockets: clients that trickle their headers or
+//! their body, idle keep-alive connections, oversized batches and deep nesting.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use support::{config_yaml, Replica, TestBackend};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// Far above the 300 ms deadlines the tests configure, far below "forever".
+const PATIENCE: Duration = Duration::from_secs(5);
+
+fn addr(replica: &Replica) -> String {
+    replica.base.trim_start_matches("http://").to_owned()
+}
+
+/// Reads until the server closes the connection (or `PATIENCE` runs out, a
+/// failure); returns what was received.
+async fn read_until_closed(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    let started = Instant::now();
+    loop {
+        let left = PATIENCE.saturating_sub(started.elapsed());
+        match tokio::time::timeout(left, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return String::from_utf8_lossy(&received).into_owned(),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => panic!(
+                "connection still open after {PATIENCE:?}; received: {}",
+                String::from_utf8_lossy(&received)
+            ),
+        }
+    }
+}
+
+async fn replica_with(http: &str) -> (TestBackend, Replica) {
+    let backend = TestBackend::start("b").await;
+    let replica = Replica::start(&config_yaml(&[("b", &backend.url)], &format!("http:\n{http}"))).await;
+    (backend, replica)
+}
+
+#[tokio::test]
+async fn a_client_trickling_its_headers_is_disconnected() {
+    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n").await;
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    stream
+        .write_all(b"POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: appl")
+        .await
+        .expect("write");
+    let started = Instant::now();
+    read_until_closed(&mut stream).await;
+    assert!(started.elapsed() < PATIENCE, "closed after {:?}", started.elapsed());
+    // Everyone else is still served.
+    assert_eq!(
+        support::http()
+            .get(format!("{}/healthz", replica.base))
+            .send()
+            .await
+            .expect("healthz")
+            .status(),
+        200
+    );
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n").await;
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .expect("write");
+    let received = read_until_closed(&mut stream).await;
+    assert!(received.starts_with("HTTP/1.1 200"), "{received}");
+}
+
+#[tokio::test]
+async fn a_body_that_does_not_arrive_in_time_gets_408() {
+    let (_b, replica) = replica_with("  body_read_timeout: 300ms\n").await;
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    let head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+                Accept: application/json\r\nContent-Length: 1000\r\n\r\n{\"jsonrpc\"";
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let received = read_until_closed(&mut stream).await;
+    assert!(received.starts_with("HTTP/1.1 408"), "{received}");
+    let body = received.split("\r\n\r\n").nth(1).unwrap_or_default();
+    let body: Value = serde_json::from_str(body).expect("a JSON-RPC error body");
+    assert_eq!(body["error"]["code"], -32600, "{body}");
+}
+
+#[tokio::test]
+async fn an_oversized_batch_is_refused_whole() {
+    let (backend, replica) = replica_with("  max_batch: 4\n").await;
+    let mut client = replica.client();
+    client.initialize().await;
+    let call = |i: usize| {
+        json!({"jsonrpc": "2.0", "id": i, "method": "tools/call",
+               "params": {"name": "b_echo", "arguments": {"message": "x"}}})
+    };
+    let five: Vec<Value> = (0..5).map(call).collect();
+    let reply = client.post_raw(Value::Array(five).to_string(), &[]).await;
+    assert_eq!((reply.status, reply.error_code()), (StatusCode::BAD_REQUEST, -32600));
+    let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+    assert_eq!(message, "batch of 5 messages exceeds max_batch 4");
+    assert_eq!(backend.stats.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+
+    let four: Vec<Value> = (0..4).map(call).collect();
+    let reply = client.post_raw(Value::Array(four).to_string(), &[]).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(reply.body.as_array().map(Vec::len), Some(4), "{}", reply.body);
+    assert_eq!(backend.stats.calls.load(std::sync::atomic::Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn deep_nesting_is_a_parse_error_not_a_stack_overflow() {
+    let (_b, replica) = replica_with("  max_body_bytes: 4194304\n").await;
+    let mut client = replica.client();
+    client.initialize().await;
+    for depth in [129, 10_000, 1_000_000] {
+        let body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        let reply = client.post_raw(body, &[]).await;
+        assert_eq!(
+            (reply.status, reply.error_code()),
+            (StatusCode::BAD_REQUEST, -32700),
+            "depth {depth}"
+        );
+    }
+    // Nesting within serde_json's limit travels to the backend and back.
+    let mut deep = json!("bottom");
+    for _ in 0..100 {
+        deep = json!([deep]);
+    }
+    let reply = client
+        .call_tool("b_echo", json!({"message": "deep", "deep": deep}))
+        .await;
+    assert_eq!(reply.text(), "b:deep");
+}
+
+#[tokio::test]
+async fn a_refusal_waits_for_the_body_and_keeps_the_connection() {
+    let (_b, replica) = replica_with("  max_body_bytes: 4194304\n").await;
+    // Refused on its headers (415) with the body not yet there. Answered at
+    // once, the connection had to close with the body unread, so the
+    // client's body writes met a reset that could destroy the 415 before the
+    // client read it (seen by the hostile-input test as broken pipes).
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    let head = "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: text/plain\r\n\
+                Accept: application/json\r\nContent-Length: 10\r\n\r\n";
+    stream.write_all(head.as_bytes()).await.expect("write head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _ = stream.write_all(b"0123456789").await;
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(PATIENCE, stream.read(&mut buf))
+        .await
+        .expect("answer")
+        .unwrap_or(0);
+    let first = String::from_utf8_lossy(&buf[..n]).into_owned();
+    assert!(first.starts_with("HTTP/1.1 415"), "{first}");
+    // The same connection carries the next request.
+    let _ = stream
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await;
+    let second = read_until_closed(&mut stream).await;
+    assert!(
+        second.starts_with("HTTP/1.1 200"),
+        "connection not reusable: {second:?}"
+    );
+}
