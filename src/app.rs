@@ -102,7 +102,12 @@ impl App {
             config.affinity.hop_key.as_deref(),
             config.affinity.hop_max_age,
         ));
-        let forwarder = Forwarder::new(&config.replica_id, Arc::clone(&hops), config.affinity.connect_timeout);
+        let forwarder = Forwarder::new(
+            &config.replica_id,
+            Arc::clone(&hops),
+            config.affinity.connect_timeout,
+            config.http.header_read_timeout / 2,
+        );
         let identity = IdentityHasher::new(config.session.identity_key.as_deref());
         let factory = SessionFactory::new(
             backends,

@@ -415,7 +415,6 @@ membership:
 /// Backend failures log the backend's error: its URL must not carry the
 /// credentials or query of the configured URL there.
 #[tokio::test]
-#[ignore = "needs src/backend/http.rs to redact URLs in its errors and logs (see crate::redact::url)"]
 async fn backend_url_secrets_stay_out_of_logs_when_the_backend_fails() {
     const DOWN_QUERY: &str = "down-query-Kd83jRw";
     const GONE_PASSWORD: &str = "gone-pw-Ux20hNf";

@@ -123,14 +123,19 @@ pub struct Forwarder {
 const DOWN_FOR: Duration = Duration::from_secs(3);
 
 impl Forwarder {
-    pub fn new(self_id: &str, hops: Arc<Hops>, connect_timeout: Duration) -> Self {
+    /// `idle`: how long a pooled connection to a peer is reused. It must be
+    /// shorter than the peers' `http.header_read_timeout` (which closes idle
+    /// connections), or a request could be written to a connection the peer
+    /// is closing, and a written request that fails is one whose outcome is
+    /// unknown.
+    pub fn new(self_id: &str, hops: Arc<Hops>, connect_timeout: Duration, idle: Duration) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
         // `set_host(false)`: the request carries exactly the `Host` the hop
         // signs (the client's, or none), never one made up from the owner's address.
         let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_idle_timeout(idle)
             .set_host(false)
             .build(connector);
         Self {

@@ -82,16 +82,6 @@ fn transport(e: reqwest::Error) -> BackendError {
     BackendError::Transport(text)
 }
 
-/// `scheme://host:port/path` of a backend URL, without user info or query
-/// (which may carry credentials), for logs.
-pub fn redacted(url: &reqwest::Url) -> String {
-    let host = url.host_str().unwrap_or("?");
-    match url.port() {
-        Some(port) => format!("{}://{host}:{port}{}", url.scheme(), url.path()),
-        None => format!("{}://{host}{}", url.scheme(), url.path()),
-    }
-}
-
 impl HttpBackend {
     /// `connect_timeout` bounds each TCP (and TLS) connect; `notice_timeout`
     /// every message nobody waits for.
@@ -358,7 +348,7 @@ impl HttpSession {
     fn deleter(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         self.session_id.as_ref()?;
         let request = self.client.delete(self.url.clone()).headers(self.headers.clone());
-        let (timeout, url) = (self.notice_timeout, redacted(&self.url));
+        let (timeout, url) = (self.notice_timeout, crate::redact::url(self.url.as_str()));
         Some(async move {
             match tokio::time::timeout(timeout, request.send()).await {
                 Ok(Ok(_)) => {}
@@ -475,7 +465,7 @@ async fn read_events(
                 "no response after {MAX_RESUMES} resumed streams"
             )));
         }
-        tracing::debug!(url = %redacted(&session.url), last_event_id = last, "resuming a backend's SSE stream");
+        tracing::debug!(url = %crate::redact::url(session.url.as_str()), last_event_id = last, "resuming a backend's SSE stream");
         tokio::time::sleep(retry).await;
         let resumed = session.open_stream(Some(last)).await?;
         if !resumed.status().is_success() || !is_event_stream(&resumed) {

@@ -241,7 +241,8 @@ impl SessionManager {
             None => self.rebuild_once(id, identity.as_deref()).await?,
         };
         if session.identity() != identity.as_deref() {
-            tracing::warn!(session.id = %id, "request for a session bound to another identity");
+            // Not a warning: any client that knows an id could flood the log with it.
+            tracing::debug!(session.id = %id, "request for a session bound to another identity");
             return Err(ResolveError::NotFound);
         }
         session.touch(self.now_ms());
@@ -279,7 +280,8 @@ impl SessionManager {
         };
         // Who is asking, before any backend is touched or a slot taken.
         if meta.identity.as_deref() != identity {
-            tracing::warn!(session.id = %id, "request for a session bound to another identity");
+            // Not a warning: any client that knows an id could flood the log with it.
+            tracing::debug!(session.id = %id, "request for a session bound to another identity");
             return Err(ResolveError::NotFound);
         }
         let result = self.restore(meta).await;
@@ -377,7 +379,7 @@ impl SessionManager {
             },
         };
         if owner != identity {
-            tracing::warn!(session.id = %id, "DELETE for a session bound to another identity");
+            tracing::debug!(session.id = %id, "DELETE for a session bound to another identity");
             return Ok(false);
         }
         // The tombstone first: once it is written no replica can write the
