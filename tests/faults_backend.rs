@@ -121,3 +121,32 @@ async fn the_reaper_keeps_expiring_sessions_while_one_backend_hangs() {
     );
     assert_eq!(replica.metric("vmcp_sessions_active"), 0.0);
 }
+
+#[tokio::test]
+async fn a_session_cannot_pile_up_calls_past_max_calls() {
+    let backend = TestBackend::start("b").await;
+    let yaml = config_yaml(&[("b", &backend.url)], "session:\n  max_calls: 2\n");
+    let replica = Replica::start(&yaml).await;
+    let mut client = replica.client();
+    client.initialize().await;
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let caller = client.via(&replica.url);
+            tokio::spawn(async move { caller.call_tool("b_slow", json!({"ms": 800})).await })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let refused = client.call_tool("b_echo", json!({})).await;
+    assert_eq!(refused.status, http::StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.error_code(), -32051);
+    assert!(refused.headers.get("retry-after").is_some());
+    // Lists come from the catalog: not bounded.
+    assert!(!client.list_names("tools/list", "tools").await.is_empty());
+    for call in slow {
+        assert_eq!(call.await.unwrap().text(), "slept 800");
+    }
+    assert_eq!(
+        client.call_tool("b_echo", json!({"message": "again"})).await.text(),
+        "b:again"
+    );
+}

@@ -126,6 +126,9 @@ pub struct SessionConfig {
     pub max_backend_init_concurrency: usize,
     /// Sessions one replica holds at most; `initialize` beyond it gets 503.
     pub max_sessions: usize,
+    /// Requests one session may have at its backends at once (calls whose
+    /// client stream went away included); more get 429.
+    pub max_calls: usize,
     /// Deadline of one forwarded call to a backend.
     #[serde(with = "duration")]
     pub call_timeout: Duration,
@@ -172,6 +175,7 @@ impl Default for SessionConfig {
             init_timeout: Duration::from_secs(5),
             max_backend_init_concurrency: 10,
             max_sessions: 100_000,
+            max_calls: 128,
             call_timeout: Duration::from_secs(300),
             close_timeout: Duration::from_secs(2),
             identity_key: None,

@@ -37,6 +37,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if s.max_backend_init_concurrency == 0 {
         return Err(invalid("session.max_backend_init_concurrency", "must be at least 1"));
     }
+    if s.max_calls == 0 {
+        return Err(invalid("session.max_calls", "must be at least 1"));
+    }
     if s.max_sessions == 0 {
         return Err(invalid("session.max_sessions", "must be at least 1"));
     }

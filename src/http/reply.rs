@@ -57,7 +57,7 @@ pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<
 /// A 503 also says when to come back.
 pub fn error(err: &RpcError, id: Option<&Value>) -> Response<Body> {
     let mut response = message(err.status, Format::Json, &err.to_body(id));
-    if err.status == StatusCode::SERVICE_UNAVAILABLE {
+    if err.status == StatusCode::SERVICE_UNAVAILABLE || err.status == StatusCode::TOO_MANY_REQUESTS {
         response
             .headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -146,7 +146,14 @@ pub fn event_stream(
             },
             received = tokio::time::timeout(KEEP_ALIVE, live.recv()) => match received {
                 Ok(Ok(event)) => event_text(&event),
-                Ok(Err(RecvError::Lagged(n))) => format!(": {n} messages dropped (slow reader)\n\n"),
+                // A reader too slow to keep up is not fed a gap (a lost
+                // elicitation is a hung tool call): its stream ends with a
+                // `retry` hint, and it resumes with `Last-Event-ID` from the
+                // replay buffer.
+                Ok(Err(RecvError::Lagged(n))) => {
+                    tracing::info!(behind = n, "GET stream reader too slow: ended, to resume with Last-Event-ID");
+                    return Some((sse_frame("retry: 1000\n\n".into()), (first, live, None, hold)));
+                }
                 Ok(Err(RecvError::Closed)) => return None,
                 Err(_) => ": keep-alive\n\n".to_owned(),
             },
@@ -183,4 +190,42 @@ pub fn text(status: StatusCode, content_type: &'static str, body: String) -> Res
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    use tokio::sync::broadcast;
+
+    use super::*;
+    use crate::session::{Event, Subscription};
+
+    #[tokio::test]
+    async fn a_reader_that_fell_behind_is_ended_to_resume_not_fed_a_gap() {
+        let (tx, live) = broadcast::channel(4);
+        for id in 1..=10 {
+            let _ = tx.send(Arc::new(Event {
+                id,
+                data: format!("{{\"n\":{id}}}").into_boxed_str(),
+            }));
+        }
+        let start = StreamStart {
+            subscription: Subscription {
+                missed: Vec::new(),
+                live,
+            },
+            priming_id: None,
+        };
+        let response = event_stream(start, std::future::pending::<StreamEnd>(), ());
+        let mut frames = response.into_body().into_data_stream();
+        let mut text = String::new();
+        while let Some(Ok(frame)) = frames.next().await {
+            text.push_str(&String::from_utf8_lossy(&frame));
+        }
+        assert_eq!(text, "retry: 1000\n\n", "no event after a gap, no comment hiding it");
+        drop(tx);
+    }
 }

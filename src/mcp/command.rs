@@ -147,6 +147,11 @@ pub fn to_rpc(e: SessionError) -> RpcError {
         }
         SessionError::UnknownResource(_) => RpcError::new(RESOURCE_NOT_FOUND, e.to_string(), StatusCode::OK),
         SessionError::BackendUnavailable(_) => RpcError::internal(e.to_string()),
+        SessionError::Busy(_) => RpcError::new(
+            super::jsonrpc::SESSION_BUSY,
+            e.to_string(),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
         SessionError::Backend { backend, error } => match error {
             BackendError::Rpc { code, message, data } => RpcError {
                 code,

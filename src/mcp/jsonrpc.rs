@@ -10,6 +10,8 @@ use crate::backend::codes;
 /// the request may or may not have run, so it is not run again elsewhere
 /// (vmcp's own code, in the range JSON-RPC reserves for implementations).
 pub const OUTCOME_UNKNOWN: i32 = -32050;
+/// A session already has `session.max_calls` requests at its backends (HTTP 429).
+pub const SESSION_BUSY: i32 = -32051;
 
 /// An error answered to the client.
 #[derive(Debug, Clone)]

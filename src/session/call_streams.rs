@@ -15,6 +15,10 @@ use tokio::sync::watch;
 
 /// How long a finished call stream can still be resumed.
 const KEPT_AFTER_END: Duration = Duration::from_secs(60);
+/// Messages one call stream keeps at most (memory per call is bounded): past
+/// it, notifications are dropped (and logged once); requests to the client
+/// and the response never are.
+const MAX_EVENTS: usize = 4096;
 
 /// One call's stream: its messages in order, then the end.
 pub struct CallStream {
@@ -23,6 +27,7 @@ pub struct CallStream {
     /// (messages so far, ended)
     progress: watch::Sender<(usize, bool)>,
     ended_at: Mutex<Option<Instant>>,
+    dropped: std::sync::atomic::AtomicUsize,
 }
 
 impl CallStream {
@@ -33,6 +38,19 @@ impl CallStream {
 
     pub fn push(&self, message: &serde_json::Value) {
         let mut events = lock(&self.events);
+        let notification = message
+            .get("method")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|m| m.starts_with("notifications/"));
+        if events.len() >= MAX_EVENTS && notification {
+            if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    kept = MAX_EVENTS,
+                    "a call relayed too many messages; dropping notifications"
+                );
+            }
+            return;
+        }
         events.push(Arc::from(message.to_string()));
         let len = events.len();
         self.progress.send_modify(|p| p.0 = len);
@@ -84,6 +102,7 @@ impl CallStreams {
             events: Mutex::default(),
             progress: watch::channel((0, false)).0,
             ended_at: Mutex::default(),
+            dropped: Default::default(),
         });
         let mut open = lock(&self.open);
         let now = Instant::now();
@@ -124,5 +143,20 @@ mod tests {
         assert!(reader.next().await.is_none());
         assert!(streams.resume("2/0").is_none());
         assert!(streams.resume("17").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_flood_of_notifications_is_capped_but_requests_and_the_response_are_kept() {
+        let stream = CallStreams::default().open();
+        for i in 0..(MAX_EVENTS + 100) {
+            stream.push(&json!({"method": "notifications/progress", "params": {"progress": i}}));
+        }
+        stream.push(&json!({"jsonrpc": "2.0", "id": "vmcp.b.1", "method": "elicitation/create"}));
+        stream.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {}}));
+        stream.end();
+        let all: Vec<_> = stream.read_from(0).collect().await;
+        assert_eq!(all.len(), MAX_EVENTS + 2);
+        assert!(all[MAX_EVENTS].1.contains("elicitation/create"));
+        assert!(all[MAX_EVENTS + 1].1.contains("result"));
     }
 }

@@ -270,6 +270,10 @@ impl SessionFactory {
         &self.metrics
     }
 
+    pub(crate) fn max_calls(&self) -> usize {
+        self.session.max_calls
+    }
+
     pub(crate) fn call_timeout(&self) -> Duration {
         self.session.call_timeout
     }

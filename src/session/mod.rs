@@ -58,6 +58,8 @@ pub enum SessionError {
     InvalidParams(String),
     #[error("backend `{0}` is not available in this session")]
     BackendUnavailable(String),
+    #[error("this session already has {0} requests in flight; retry later")]
+    Busy(usize),
     #[error("backend `{backend}`: {error}")]
     Backend { backend: String, error: BackendError },
 }
@@ -204,9 +206,19 @@ impl Session {
 
     /// Counts the call in and copies out what it needs; refuses when closed.
     fn enter(&self) -> Result<View<'_>, SessionError> {
+        self.enter_bounded(true)
+    }
+
+    /// `bounded`: refuse past `session.max_calls` (requests that reach a
+    /// backend); lists served from the catalog are not bounded.
+    fn enter_bounded(&self, bounded: bool) -> Result<View<'_>, SessionError> {
         let state = self.read();
         if state.closed {
             return Err(SessionError::Closed);
+        }
+        let limit = self.factory.max_calls();
+        if bounded && self.inflight.count() >= limit {
+            return Err(SessionError::Busy(limit));
         }
         Ok(View {
             backends: Arc::clone(&state.backends),
@@ -237,7 +249,7 @@ impl Session {
 
     /// One page of a list (`tools`, `prompts`, `resources`, `resourceTemplates`).
     pub fn list(&self, kind: ListKind, cursor: Option<&str>) -> Result<Value, SessionError> {
-        let view = self.enter()?;
+        let view = self.enter_bounded(false)?;
         let items = match kind {
             ListKind::Tools => &view.catalog.tools,
             ListKind::Prompts => &view.catalog.prompts,
