@@ -6,10 +6,11 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::affinity::pin::Pins;
 use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::health::{Circuit, CircuitPolicy};
 use crate::backend::{Backend, BackendError, Timeouts};
-use crate::config::{Config, MembershipKind, StoreKind};
+use crate::config::{Config, MembershipKind, PlacementMode, StoreKind};
 use crate::http::health::StoreHealth;
 use crate::http::{HostGuard, Surface};
 use crate::session::{IdentityHasher, Limits};
@@ -94,10 +95,24 @@ impl App {
             close_timeout: config.session.close_timeout,
             call_timeout: config.session.call_timeout,
         };
-        let membership = Arc::new(match config.membership.kind {
-            MembershipKind::Static => Membership::fixed(&config.replica_id, &config.membership.members),
-            MembershipKind::Kubernetes => Membership::unknown(&config.replica_id),
-        });
+        // Pinned ids are authenticated with the hop key; alone, a replica needs neither.
+        let pins = (config.placement() == PlacementMode::Pinned)
+            .then(|| {
+                config
+                    .affinity
+                    .hop_key
+                    .as_deref()
+                    .filter(|k| !k.is_empty())
+                    .map(Pins::new)
+            })
+            .flatten();
+        let membership = Arc::new(
+            match config.membership.kind {
+                MembershipKind::Static => Membership::fixed(&config.replica_id, &config.membership.members),
+                MembershipKind::Kubernetes => Membership::unknown(&config.replica_id),
+            }
+            .with_pins(pins),
+        );
         let hops = Arc::new(Hops::new(
             config.affinity.hop_key.as_deref(),
             config.affinity.hop_max_age,

@@ -162,23 +162,28 @@ impl Forwarder {
         let result = self.send(owner, parts, body, session).await;
         // Only a failed connect says the owner is down; a request lost after
         // writing may be one bad connection.
-        if matches!(result, Err(ForwardError::NotSent(NotSent::Connect(_)))) {
-            let until = Instant::now() + DOWN_FOR;
-            lock(&self.down).insert(Arc::clone(&owner.id), until);
+        // Logged once per owner going down and once on its return, not per request.
+        match &result {
+            Err(ForwardError::NotSent(NotSent::Connect(e))) => {
+                let until = Instant::now() + DOWN_FOR;
+                if lock(&self.down).insert(Arc::clone(&owner.id), until).is_none() {
+                    tracing::warn!(owner = %owner.id, error = %e, "replica unreachable: its sessions go to the next owner");
+                }
+            }
+            Ok(_) => {
+                if lock(&self.down).remove(&owner.id).is_some() {
+                    tracing::info!(owner = %owner.id, "replica reachable again");
+                }
+            }
+            Err(_) => {}
         }
         result
     }
 
-    fn is_down(&self, id: &Arc<str>) -> bool {
-        let mut down = lock(&self.down);
-        match down.get(id) {
-            Some(until) if *until > Instant::now() => true,
-            Some(_) => {
-                down.remove(id);
-                false
-            }
-            None => false,
-        }
+    /// Whether replica `id` failed to accept a connection in the last few
+    /// seconds (after that it is tried again; the entry stays until it answers).
+    pub fn is_down(&self, id: &str) -> bool {
+        lock(&self.down).get(id).is_some_and(|until| *until > Instant::now())
     }
 
     async fn send(

@@ -67,20 +67,25 @@ pub async fn follow(membership: Arc<Membership>, client: Client, config: Kuberne
 }
 
 fn publish(membership: &Membership, store: &Store<EndpointSlice>, port: u16) {
-    membership.set(members(&store.state(), port));
+    let (ready, draining) = members(&store.state(), port);
+    membership.set_with_draining(ready, draining);
 }
 
 /// The ready endpoints of `slices` as members (an unknown readiness counts as
-/// ready, as the EndpointSlice API asks consumers to).
-pub fn members(slices: &[Arc<EndpointSlice>], port: u16) -> Vec<Member> {
-    let mut members = Vec::new();
+/// ready, as the EndpointSlice API asks consumers to), and the terminating
+/// ones that are no longer ready: draining replicas, which still serve the
+/// sessions pinned to them while they drain.
+pub fn members(slices: &[Arc<EndpointSlice>], port: u16) -> (Vec<Member>, Vec<Member>) {
+    let (mut members, mut draining) = (Vec::new(), Vec::new());
     for slice in slices {
         for endpoint in &slice.endpoints {
-            let ready = endpoint.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
+            let conditions = endpoint.conditions.as_ref();
+            let ready = conditions.and_then(|c| c.ready).unwrap_or(true);
+            let terminating = conditions.and_then(|c| c.terminating).unwrap_or(false);
             let Some(address) = endpoint.addresses.first() else {
                 continue;
             };
-            if !ready {
+            if !ready && !terminating {
                 continue;
             }
             let id = endpoint
@@ -94,8 +99,13 @@ pub fn members(slices: &[Arc<EndpointSlice>], port: u16) -> Vec<Member> {
             } else {
                 address.clone()
             };
-            members.push(Member::new(&id, &format!("{host}:{port}")));
+            let member = Member::new(&id, &format!("{host}:{port}"));
+            if ready {
+                members.push(member);
+            } else {
+                draining.push(member);
+            }
         }
     }
-    members
+    (members, draining)
 }

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use super::pin::Pins;
 use super::ring::{Member, Ring};
 
 /// One snapshot of the membership.
@@ -17,6 +18,9 @@ pub struct View {
     pub ring: Ring,
     /// False until the first complete list arrived (Kubernetes): not ready before.
     pub known: bool,
+    /// Replicas shutting down: they take no new sessions (not in the ring)
+    /// but still serve the sessions pinned to them, until they are gone.
+    pub draining: Vec<Member>,
 }
 
 /// Where a session's requests go.
@@ -30,6 +34,8 @@ pub enum Placement {
 pub struct Membership {
     self_id: Arc<str>,
     tx: watch::Sender<Arc<View>>,
+    /// Set in pinned placement (see `pin`).
+    pins: Option<Pins>,
 }
 
 impl Membership {
@@ -46,7 +52,19 @@ impl Membership {
         Self {
             self_id: Arc::from(self_id),
             tx,
+            pins: None,
         }
+    }
+
+    /// Pinned placement: sessions stay with the replica named in their id.
+    pub fn with_pins(mut self, pins: Option<Pins>) -> Self {
+        self.pins = pins;
+        self
+    }
+
+    /// A new session id pinned to this replica; `None` in hashed placement.
+    pub fn mint_pinned(&self, random: &[u8; 16]) -> Option<String> {
+        self.pins.as_ref().map(|p| p.mint(random, &self.self_id))
     }
 
     pub fn self_id(&self) -> &str {
@@ -60,9 +78,15 @@ impl Membership {
 
     /// Publishes a complete member list.
     pub fn set(&self, members: Vec<Member>) {
+        self.set_with_draining(members, Vec::new());
+    }
+
+    /// Publishes a complete member list and the replicas draining.
+    pub fn set_with_draining(&self, members: Vec<Member>, draining: Vec<Member>) {
         let view = View {
             ring: Ring::new(members),
             known: true,
+            draining,
         };
         self.tx.send_if_modified(|current| {
             if **current == view {
@@ -84,8 +108,25 @@ impl Membership {
 
     /// Where session `id` belongs now.
     pub fn place(&self, id: &str) -> Placement {
+        self.place_avoiding(id, &|_| false)
+    }
+
+    /// Where session `id` belongs if the members for which `down` holds are
+    /// gone: its pinned replica while that one is a member (draining
+    /// included), else the rendezvous owner among the others. Every replica
+    /// that agrees on who is down agrees on the answer.
+    pub fn place_avoiding(&self, id: &str, down: &dyn Fn(&str) -> bool) -> Placement {
         let view = self.tx.borrow();
-        match view.ring.owner(id) {
+        let pinned = self.pins.as_ref().and_then(|p| p.owner_of(id)).and_then(|owner| {
+            view.ring
+                .get(owner)
+                .or_else(|| view.draining.iter().find(|m| &*m.id == owner))
+        });
+        let owner = match pinned {
+            Some(m) if !down(&m.id) => Some(m),
+            _ => view.ring.owner_among(id, |m| !down(&m.id)),
+        };
+        match owner {
             Some(owner) if owner.id != self.self_id => Placement::Remote(owner.clone()),
             _ => Placement::Local,
         }

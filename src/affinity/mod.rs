@@ -7,6 +7,7 @@ pub mod hop;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;
 pub mod membership;
+pub mod pin;
 pub mod ring;
 
 pub use forward::Forwarder;

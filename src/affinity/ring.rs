@@ -65,6 +65,14 @@ impl Ring {
             .max_by_key(|m| (xxh3_64_with_seed(key.as_bytes(), m.seed), std::cmp::Reverse(&m.id)))
     }
 
+    /// The member that owns `key` among those `keep` accepts.
+    pub fn owner_among(&self, key: &str, keep: impl Fn(&Member) -> bool) -> Option<&Member> {
+        self.members
+            .iter()
+            .filter(|m| keep(m))
+            .max_by_key(|m| (xxh3_64_with_seed(key.as_bytes(), m.seed), std::cmp::Reverse(&m.id)))
+    }
+
     pub fn get(&self, id: &str) -> Option<&Member> {
         self.members.iter().find(|m| &*m.id == id)
     }

@@ -88,6 +88,11 @@ pub struct BackendConfig {
     /// (resolved when the config is loaded; `env` wins). Never `VMCP_*`.
     #[serde(default)]
     pub inherit_env: Vec<String>,
+    /// The server in this pod (sidecar mode): its backend sessions are valid
+    /// only on the replica that opened them, so a session served elsewhere
+    /// re-initializes it instead of resuming, and sessions are pinned.
+    #[serde(default)]
+    pub local: bool,
     /// Which tools of this backend are exposed, and under which names.
     #[serde(default)]
     pub tools: ItemFilter,
@@ -305,6 +310,33 @@ pub struct AffinityConfig {
     /// Connecting to the owner may take this long before the request is served here.
     #[serde(with = "duration")]
     pub connect_timeout: Duration,
+    /// How sessions are placed; unset: `pinned` if a backend is `local`, else `hashed`.
+    pub placement: Option<PlacementMode>,
+}
+
+/// How a session finds its owner replica.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PlacementMode {
+    /// A session stays with the replica that created it while that replica is
+    /// a member (its id names it, authenticated); only new sessions and
+    /// sessions of departed replicas are placed by hashing.
+    Pinned,
+    /// Every session is placed by rendezvous hashing over the live members.
+    Hashed,
+}
+
+impl Config {
+    /// The placement in force: as configured, else pinned when a backend is pod-local.
+    pub fn placement(&self) -> PlacementMode {
+        self.affinity
+            .placement
+            .unwrap_or(if self.backends.iter().any(|b| b.local) {
+                PlacementMode::Pinned
+            } else {
+                PlacementMode::Hashed
+            })
+    }
 }
 
 impl Default for AffinityConfig {
@@ -314,6 +346,7 @@ impl Default for AffinityConfig {
             hop_max_age: Duration::from_secs(30),
             release_grace: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(1),
+            placement: None,
         }
     }
 }

@@ -103,6 +103,16 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>) -> Response<
                 if let Ok(id) = http::HeaderValue::from_str(&app.config.replica_id) {
                     response.headers_mut().entry(REPLICA_HEADER).or_insert(id);
                 }
+                // While draining, no connection is kept for another request:
+                // when the listener closes, a peer then has no pooled
+                // connection to write a hop on that this replica would close
+                // unread (a request lost that way has an unknown outcome);
+                // its next hop gets a refused connect, which provably was not sent.
+                if app.manager.is_draining() {
+                    response
+                        .headers_mut()
+                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                }
                 response
             }
             (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),

@@ -50,24 +50,57 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
             }
         };
     }
-    let Placement::Remote(owner) = app.membership.place(session) else {
-        return None;
-    };
-    match app.forwarder.forward(&owner, parts, body.clone(), session).await {
+    // An owner that just refused connections counts as gone: the session
+    // goes where every replica that saw the same failure sends it (its
+    // rendezvous owner among the others), not to whichever replica the
+    // client happened to enter, so it is rebuilt once, in one place.
+    let down = |id: &str| app.forwarder.is_down(id);
+    let mut tried = None;
+    loop {
+        let Placement::Remote(owner) = app.membership.place_avoiding(session, &down) else {
+            return None;
+        };
+        if tried.as_ref() == Some(&owner.id) {
+            return None; // it went down again meanwhile: serve here
+        }
+        match forward_once(app, &owner, parts, body, session).await {
+            Forwarded::Answered(response) => return response,
+            Forwarded::NotSent => tried = Some(owner.id.clone()),
+        }
+    }
+}
+
+enum Forwarded {
+    /// `Some`: the response to send; `None`: serve here.
+    Answered(Option<Response<Body>>),
+    /// The owner provably never got it (it is marked down now): place again.
+    NotSent,
+}
+
+async fn forward_once(
+    app: &App,
+    owner: &crate::affinity::ring::Member,
+    parts: &Parts,
+    body: &Bytes,
+    session: &str,
+) -> Forwarded {
+    let answered = |r| Forwarded::Answered(r);
+    match app.forwarder.forward(owner, parts, body.clone(), session).await {
         Ok(response) => {
             app.metrics.requests_forwarded.with_label_values(&["ok"]).inc();
-            Some(response)
+            answered(Some(response))
         }
         Err(ForwardError::NotSent(e)) => {
             app.metrics.requests_forwarded.with_label_values(&["failed"]).inc();
-            tracing::warn!(owner = %owner.id, error = %e, "owner unreachable; serving here");
-            None
+            // Logged once per owner going down, by the forwarder.
+            tracing::debug!(owner = %owner.id, error = %e, "owner unreachable; placing the session again");
+            Forwarded::NotSent
         }
         Err(e @ ForwardError::MaybeSent(_)) => match rerun(&parts.method, body) {
             Rerun::Safe => {
                 app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
                 tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
-                None
+                answered(None)
             }
             Rerun::Unsafe(id) => {
                 app.metrics
@@ -75,7 +108,7 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
                     .with_label_values(&["outcome_unknown"])
                     .inc();
                 tracing::warn!(owner = %owner.id, error = %e, "owner failed after the request was sent; outcome unknown");
-                Some(reply::error(&RpcError::outcome_unknown(), id.as_ref()))
+                answered(Some(reply::error(&RpcError::outcome_unknown(), id.as_ref())))
             }
         },
     }

@@ -261,6 +261,11 @@ impl SessionFactory {
         self.recoveries.load(std::sync::atomic::Ordering::Acquire)
     }
 
+    /// Whether backend `name` is the server in this pod (`backends[].local`).
+    pub(crate) fn is_local(&self, name: &str) -> bool {
+        self.backends.iter().any(|b| b.name() == name && b.config.local)
+    }
+
     /// Every configured backend.
     pub(crate) fn backends(&self) -> &[Arc<Backend>] {
         &self.backends
@@ -293,7 +298,9 @@ async fn open_or_resume(
     client_init: &Value,
     record: Option<&BackendRecord>,
 ) -> Result<(Opened, Outcome), BackendError> {
-    if let Some(resumed) = record.and_then(|r| backend.resume(r)) {
+    // A pod-local backend's sessions live in that pod's server only: never resumed elsewhere.
+    let resumable = record.filter(|_| !backend.config.local);
+    if let Some(resumed) = resumable.and_then(|r| backend.resume(r)) {
         match list_everything(&resumed).await {
             Ok(listing) => return Ok(((resumed, listing), Outcome::Resumed)),
             Err(BackendError::SessionExpired) => {} // the backend forgot it: start over

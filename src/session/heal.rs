@@ -177,6 +177,28 @@ impl Session {
         }
     }
 
+    /// Tells the client that pod-local backends were re-initialized on this
+    /// replica (their replica is gone): a log line naming each, and every
+    /// list as changed (the new backend session may list other things).
+    pub(crate) async fn announce_reset(&self, backends: &[String]) {
+        for name in backends {
+            tracing::info!(session.id = %self.id, backend = %name, "pod-local backend re-initialized: its session state was reset");
+            let data = format!(
+                "backend `{name}` runs in each replica's pod; the replica that held this session is gone, so `{name}` started a new session here and its per-session state was reset"
+            );
+            self.publish(&json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/message",
+                "params": { "level": "warning", "logger": "vmcp", "data": data },
+            }))
+            .await;
+        }
+        for kind in ["tools", "prompts", "resources"] {
+            let method = format!("notifications/{kind}/list_changed");
+            self.publish(&json!({ "jsonrpc": "2.0", "method": method })).await;
+        }
+    }
+
     /// Tells the client which aggregated lists changed.
     async fn announce_changes(&self, old: &Catalog, new: &Catalog) {
         let changes = [

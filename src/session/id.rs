@@ -8,6 +8,12 @@ const ID_BYTES: usize = 20;
 #[error("the OS random source failed: {0}")]
 pub struct RandomError(String);
 
+impl RandomError {
+    pub(crate) fn new(reason: String) -> Self {
+        Self(reason)
+    }
+}
+
 /// A new unguessable session id.
 pub fn new_session_id() -> Result<String, RandomError> {
     let mut bytes = [0u8; ID_BYTES];

@@ -199,6 +199,11 @@ impl SessionManager {
     /// A new session id that this replica owns, so the client's next requests
     /// need no hop (a few tries: each id lands here with probability 1/N).
     fn mint_id(&self) -> Result<String, id::RandomError> {
+        let mut random = [0u8; 16];
+        getrandom::fill(&mut random).map_err(|e| id::RandomError::new(e.to_string()))?;
+        if let Some(pinned) = self.membership.mint_pinned(&random) {
+            return Ok(pinned);
+        }
         let mut id = id::new_session_id()?;
         for _ in 0..64 {
             if self.membership.place(&id) == Placement::Local {
@@ -317,6 +322,16 @@ impl SessionManager {
         }
         reservation.1 = true;
         self.adopt(&session);
+        // Pod-local backends were opened afresh here: their state is gone. Say so.
+        let reset: Vec<String> = stored
+            .iter()
+            .filter(|r| self.factory.is_local(&r.name))
+            .map(|r| r.name.clone())
+            .collect();
+        if !reset.is_empty() {
+            let announcing = Arc::clone(&session);
+            tokio::spawn(async move { announcing.announce_reset(&reset).await });
+        }
         Ok(session)
     }
 

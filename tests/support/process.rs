@@ -7,6 +7,7 @@ use tokio::process::{Child, Command};
 
 pub struct VmcpProcess {
     pub url: String,
+    pub port: u16,
     child: Child,
     _config: tempfile_path::TempPath,
 }
@@ -67,6 +68,7 @@ impl VmcpProcess {
             {
                 return Self {
                     url: format!("{base}/mcp"),
+                    port,
                     child,
                     _config: tempfile_path::TempPath(path),
                 };
@@ -74,6 +76,17 @@ impl VmcpProcess {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         panic!("vmcp did not come up on {port}");
+    }
+
+    /// Rewrites the config file (`yaml`, without `listen`) and sends SIGHUP,
+    /// as an operator does to change a static member list.
+    pub fn reconfigure(&self, yaml: &str) {
+        std::fs::write(&self._config.0, format!("listen: 127.0.0.1:{}\n{yaml}", self.port)).expect("write config");
+        if let Some(pid) = self.child.id() {
+            let _ = std::process::Command::new("kill")
+                .args(["-HUP", &pid.to_string()])
+                .status();
+        }
     }
 
     pub fn pid(&self) -> Option<u32> {
