@@ -5,12 +5,20 @@ Deployment's terminationGracePeriodSeconds stays above the longest shutdown
 its vmcp config allows (http.drain_delay + http.shutdown_timeout, plus the
 seconds the process may take to exit), so Kubernetes never SIGKILLs a drain.
 
-Usage: check_rendered.py RENDERED.yaml VMCP_BINARY
+Sidecar mode: every `local: true` backend must be on localhost, on a port of a
+container of the same pod other than vmcp, which has a readinessProbe and a
+preStop that keeps it up through vmcp's drain. `--sidecar NAME` also asserts
+that the server container NAME is there and that the config has the backend
+NAME, local; `--replicated` that the config shares sessions through Redis and
+finds its peers through the headless Service.
+
+Usage: check_rendered.py RENDERED.yaml VMCP_BINARY [--sidecar NAME] [--replicated]
 """
+import argparse
 import os
 import subprocess
-import sys
 import tempfile
+from urllib.parse import urlparse
 
 import jsonschema
 import yaml
@@ -60,12 +68,59 @@ def seconds(duration, default):
 ENV = {"VMCP_REPLICA_ID": "vmcp-0", "VMCP_HOP_KEY": "0123456789abcdef0123", "REDIS_PASSWORD": "x", "ALPHA_KEY": "x"}
 
 
-def main(path, vmcp):
+LOCALHOST = ("127.0.0.1", "localhost", "::1")
+
+
+def check_local_backends(path, deployment, config, stop, sidecar):
+    """The pod-local backends of `config` against the pod of `deployment`."""
+    pod = deployment["spec"]["template"]["spec"]
+    containers = {c["name"]: c for c in pod["containers"]}
+    where = f"{path}: Deployment {deployment['metadata']['name']}"
+    backends = config.get("backends") or []
+    if sidecar:
+        assert sidecar in containers, f"{where}: no server container {sidecar!r} (has {sorted(containers)})"
+        named = [b for b in backends if b.get("name") == sidecar]
+        assert named and named[0].get("local") is True, f"{where}: no backend {sidecar!r} with local: true in {backends}"
+        context = containers[sidecar].get("securityContext") or {}
+        assert context.get("runAsNonRoot") is True and context.get("allowPrivilegeEscalation") is False, f"{where}: {sidecar}: {context}"
+        assert "ALL" in (context.get("capabilities") or {}).get("drop", []), f"{where}: {sidecar} keeps capabilities"
+    for backend in backends:
+        if not backend.get("local"):
+            continue
+        url = urlparse(backend.get("url") or "")
+        assert url.scheme == "http" and url.hostname in LOCALHOST, (
+            f"{where}: local backend {backend['name']}: {backend.get('url')!r} is not on localhost"
+        )
+        servers = [c for c in pod["containers"] if c["name"] != "vmcp" and any(p.get("containerPort") == url.port for p in c.get("ports") or [])]
+        assert servers, f"{where}: local backend {backend['name']}: no container of the pod declares port {url.port}"
+        server = servers[0]
+        assert server.get("readinessProbe"), f"{where}: {server['name']}: no readinessProbe (the pod would be ready before its server)"
+        pre_stop = (server.get("lifecycle") or {}).get("preStop")
+        assert pre_stop, f"{where}: {server['name']}: no preStop (it would stop before vmcp's drain ends)"
+        if "sleep" in pre_stop:
+            assert pre_stop["sleep"]["seconds"] >= stop, f"{where}: {server['name']}: preStop sleeps {pre_stop['sleep']['seconds']} s < drain {stop} s"
+            grace = pod.get("terminationGracePeriodSeconds", 30)
+            assert grace > pre_stop["sleep"]["seconds"], f"{where}: {server['name']}: preStop outlasts the grace period {grace} s"
+
+
+def check_replicated(path, docs, deployment, config):
+    where = f"{path}: --replicated"
+    assert (config.get("store") or {}).get("kind") == "redis", f"{where}: store is {config.get('store')}"
+    membership = config.get("membership") or {}
+    assert membership.get("kind") == "kubernetes", f"{where}: membership is {membership}"
+    peers = [d for d in docs if d.get("kind") == "Service" and d["metadata"]["name"] == membership["kubernetes"]["service"]]
+    assert peers and peers[0]["spec"].get("clusterIP") == "None", f"{where}: no headless Service {membership['kubernetes']['service']}"
+    assert (config.get("affinity") or {}).get("hop_key"), f"{where}: no affinity.hop_key"
+    assert deployment["spec"].get("replicas", 2) > 1, f"{where}: Deployment {deployment['metadata']['name']} has one replica"
+
+
+def main(path, vmcp, sidecar=None, replicated=False):
     with open(path) as f:
         docs = [d for d in yaml.safe_load_all(f) if d]
     services = [d for d in docs if d.get("kind") == "Service"]
     checked = 0
     longest_stop = 0
+    configs = {}  # ConfigMap name -> (vmcp config, drain_delay + shutdown_timeout)
     for doc in docs:
         if doc.get("kind") == "ServiceMonitor":
             jsonschema.validate(doc, SERVICE_MONITOR)
@@ -77,9 +132,11 @@ def main(path, vmcp):
         for name, text in (doc.get("data") or {}).items() if doc.get("kind") == "ConfigMap" else []:
             if not name.endswith(".yaml") or "listen:" not in text:
                 continue
-            http = (yaml.safe_load(text) or {}).get("http") or {}
+            config = yaml.safe_load(text) or {}
+            http = config.get("http") or {}
             stop = seconds(http.get("drain_delay"), 5) + seconds(http.get("shutdown_timeout"), 20)
             longest_stop = max(longest_stop, stop)
+            configs[doc["metadata"]["name"]] = (config, stop)
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
                 tmp.write(text)
             try:
@@ -88,6 +145,19 @@ def main(path, vmcp):
             finally:
                 os.unlink(tmp.name)
             checked += 1
+    sidecars_seen = 0
+    for doc in docs:
+        if doc.get("kind") != "Deployment":
+            continue
+        volumes = doc["spec"]["template"]["spec"].get("volumes") or []
+        for name in [v["configMap"]["name"] for v in volumes if "configMap" in v and v["configMap"]["name"] in configs]:
+            config, stop = configs[name]
+            check_local_backends(path, doc, config, stop, sidecar)
+            sidecars_seen += 1 if sidecar else 0
+            if replicated:
+                check_replicated(path, docs, doc, config)
+    assert not sidecar or sidecars_seen, f"{path}: --sidecar {sidecar}: no Deployment mounts a vmcp config"
+    assert not replicated or configs, f"{path}: --replicated: no vmcp config"
     for doc in docs:
         if doc.get("kind") != "Deployment" or not longest_stop:
             continue
@@ -102,4 +172,10 @@ def main(path, vmcp):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    parser = argparse.ArgumentParser(usage=__doc__.rsplit("Usage: ", 1)[1])
+    parser.add_argument("rendered")
+    parser.add_argument("vmcp")
+    parser.add_argument("--sidecar", metavar="NAME")
+    parser.add_argument("--replicated", action="store_true")
+    args = parser.parse_args()
+    main(args.rendered, args.vmcp, args.sidecar, args.replicated)

@@ -57,7 +57,33 @@ app.kubernetes.io/part-of: vmcp
 {{- end }}
 {{- end }}
 
+{{/* vmcp's backends: as given, or in sidecar mode with none given, the server in this pod. */}}
+{{- define "vmcp.backends" -}}
+{{- if and .Values.sidecar.enabled (not .Values.backends) }}
+{{- list (dict "name" .Values.sidecar.name "url" (printf "http://127.0.0.1:%d%s" (int .Values.sidecar.port) .Values.sidecar.path) "local" true) | toYaml }}
+{{- else }}
+{{- toYaml .Values.backends }}
+{{- end }}
+{{- end }}
+
+{{- define "vmcp.sidecarImage" -}}
+{{- with .Values.sidecar.image }}
+{{- if .tag }}{{ printf "%s:%s" .repository .tag }}{{ else }}{{ .repository }}{{ end }}
+{{- end }}
+{{- end }}
+
 {{- define "vmcp.checks" -}}
+{{- if .Values.sidecar.enabled }}
+{{- if not .Values.sidecar.image.repository }}
+{{- fail "sidecar.enabled needs sidecar.image.repository: the image of your MCP server" }}
+{{- end }}
+{{- if and .Values.autoscaling.enabled (not (dig "requests" "cpu" "" .Values.sidecar.resources)) }}
+{{- fail "autoscaling in sidecar mode needs sidecar.resources.requests.cpu: the HPA's CPU utilization counts every container's request" }}
+{{- end }}
+{{- if eq (int .Values.sidecar.port) (int .Values.port) }}
+{{- fail (printf "sidecar.port %d is vmcp's own port: the two containers share the pod's network" (int .Values.sidecar.port)) }}
+{{- end }}
+{{- end }}
 {{- if and (not (include "vmcp.replicated" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
 {{- fail "more than one replica (or autoscaling) needs Redis: set redis.url, or redis.bundled.enabled=true to try it out" }}
 {{- end }}
