@@ -191,6 +191,7 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
     let mut key = [0u8; 24];
     getrandom::fill(&mut key).map_err(|e| e.to_string())?;
     let hop_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    vmcp::app::install_crypto_provider();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(1024)
         .connect_timeout(Duration::from_secs(1))
