@@ -10,6 +10,7 @@
 
 mod backend;
 mod load;
+mod logs;
 mod procs;
 mod proxy;
 mod report;
@@ -206,6 +207,8 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
         let env = vec![
             ("VMCP_HOP_KEY".into(), hop_key.clone()),
             ("RUST_LOG".into(), "info,rmcp=warn".into()),
+            // Plain text in the log files (tracing colours even when stderr is a file).
+            ("NO_COLOR".into(), "1".into()),
         ];
         let mut p = Proc::new(&format!("r{i}"), binary, args, env, logs);
         p.spawn("start").map_err(|e| format!("vmcp: {e}"))?;
@@ -280,7 +283,7 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
         "settle_s": plan.settle.as_secs(), "freeze_s": plan.freeze.as_secs(),
         "readiness_poll_ms": 100, "logs": logs.display().to_string(),
     });
-    let report = report::report(&report::Run {
+    let mut report = report::report(&report::Run {
         record: &record,
         phases: &rig.phases,
         ledger: &ledger,
@@ -289,6 +292,8 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
         setup,
         error,
     });
+    let names: Vec<String> = rig.replicas.iter().map(|p| p.name.clone()).collect();
+    report["vmcp_warnings"] = logs::report(&logs::summarize(logs, &names));
     let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("\nJSON: {}\nvmcp and Redis logs: {}", out.display(), logs.display());

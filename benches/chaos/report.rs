@@ -194,7 +194,6 @@ pub fn report(run: &Run) -> Value {
     }
     let evidence = |list: Vec<&Call>| -> Vec<Value> {
         list.into_iter()
-            .take(100)
             .map(|c| {
                 let backend = if c.backend == 0 { "a" } else { "b" };
                 json!({"op": c.op, "session_task": c.session, "backend": backend,
@@ -203,13 +202,24 @@ pub fn report(run: &Run) -> Value {
             })
             .collect()
     };
-    let failures: Vec<&Call> = calls.iter().filter(|c| c.outcome != Outcome::Ok).collect();
+    // Up to 20 failures per cause, earliest first.
+    let mut failures: Vec<&Call> = calls.iter().filter(|c| c.outcome != Outcome::Ok).collect();
+    failures.sort_by(|a, b| a.end_ms.total_cmp(&b.end_ms));
+    let mut per_cause: HashMap<String, usize> = HashMap::new();
+    failures.retain(|c| {
+        let n = per_cause.entry(format!("{:?}", c.outcome)).or_insert(0);
+        *n += 1;
+        *n <= 20
+    });
+    let (twice_n, ok_never_ran_n) = (twice.len(), ok_never_ran.len());
+    let twice: Vec<&Call> = twice.into_iter().take(100).collect();
+    let ok_never_ran: Vec<&Call> = ok_never_ran.into_iter().take(100).collect();
     json!({
         "setup": run.setup,
         "totals": {
             "calls": calls.len(), "ok": ok, "failed": calls.len() - ok,
             "failed_but_ran": failed_ran, "failed_never_ran": failed_not_ran,
-            "executed_twice": twice.len(), "ok_never_executed": ok_never_ran.len(),
+            "executed_twice": twice_n, "ok_never_executed": ok_never_ran_n,
             "executions_without_call": unreported,
             "sessions_created": run.record.sessions_created,
             "sessions_lost": run.record.sessions_lost.len(),

@@ -1,0 +1,87 @@
+//! What vmcp said about each fault: the WARN and ERROR lines of every
+//! replica's log, split by the chaos markers the schedule writes into the
+//! logs, grouped by message (ids, numbers and addresses blanked out).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+/// The level and message of a log line (span fields dropped), with every
+/// word that holds a digit (ids, ports, durations) replaced by `#`.
+fn shape(line: &str) -> String {
+    let from = line.find(" WARN ").or_else(|| line.find(" ERROR ")).unwrap_or(0);
+    let level = line[from..].trim_start().split(' ').next().unwrap_or("");
+    let message = line[from..].split_once("}: ").map_or(&line[from..], |(_, m)| m);
+    let mut out = format!("{level} ");
+    let mut word = String::new();
+    let flush = |word: &mut String, out: &mut String| {
+        if word.chars().any(|c| c.is_ascii_digit()) {
+            out.push('#');
+        } else {
+            out.push_str(word);
+        }
+        word.clear();
+    };
+    for ch in message.trim_start_matches(level).trim().chars() {
+        if ch.is_alphanumeric() {
+            word.push(ch);
+        } else {
+            flush(&mut word, &mut out);
+            out.push(ch);
+        }
+    }
+    flush(&mut word, &mut out);
+    out.chars().take(240).collect()
+}
+
+/// Per phase: message -> (count, first full line), over all given logs.
+pub fn summarize(logs: &Path, names: &[String]) -> Vec<(String, BTreeMap<String, (usize, String)>)> {
+    let mut phases: Vec<(String, BTreeMap<String, (usize, String)>)> = Vec::new();
+    for name in names {
+        let Ok(text) = std::fs::read_to_string(logs.join(format!("{name}.log"))) else {
+            continue;
+        };
+        let mut phase = String::from("start");
+        for line in text.lines() {
+            if let Some(marker) = line.strip_prefix("===== chaos: ") {
+                if let Some((p, _)) = marker.split_once(" at +") {
+                    phase = p.to_owned();
+                }
+                continue;
+            }
+            if !(line.contains(" WARN ") || line.contains(" ERROR ")) {
+                continue;
+            }
+            let i = match phases.iter().position(|(p, _)| *p == phase) {
+                Some(i) => i,
+                None => {
+                    phases.push((phase.clone(), BTreeMap::new()));
+                    phases.len() - 1
+                }
+            };
+            let entry = phases[i]
+                .1
+                .entry(format!("{name}: {}", shape(line)))
+                .or_insert((0, line.to_owned()));
+            entry.0 += 1;
+        }
+    }
+    phases
+}
+
+/// Prints the summary as a Markdown table and returns it as JSON.
+pub fn report(summary: &[(String, BTreeMap<String, (usize, String)>)]) -> Value {
+    println!("\n| phase | vmcp WARN/ERROR lines (replica: message × n) |\n|---|---|");
+    let mut out = Vec::new();
+    for (phase, messages) in summary {
+        let cells: Vec<String> = messages.iter().map(|(m, (n, _))| format!("`{m}` × {n}")).collect();
+        println!("| {phase} | {} |", cells.join("<br>"));
+        let list: Vec<Value> = messages
+            .iter()
+            .map(|(m, (n, first))| json!({"message": m, "count": n, "first": first}))
+            .collect();
+        out.push(json!({"phase": phase, "lines": list}));
+    }
+    Value::Array(out)
+}
