@@ -191,7 +191,14 @@ impl Client {
             "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "vmcp-chaos", "version": "1"}}});
         while !stop.load(Ordering::Relaxed) {
             let failure = match self.post(None, &init).await {
-                (Sent::Answer { session: Some(sid), body, .. }, _) if body.get("result").is_some() => {
+                (
+                    Sent::Answer {
+                        session: Some(sid),
+                        body,
+                        ..
+                    },
+                    _,
+                ) if body.get("result").is_some() => {
                     let note = json!({"jsonrpc": "2.0", "method": "notifications/initialized"});
                     let _ = self.post(Some(&sid), &note).await;
                     rec.sessions_created += 1;
@@ -264,7 +271,10 @@ fn classify(sent: &Sent) -> (Outcome, Option<String>) {
         } => {
             if let Some(result) = body.get("result") {
                 if result.get("isError").and_then(Value::as_bool) == Some(true) {
-                    return failed(format!("tool error (HTTP {status})"), format!("served by {served_by}: {result}"));
+                    return failed(
+                        format!("tool error (HTTP {status})"),
+                        format!("served by {served_by}: {result}"),
+                    );
                 }
                 return (Outcome::Ok, None);
             }

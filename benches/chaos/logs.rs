@@ -7,12 +7,17 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+/// A phase's name and its messages: message -> (count, first full line).
+pub type PhaseLines = (String, BTreeMap<String, (usize, String)>);
+
 /// The level and message of a log line (span fields dropped), with every
 /// word that holds a digit (ids, ports, durations) replaced by `#`.
 fn shape(line: &str) -> String {
     let from = line.find(" WARN ").or_else(|| line.find(" ERROR ")).unwrap_or(0);
-    let level = line[from..].trim_start().split(' ').next().unwrap_or("");
-    let message = line[from..].split_once("}: ").map_or(&line[from..], |(_, m)| m);
+    let rest = line[from..].trim_start();
+    let level = rest.split(' ').next().unwrap_or("");
+    let rest = rest[level.len()..].trim_start();
+    let message = rest.split_once("}: ").map_or(rest, |(_, m)| m);
     let mut out = format!("{level} ");
     let mut word = String::new();
     let flush = |word: &mut String, out: &mut String| {
@@ -23,7 +28,7 @@ fn shape(line: &str) -> String {
         }
         word.clear();
     };
-    for ch in message.trim_start_matches(level).trim().chars() {
+    for ch in message.trim().chars() {
         if ch.is_alphanumeric() {
             word.push(ch);
         } else {
@@ -36,8 +41,9 @@ fn shape(line: &str) -> String {
 }
 
 /// Per phase: message -> (count, first full line), over all given logs.
-pub fn summarize(logs: &Path, names: &[String]) -> Vec<(String, BTreeMap<String, (usize, String)>)> {
-    let mut phases: Vec<(String, BTreeMap<String, (usize, String)>)> = Vec::new();
+/// `order` lists the phases in schedule order.
+pub fn summarize(logs: &Path, names: &[String], order: &[String]) -> Vec<PhaseLines> {
+    let mut phases: Vec<PhaseLines> = Vec::new();
     for name in names {
         let Ok(text) = std::fs::read_to_string(logs.join(format!("{name}.log"))) else {
             continue;
@@ -67,11 +73,12 @@ pub fn summarize(logs: &Path, names: &[String]) -> Vec<(String, BTreeMap<String,
             entry.0 += 1;
         }
     }
+    phases.sort_by_key(|(p, _)| order.iter().position(|o| o == p).unwrap_or(usize::MAX));
     phases
 }
 
 /// Prints the summary as a Markdown table and returns it as JSON.
-pub fn report(summary: &[(String, BTreeMap<String, (usize, String)>)]) -> Value {
+pub fn report(summary: &[PhaseLines]) -> Value {
     println!("\n| phase | vmcp WARN/ERROR lines (replica: message × n) |\n|---|---|");
     let mut out = Vec::new();
     for (phase, messages) in summary {

@@ -107,13 +107,19 @@ impl Rig {
         self.begin("restart Redis");
         let before = procs::redis_cmd(self.redis_port, "DBSIZE").await.unwrap_or_default();
         match self.redis.stop("TERM", Duration::from_secs(10)).await {
-            Some(t) => self.note(format!("SIGTERM Redis ({before} keys): exited after {:.2} s", t.as_secs_f64())),
+            Some(t) => self.note(format!(
+                "SIGTERM Redis ({before} keys): exited after {:.2} s",
+                t.as_secs_f64()
+            )),
             None => self.note("SIGTERM Redis: NOT exited within 10 s, SIGKILLed".into()),
         }
         self.redis.spawn("restart").map_err(|e| format!("restart Redis: {e}"))?;
         let took = procs::redis_ready(self.redis_port, Duration::from_secs(10)).await?;
         let after = procs::redis_cmd(self.redis_port, "DBSIZE").await.unwrap_or_default();
-        self.note(format!("answering PING {:.2} s after restart, {after} keys", took.as_secs_f64()));
+        self.note(format!(
+            "answering PING {:.2} s after restart, {after} keys",
+            took.as_secs_f64()
+        ));
         tokio::time::sleep(plan.settle).await;
 
         self.begin("freeze backend b");
@@ -166,7 +172,14 @@ async fn run(args: &[String]) -> Result<(), String> {
     std::fs::create_dir_all(&logs).map_err(|e| format!("{}: {e}", logs.display()))?;
     let work = std::env::temp_dir().join(format!("vmcp-chaos-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("{}: {e}", work.display()))?;
-    let result = run_in(&plan, &binary, &logs, &work, &target.join(format!("chaos{suffix}.json"))).await;
+    let result = run_in(
+        &plan,
+        &binary,
+        &logs,
+        &work,
+        &target.join(format!("chaos{suffix}.json")),
+    )
+    .await;
     let _ = std::fs::remove_dir_all(&work);
     result
 }
@@ -181,14 +194,19 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
     let b = backend::Backend::start("b", Duration::from_millis(5), stop_servers.clone())
         .await
         .map_err(io)?;
-    let proxy = proxy::FreezableProxy::start(&b.addr, stop_servers.clone()).await.map_err(io)?;
+    let proxy = proxy::FreezableProxy::start(&b.addr, stop_servers.clone())
+        .await
+        .map_err(io)?;
 
     let redis_port = procs::free_port().map_err(io)?;
     let mut redis = procs::redis(redis_port, work, plan.persist, logs);
     redis.spawn("start").map_err(|e| format!("redis-server: {e}"))?;
     procs::redis_ready(redis_port, Duration::from_secs(10)).await?;
 
-    let ports = (0..3).map(|_| procs::free_port()).collect::<Result<Vec<u16>, _>>().map_err(io)?;
+    let ports = (0..3)
+        .map(|_| procs::free_port())
+        .collect::<Result<Vec<u16>, _>>()
+        .map_err(io)?;
     let mut key = [0u8; 24];
     getrandom::fill(&mut key).map_err(|e| e.to_string())?;
     let hop_key: String = key.iter().map(|b| format!("{b:02x}")).collect();
@@ -293,7 +311,8 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
         error,
     });
     let names: Vec<String> = rig.replicas.iter().map(|p| p.name.clone()).collect();
-    report["vmcp_warnings"] = logs::report(&logs::summarize(logs, &names));
+    let order: Vec<String> = rig.phases.iter().map(|p| p.name.clone()).collect();
+    report["vmcp_warnings"] = logs::report(&logs::summarize(logs, &names, &order));
     let text = serde_json::to_string_pretty(&report).map_err(|e| e.to_string())?;
     std::fs::write(out, text).map_err(|e| format!("{}: {e}", out.display()))?;
     println!("\nJSON: {}\nvmcp and Redis logs: {}", out.display(), logs.display());

@@ -35,7 +35,9 @@ fn clock_ticks() -> f64 {
 
 fn is_zombie_or_gone(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')),
         Err(_) => true,
     }
 }
@@ -101,7 +103,9 @@ impl Proc {
         while !is_zombie_or_gone(pid) {
             if began.elapsed() > bound {
                 exited = false;
-                let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+                let _ = std::process::Command::new("kill")
+                    .args(["-KILL", &pid.to_string()])
+                    .status();
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

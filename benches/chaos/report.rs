@@ -65,7 +65,10 @@ fn figures(run: &Run, i: usize, calls: &[&Call], by_session: &HashMap<u32, Vec<&
             *failed.entry(cause.clone()).or_insert(0) += 1;
         }
     }
-    let twice = calls.iter().filter(|c| run.ledger.get(&c.op).copied().unwrap_or(0) > 1).count();
+    let twice = calls
+        .iter()
+        .filter(|c| run.ledger.get(&c.op).copied().unwrap_or(0) > 1)
+        .count();
     let lost = run
         .record
         .sessions_lost
@@ -126,7 +129,10 @@ pub fn report(run: &Run) -> Value {
     let ran = |c: &&Call| run.ledger.get(&c.op).copied().unwrap_or(0);
     let ok = calls.iter().filter(|c| c.outcome == Outcome::Ok).count();
     let twice: Vec<&Call> = calls.iter().filter(|c| ran(c) > 1).collect();
-    let ok_never_ran: Vec<&Call> = calls.iter().filter(|c| c.outcome == Outcome::Ok && ran(c) == 0).collect();
+    let ok_never_ran: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.outcome == Outcome::Ok && ran(c) == 0)
+        .collect();
     let failed_ran = calls.iter().filter(|c| c.outcome != Outcome::Ok && ran(c) > 0).count();
     let failed_not_ran = calls.len() - ok - failed_ran;
     let known: std::collections::HashSet<u64> = calls.iter().map(|c| c.op).collect();
@@ -140,7 +146,11 @@ pub fn report(run: &Run) -> Value {
         let failed = if f.failed.is_empty() {
             "0".to_owned()
         } else {
-            f.failed.iter().map(|(c, n)| format!("{c} × {n}")).collect::<Vec<_>>().join("; ")
+            f.failed
+                .iter()
+                .map(|(c, n)| format!("{c} × {n}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         };
         let recovery = match (f.recovery_ms, f.unrecovered) {
             (_, n) if n > 0 => format!("{n} session(s) never recovered"),
