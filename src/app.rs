@@ -36,6 +36,8 @@ pub struct App {
     pub forwarder: Forwarder,
     /// Fires when open client streams must end (the replica stops accepting).
     pub streams_stop: CancellationToken,
+    /// When this replica's listener closes (set when draining starts).
+    pub drain_ends: std::sync::OnceLock<std::time::Instant>,
     /// DNS rebinding protection for `/mcp`.
     pub hosts: HostGuard,
     /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
@@ -148,6 +150,7 @@ impl App {
             hops,
             forwarder,
             streams_stop: CancellationToken::new(),
+            drain_ends: std::sync::OnceLock::new(),
             hosts,
             store_health,
             store,
@@ -230,6 +233,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             shutdown.cancelled().await;
             let http = &app.config.http;
             let _ = deadline_tx.send(Some(Instant::now() + http.drain_delay + http.shutdown_timeout));
+            let _ = app.drain_ends.set(std::time::Instant::now() + http.drain_delay);
             app.manager.start_draining();
             tracing::info!(delay = ?http.drain_delay, "draining: not ready, still serving");
             tokio::time::sleep(http.drain_delay).await;

@@ -116,8 +116,26 @@ pub struct Forwarder {
     /// Owners that just failed, skipped until the instant given: a dead or
     /// blackholed replica (still listed in a static member list) then costs
     /// one connect attempt per few seconds, not one per request.
-    down: Mutex<HashMap<Arc<str>, Instant>>,
+    down: Mutex<HashMap<Arc<str>, Down>>,
 }
+
+/// A replica not to send hops to, from `from` until `until`.
+#[derive(Clone, Copy)]
+struct Down {
+    from: Instant,
+    until: Instant,
+    /// It announced that it is leaving (draining): only time ends this, not
+    /// an answer to a hop sent before it left.
+    leaving: bool,
+}
+
+/// On a draining replica's answers: milliseconds until its listener closes.
+pub const DRAINING_HEADER: &str = "x-vmcp-draining";
+
+/// Peers stop sending hops to a draining replica this long before its
+/// listener closes (transit and scheduling; a hop sent later could land on a
+/// connection reset by the closing listener, after it was written).
+const LEAVE_MARGIN: Duration = Duration::from_millis(300);
 
 /// How long an owner that could not be reached is not tried again.
 const DOWN_FOR: Duration = Duration::from_secs(3);
@@ -165,13 +183,23 @@ impl Forwarder {
         // Logged once per owner going down and once on its return, not per request.
         match &result {
             Err(ForwardError::NotSent(NotSent::Connect(e))) => {
-                let until = Instant::now() + DOWN_FOR;
-                if lock(&self.down).insert(Arc::clone(&owner.id), until).is_none() {
+                let now = Instant::now();
+                let mark = Down {
+                    from: now,
+                    until: now + DOWN_FOR,
+                    leaving: false,
+                };
+                if lock(&self.down).insert(Arc::clone(&owner.id), mark).is_none() {
                     tracing::warn!(owner = %owner.id, error = %e, "replica unreachable: its sessions go to the next owner");
                 }
             }
             Ok(_) => {
-                if lock(&self.down).remove(&owner.id).is_some() {
+                let mut down = lock(&self.down);
+                // Reachable again. (A leave announced by a draining replica,
+                // noted in `send`, stays until it runs out.)
+                let now = Instant::now();
+                if down.get(&owner.id).is_some_and(|d| !d.leaving || d.until <= now) {
+                    down.remove(&owner.id);
                     tracing::info!(owner = %owner.id, "replica reachable again");
                 }
             }
@@ -183,7 +211,8 @@ impl Forwarder {
     /// Whether replica `id` failed to accept a connection in the last few
     /// seconds (after that it is tried again; the entry stays until it answers).
     pub fn is_down(&self, id: &str) -> bool {
-        lock(&self.down).get(id).is_some_and(|until| *until > Instant::now())
+        let now = Instant::now();
+        lock(&self.down).get(id).is_some_and(|d| d.from <= now && now < d.until)
     }
 
     async fn send(
@@ -221,6 +250,26 @@ impl Forwarder {
         *request.headers_mut() = headers;
         let response = self.client.request(request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
+        if let Some(left) = parts
+            .headers
+            .remove(DRAINING_HEADER)
+            .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
+        {
+            let leaving = Instant::now() + Duration::from_millis(left).saturating_sub(LEAVE_MARGIN);
+            let mut down = lock(&self.down);
+            if !down.get(&owner.id).is_some_and(|d| d.leaving) {
+                tracing::info!(owner = %owner.id, in_ms = left, "replica draining: no hops to it shortly before it stops");
+            }
+            let until = leaving + DOWN_FOR;
+            down.insert(
+                Arc::clone(&owner.id),
+                Down {
+                    from: leaving,
+                    until,
+                    leaving: true,
+                },
+            );
+        }
         strip(&mut parts.headers);
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
     }

@@ -108,10 +108,18 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>) -> Response<
                 // connection to write a hop on that this replica would close
                 // unread (a request lost that way has an unknown outcome);
                 // its next hop gets a refused connect, which provably was not sent.
+                // And peers learn when the listener closes, so that they stop
+                // sending hops just before (a connection made in that last
+                // instant would be reset under a written request).
                 if app.manager.is_draining() {
-                    response
-                        .headers_mut()
-                        .insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    let headers = response.headers_mut();
+                    headers.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+                    if let Some(ends) = app.drain_ends.get() {
+                        let left = ends.saturating_duration_since(std::time::Instant::now()).as_millis();
+                        if let Ok(v) = http::HeaderValue::from_str(&left.to_string()) {
+                            headers.insert(crate::affinity::forward::DRAINING_HEADER, v);
+                        }
+                    }
                 }
                 response
             }
