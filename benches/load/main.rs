@@ -71,6 +71,9 @@ async fn main() {
             rounds: 3,
         }
     };
+    if args.iter().any(|a| a == "--memory") {
+        return scenarios::run_memory(&plan).await;
+    }
     let only_throughput = args.iter().any(|a| a == "--throughput");
     scenarios::run(&plan, only_throughput).await;
 }

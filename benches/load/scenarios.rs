@@ -31,6 +31,14 @@ fn base(url: &str) -> String {
     url.trim_end_matches("/mcp").to_owned()
 }
 
+/// Only the idle-memory table (`--memory`): it measures RSS, not time, so it
+/// can run on a busy machine.
+pub async fn run_memory(plan: &Plan) {
+    let mcp = Arc::new(Mcp::new(crate::http()));
+    let (backend_url, _) = backend::start().await;
+    memory(plan, &mcp, &backend_url).await;
+}
+
 pub async fn run(plan: &Plan, only_throughput: bool) {
     let mcp = Arc::new(Mcp::new(crate::http()));
     let (backend_url, backend_state) = backend::start().await;
