@@ -16,7 +16,7 @@ use serde_json::Value;
 use crate::config::{AggregationConfig, BackendConfig};
 
 /// Everything one backend listed for one session.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Listing {
     pub tools: Vec<Value>,
     pub prompts: Vec<Value>,

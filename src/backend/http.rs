@@ -28,8 +28,16 @@ use super::BackendError;
 
 /// The shared, pooled client of one Streamable HTTP backend.
 pub struct HttpBackend {
+    endpoint: Arc<Endpoint>,
+    /// The last `initialize` result, shared by the sessions that got the same one.
+    last_init: std::sync::Mutex<Option<Arc<Value>>>,
+}
+
+/// What every session of one backend shares: held once, pointed to by each.
+struct Endpoint {
     url: reqwest::Url,
     client: reqwest::Client,
+    /// Static headers (configured ones, Content-Type, Accept), prepared once.
     headers: HeaderMap,
     /// Bound of every message nobody waits for (notices, answers, DELETE).
     notice_timeout: Duration,
@@ -112,45 +120,61 @@ impl HttpBackend {
             .no_proxy()
             .build()
             .map_err(transport)?;
-        Ok(Self {
+        let endpoint = Endpoint {
             url,
             client,
             headers: prepared,
             notice_timeout,
+        };
+        Ok(Self {
+            endpoint: Arc::new(endpoint),
+            last_init: std::sync::Mutex::default(),
         })
     }
 
     pub fn url(&self) -> &str {
-        self.url.as_str()
+        self.endpoint.url.as_str()
+    }
+
+    /// The shared copy of an `initialize` result equal to the last one.
+    fn intern(&self, init: Value) -> Arc<Value> {
+        let mut last = crate::sync::lock(&self.last_init);
+        match last.as_ref() {
+            Some(known) if **known == init => Arc::clone(known),
+            _ => {
+                let fresh = Arc::new(init);
+                *last = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
     }
 
     fn session(
         &self,
         session_id: Option<&str>,
-        protocol_version: String,
+        protocol_version: &str,
         init: Value,
         first_id: i64,
         ours: bool,
-    ) -> HttpSession {
-        let mut headers = self.headers.clone();
-        if let Ok(v) = HeaderValue::from_str(&protocol_version) {
-            headers.insert(HeaderName::from_static("mcp-protocol-version"), v);
-        }
-        if let Some(v) = session_id.and_then(|s| HeaderValue::from_str(s).ok()) {
-            headers.insert(HeaderName::from_static("mcp-session-id"), v);
-        }
-        HttpSession {
-            url: self.url.clone(),
-            client: self.client.clone(),
-            headers,
-            session_id: session_id.map(Arc::from),
-            protocol_version,
+    ) -> Result<HttpSession, BackendError> {
+        let bad = |what: &str| BackendError::Protocol(format!("{what} is not a valid header value"));
+        // A known version is a static header value: no allocation per session.
+        let version = match crate::mcp::SUPPORTED_VERSIONS.iter().find(|v| **v == protocol_version) {
+            Some(known) => HeaderValue::from_static(known),
+            None => HeaderValue::from_str(protocol_version).map_err(|_| bad("protocol version"))?,
+        };
+        let session_id = session_id
+            .map(|s| HeaderValue::from_str(s).map_err(|_| bad("Mcp-Session-Id")))
+            .transpose()?;
+        Ok(HttpSession {
+            endpoint: Arc::clone(&self.endpoint),
+            session_id,
+            version,
             next_id: AtomicI64::new(first_id),
-            init,
-            notice_timeout: self.notice_timeout,
+            init: self.intern(init),
             closed: AtomicBool::new(false),
             delete_on_drop: AtomicBool::new(ours),
-        }
+        })
     }
 
     /// Handshake: `initialize`, then `notifications/initialized` on the new session.
@@ -162,7 +186,8 @@ impl HttpBackend {
             params: Some(&params),
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
+        let endpoint = &self.endpoint;
+        let response = post(&endpoint.client, &endpoint.url, endpoint.headers.clone(), body).await?;
         let session_id = response
             .headers()
             .get("mcp-session-id")
@@ -176,30 +201,33 @@ impl HttpBackend {
             .to_owned();
         // From here on the session exists on the backend: dropped without
         // `close()` (a timeout, a client gone mid-initialize) it is DELETEd.
-        let session = self.session(session_id.as_deref(), protocol_version, init, 1, true);
+        let session = self.session(session_id.as_deref(), &protocol_version, init, 1, true)?;
         session.notify("notifications/initialized", None).await?;
         Ok(session)
     }
 
     /// A session the backend already knows (from stored metadata): no I/O.
-    pub fn resume(&self, session_id: &str, protocol_version: String, capabilities: Value) -> HttpSession {
+    pub fn resume(
+        &self,
+        session_id: &str,
+        protocol_version: String,
+        capabilities: Value,
+    ) -> Result<HttpSession, BackendError> {
         let init = json!({ "protocolVersion": protocol_version, "capabilities": capabilities });
         // Not ours to end if dropped: another replica may still resume it.
-        self.session(Some(session_id), protocol_version, init, random_first_id(), false)
+        self.session(Some(session_id), &protocol_version, init, random_first_id(), false)
     }
 }
 
-/// One backend session over Streamable HTTP.
+/// One backend session over Streamable HTTP: what is its own (ids, the
+/// negotiated version) and pointers to what it shares with the backend's
+/// other sessions. Small, as 100k sessions × 10 backends are a million of them.
 pub struct HttpSession {
-    url: reqwest::Url,
-    client: reqwest::Client,
-    /// Static headers + protocol version + session id, prepared once.
-    headers: HeaderMap,
-    session_id: Option<Arc<str>>,
-    protocol_version: String,
+    endpoint: Arc<Endpoint>,
+    session_id: Option<HeaderValue>,
+    version: HeaderValue,
     next_id: AtomicI64,
-    init: Value,
-    notice_timeout: Duration,
+    init: Arc<Value>,
     /// `close()` or `release()` ran.
     closed: AtomicBool,
     /// Opened here and not yet closed, released or forgotten by the backend:
@@ -213,11 +241,21 @@ impl HttpSession {
     }
 
     pub fn session_id(&self) -> Option<&str> {
-        self.session_id.as_deref()
+        self.session_id.as_ref().and_then(|v| v.to_str().ok())
     }
 
     pub fn protocol_version(&self) -> &str {
-        &self.protocol_version
+        self.version.to_str().unwrap_or_default()
+    }
+
+    /// The headers of a request on this session: the backend's, the version, the id.
+    fn headers(&self) -> HeaderMap {
+        let mut headers = self.endpoint.headers.clone();
+        headers.insert(HeaderName::from_static("mcp-protocol-version"), self.version.clone());
+        if let Some(id) = &self.session_id {
+            headers.insert(HeaderName::from_static("mcp-session-id"), id.clone());
+        }
+        headers
     }
 
     /// The id of the next request (so a caller can cancel it by id).
@@ -242,7 +280,7 @@ impl HttpSession {
             params,
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.client, &self.url, self.headers.clone(), body).await?;
+        let response = post(&self.endpoint.client, &self.endpoint.url, self.headers(), body).await?;
         let result = read_response(response, id, Some(self), relay).await;
         if matches!(result, Err(BackendError::SessionExpired)) {
             self.delete_on_drop.store(false, Ordering::Relaxed);
@@ -264,11 +302,11 @@ impl HttpSession {
         message: &Value,
     ) -> Result<impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static, BackendError> {
         let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let (client, url, headers) = (self.client.clone(), self.url.clone(), self.headers.clone());
-        let (timeout, has_session) = (self.notice_timeout, self.session_id.is_some());
+        let (endpoint, headers) = (Arc::clone(&self.endpoint), self.headers());
+        let (timeout, has_session) = (self.endpoint.notice_timeout, self.session_id.is_some());
         Ok(async move {
             let sent = async {
-                let response = post(&client, &url, headers, body).await?;
+                let response = post(&endpoint.client, &endpoint.url, headers, body).await?;
                 match response.status() {
                     StatusCode::NOT_FOUND if has_session => Err(BackendError::SessionExpired),
                     s if s.is_success() => Ok(()),
@@ -284,9 +322,10 @@ impl HttpSession {
     /// Opens the backend's stream of messages it sends on its own (GET).
     /// `Ok(None)`: the backend offers no such stream (405).
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
-        let response = tokio::time::timeout(self.notice_timeout, self.open_stream(None))
+        let bound = self.endpoint.notice_timeout;
+        let response = tokio::time::timeout(bound, self.open_stream(None))
             .await
-            .unwrap_or(Err(BackendError::Timeout(self.notice_timeout)))?;
+            .unwrap_or(Err(BackendError::Timeout(bound)))?;
         match response.status() {
             StatusCode::METHOD_NOT_ALLOWED => return Ok(None),
             StatusCode::NOT_FOUND if self.session_id.is_some() => return Err(BackendError::SessionExpired),
@@ -304,14 +343,15 @@ impl HttpSession {
     /// A GET on the backend's endpoint for an event stream, resuming after
     /// `last_event_id` if given.
     async fn open_stream(&self, last_event_id: Option<&str>) -> Result<reqwest::Response, BackendError> {
-        let mut headers = self.headers.clone();
+        let mut headers = self.headers();
         headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.remove(http::header::CONTENT_TYPE);
         if let Some(v) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(HeaderName::from_static("last-event-id"), v);
         }
-        self.client
-            .get(self.url.clone())
+        self.endpoint
+            .client
+            .get(self.endpoint.url.clone())
             .headers(headers)
             .send()
             .await
@@ -347,8 +387,9 @@ impl HttpSession {
     /// The DELETE of this backend session as a future that owns what it needs.
     fn deleter(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         self.session_id.as_ref()?;
-        let request = self.client.delete(self.url.clone()).headers(self.headers.clone());
-        let (timeout, url) = (self.notice_timeout, crate::redact::url(self.url.as_str()));
+        let endpoint = &self.endpoint;
+        let request = endpoint.client.delete(endpoint.url.clone()).headers(self.headers());
+        let (timeout, url) = (endpoint.notice_timeout, crate::redact::url(endpoint.url.as_str()));
         Some(async move {
             match tokio::time::timeout(timeout, request.send()).await {
                 Ok(Ok(_)) => {}
@@ -465,7 +506,7 @@ async fn read_events(
                 "no response after {MAX_RESUMES} resumed streams"
             )));
         }
-        tracing::debug!(url = %crate::redact::url(session.url.as_str()), last_event_id = last, "resuming a backend's SSE stream");
+        tracing::debug!(url = %crate::redact::url(session.endpoint.url.as_str()), last_event_id = last, "resuming a backend's SSE stream");
         tokio::time::sleep(retry).await;
         let resumed = session.open_stream(Some(last)).await?;
         if !resumed.status().is_success() || !is_event_stream(&resumed) {

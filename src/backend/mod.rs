@@ -127,6 +127,9 @@ pub struct Backend {
     transport: Transport,
     circuit: Circuit,
     timeouts: Timeouts,
+    capabilities: std::sync::Mutex<Option<Arc<Value>>>,
+    /// The name, shared by every session's tables (keys of 100k maps).
+    shared_name: Arc<str>,
 }
 
 impl Backend {
@@ -153,16 +156,32 @@ impl Backend {
             }
         };
         Ok(Self {
-            config,
             position,
             transport,
             circuit,
             timeouts,
+            capabilities: std::sync::Mutex::default(),
+            shared_name: Arc::from(config.name.as_str()),
+            config,
         })
     }
 
     pub fn circuit(&self) -> &Circuit {
         &self.circuit
+    }
+
+    /// The shared copy of capabilities equal to the last ones seen (every
+    /// session's metadata records them; the memory store keeps them all).
+    pub fn shared_capabilities(&self, caps: &Value) -> Arc<Value> {
+        let mut last = crate::sync::lock(&self.capabilities);
+        match last.as_ref() {
+            Some(known) if **known == *caps => Arc::clone(known),
+            _ => {
+                let fresh = Arc::new(caps.clone());
+                *last = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
     }
 
     /// Tells the circuit how opening a backend session went.
@@ -227,6 +246,11 @@ impl Backend {
         &self.config.name
     }
 
+    /// The name as a shared string (no allocation per session).
+    pub fn shared_name(&self) -> &Arc<str> {
+        &self.shared_name
+    }
+
     /// Where this backend is, as recorded in session metadata.
     pub fn target(&self) -> BackendTarget {
         match &self.transport {
@@ -264,8 +288,12 @@ impl Backend {
             return None; // the backend moved: its old sessions are elsewhere
         }
         let version = record.protocol_version.clone()?;
-        let capabilities = record.capabilities.clone().unwrap_or_else(|| serde_json::json!({}));
-        let conn = Conn::Http(http.resume(session_id, version, capabilities));
+        let capabilities = record
+            .capabilities
+            .as_deref()
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({}));
+        let conn = Conn::Http(http.resume(session_id, version, capabilities).ok()?);
         Some(BackendSession {
             backend: Arc::clone(self),
             conn,
@@ -413,7 +441,10 @@ impl BackendSession {
             target: self.backend.target(),
             session_id,
             protocol_version,
-            capabilities: self.init_result().get("capabilities").cloned(),
+            capabilities: self
+                .init_result()
+                .get("capabilities")
+                .map(|caps| self.backend.shared_capabilities(caps)),
         }
     }
 }

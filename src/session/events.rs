@@ -8,7 +8,7 @@
 //! everything the new one has, and no id is ever reused for another message.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use serde_json::Value;
 use tokio::sync::broadcast;
@@ -23,10 +23,15 @@ pub struct Event {
     pub data: Box<str>,
 }
 
+/// How far a live reader may fall behind before its stream is ended to resume.
+const LIVE_CAPACITY: usize = 64;
+
 pub struct EventLog {
     /// The id of this runtime's first event: lower ids are an earlier holder's.
     first_id: u64,
-    live: broadcast::Sender<Arc<Event>>,
+    /// Made when the first stream opens: a broadcast channel allocates its
+    /// whole ring at once, which most sessions (never streamed) do not need.
+    live: OnceLock<broadcast::Sender<Arc<Event>>>,
     /// The next id and the kept events; one lock, so that a reconnecting
     /// client's replay and its live feed neither overlap nor leave a gap.
     kept: Mutex<(u64, VecDeque<Arc<Event>>)>,
@@ -40,10 +45,9 @@ pub struct Subscription {
 
 impl EventLog {
     pub fn new(first_id: u64) -> Self {
-        let (live, _) = broadcast::channel(64);
         Self {
             first_id,
-            live,
+            live: OnceLock::new(),
             kept: Mutex::new((first_id, VecDeque::new())),
         }
     }
@@ -74,7 +78,9 @@ impl EventLog {
     /// Delivers a recorded event to the open streams.
     pub fn send(&self, event: Arc<Event>) {
         // No receiver just means no stream is open now; the event is kept.
-        let _ = self.live.send(event);
+        if let Some(live) = self.live.get() {
+            let _ = live.send(event);
+        }
     }
 
     #[cfg(test)]
@@ -94,9 +100,10 @@ impl EventLog {
             Some(last) => kept.1.iter().filter(|e| e.id > last).cloned().collect(),
             None => Vec::new(),
         };
+        let live = self.live.get_or_init(|| broadcast::channel(LIVE_CAPACITY).0);
         Subscription {
             missed,
-            live: self.live.subscribe(),
+            live: live.subscribe(),
         }
     }
 }

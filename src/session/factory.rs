@@ -36,6 +36,8 @@ pub struct SessionFactory {
     store: Arc<dyn SessionStore>,
     /// Circuits closed so far on this replica (see `backend::health`).
     recoveries: Arc<AtomicU64>,
+    /// Listings and catalogs shared by the sessions that have the same ones.
+    shared: super::shared::Shared,
 }
 
 /// A backend that could not be opened, and why (for logs and instructions).
@@ -74,6 +76,7 @@ impl SessionFactory {
             metrics,
             store,
             recoveries,
+            shared: Default::default(),
         }
     }
 
@@ -153,15 +156,18 @@ impl SessionFactory {
         instructions: String,
         recoveries: u64,
     ) -> Session {
-        meta.backends = healthy.iter().map(|(s, _)| s.record()).collect();
+        // The live backend sessions are the truth (`Session::metadata_now`
+        // reads them); a copy of their records here would cost ~0.6 KB per
+        // backend session for nothing.
+        meta.backends = Vec::new();
         let mut backends = HashMap::new();
         let mut listings = HashMap::new();
         for (session, listing) in healthy {
-            let name: Arc<str> = Arc::from(session.name());
-            listings.insert(Arc::clone(&name), Arc::new(listing));
+            let name = Arc::clone(session.backend().shared_name());
+            listings.insert(Arc::clone(&name), self.shared.listing(&name, listing));
             backends.insert(name, Arc::new(session));
         }
-        let catalog = build_catalog(&self.aggregation, &backends, &listings);
+        let catalog = self.shared.catalog(&self.aggregation, &backends, &listings);
         Session {
             id: meta.id.clone(),
             meta,
@@ -169,7 +175,7 @@ impl SessionFactory {
                 closed: false,
                 backends: Arc::new(backends),
                 listings: Arc::new(listings),
-                catalog: Arc::new(catalog),
+                catalog,
             }),
             inflight: Inflight::default(),
             last_seen: AtomicU64::new(0),
@@ -254,6 +260,11 @@ impl SessionFactory {
             Some(async move { session.close().await })
         });
         futures_util::future::join_all(closes).await;
+    }
+
+    /// The shared copies of listings and catalogs.
+    pub(crate) fn shared(&self) -> &super::shared::Shared {
+        &self.shared
     }
 
     /// How many backend circuits have closed on this replica so far.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::factory::{build_catalog, list_everything};
+use super::factory::list_everything;
 use super::{Session, SessionError};
 use crate::aggregate::{Catalog, Listing};
 use crate::backend::BackendSession;
@@ -152,8 +152,12 @@ impl Session {
             state.backends = Arc::new(backends);
         }
         let mut listings = (*state.listings).clone();
-        listings.insert(key, Arc::new(listing));
-        let catalog = Arc::new(build_catalog(self.factory.aggregation(), &state.backends, &listings));
+        let listing = self.factory.shared().listing(&key, listing);
+        listings.insert(key, listing);
+        let catalog = self
+            .factory
+            .shared()
+            .catalog(self.factory.aggregation(), &state.backends, &listings);
         state.listings = Arc::new(listings);
         Some((std::mem::replace(&mut state.catalog, Arc::clone(&catalog)), catalog))
     }

@@ -18,6 +18,7 @@ mod inflight;
 mod listen;
 mod manager;
 mod relay;
+mod shared;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};

@@ -110,7 +110,7 @@ mod tests {
                 },
                 session_id: Some("abc".into()),
                 protocol_version: Some("2025-06-18".into()),
-                capabilities: Some(serde_json::json!({"tools": {}})),
+                capabilities: Some(std::sync::Arc::new(serde_json::json!({"tools": {}}))),
             }],
         }
     }

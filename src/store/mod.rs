@@ -39,7 +39,8 @@ pub struct BackendRecord {
     pub protocol_version: Option<String>,
     /// The backend's advertised capabilities (so a resumed session knows what to list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capabilities: Option<serde_json::Value>,
+    /// Shared by the records of one backend's sessions (same JSON on the wire).
+    pub capabilities: Option<std::sync::Arc<serde_json::Value>>,
 }
 
 /// The serialisable state of one client session.
