@@ -93,6 +93,9 @@ mod tests {
         let changed = shared.listing("x", listing("u"));
         assert!(!Arc::ptr_eq(&a, &changed));
         assert!(Arc::ptr_eq(&changed, &shared.listing("x", listing("u"))));
-        assert!(!Arc::ptr_eq(&changed, &shared.listing("y", listing("u"))), "per backend");
+        assert!(
+            !Arc::ptr_eq(&changed, &shared.listing("y", listing("u"))),
+            "per backend"
+        );
     }
 }
