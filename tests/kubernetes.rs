@@ -32,6 +32,12 @@ fn endpoint(pod: &str, ip: &str, ready: bool) -> Value {
     json!({"addresses": [ip], "conditions": {"ready": ready}, "targetRef": {"kind": "Pod", "name": pod, "namespace": "test"}})
 }
 
+/// A pod shutting down: not ready any more, terminating.
+fn terminating(pod: &str, ip: &str) -> Value {
+    json!({"addresses": [ip], "conditions": {"ready": false, "serving": false, "terminating": true},
+        "targetRef": {"kind": "Pod", "name": pod, "namespace": "test"}})
+}
+
 fn slice(name: &str, rv: u32, endpoints: Vec<Value>) -> Value {
     json!({
         "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
@@ -149,7 +155,9 @@ async fn ready_endpoints_of_the_headless_service_are_the_members() {
     config.default_namespace = "test".into();
     vmcp::app::install_crypto_provider();
     let client = kube::Client::try_from(config).unwrap();
-    let membership = Arc::new(Membership::unknown("vmcp-0"));
+    let pins = vmcp::affinity::pin::Pins::new("kube-test-hop-key-0123");
+    let pinned_to_1 = pins.mint(&[9; 16], "vmcp-1");
+    let membership = Arc::new(Membership::unknown("vmcp-0").with_pins(Some(pins)));
     assert!(!membership.is_known(), "not ready before the first complete list");
     let k8s = KubernetesMembership {
         service: "vmcp-peers".into(),
@@ -191,4 +199,29 @@ async fn ready_endpoints_of_the_headless_service_are_the_members() {
     api.send("DELETED", second).await;
     members_become(&membership, &["vmcp-1", "vmcp-2"]).await;
     assert!(!api.lists.lock().unwrap().is_empty(), "the watcher listed first");
+
+    // vmcp-1 is terminating (draining): no new sessions, but its pinned ones still go to it.
+    let one_terminating = vec![terminating("vmcp-1", "10.0.0.2"), endpoint("vmcp-2", "10.0.0.3", true)];
+    api.send("MODIFIED", slice("vmcp-peers-a", 14, one_terminating)).await;
+    members_become(&membership, &["vmcp-2"]).await;
+    let draining: Vec<String> = membership.view().draining.iter().map(|m| m.id.to_string()).collect();
+    assert_eq!(draining, ["vmcp-1"]);
+    assert!(
+        matches!(membership.place(&pinned_to_1), vmcp::affinity::Placement::Remote(m) if &*m.id == "vmcp-1"),
+        "a draining replica keeps its pinned sessions"
+    );
+    // Gone: its sessions are placed among the others.
+    api.send(
+        "MODIFIED",
+        slice("vmcp-peers-a", 15, vec![endpoint("vmcp-2", "10.0.0.3", true)]),
+    )
+    .await;
+    members_become(&membership, &["vmcp-2"]).await;
+    for _ in 0..100 {
+        if membership.view().draining.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(matches!(membership.place(&pinned_to_1), vmcp::affinity::Placement::Remote(m) if &*m.id == "vmcp-2"));
 }
