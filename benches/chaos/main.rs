@@ -12,6 +12,9 @@ mod backend;
 mod load;
 mod logs;
 mod procs;
+// The freezable TCP proxy of the fault tests, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../tests/support/proxy.rs"]
 mod proxy;
 mod report;
 
@@ -194,9 +197,7 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
     let b = backend::Backend::start("b", Duration::from_millis(5), stop_servers.clone())
         .await
         .map_err(io)?;
-    let proxy = proxy::FreezableProxy::start(&b.addr, stop_servers.clone())
-        .await
-        .map_err(io)?;
+    let proxy = proxy::FreezableProxy::start(&b.addr).await;
 
     let redis_port = procs::free_port().map_err(io)?;
     let mut redis = procs::redis(redis_port, work, plan.persist, logs);
