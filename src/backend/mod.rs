@@ -130,6 +130,8 @@ pub struct Backend {
     capabilities: std::sync::Mutex<Option<Arc<Value>>>,
     /// The name, shared by every session's tables (keys of 100k maps).
     shared_name: Arc<str>,
+    /// Where it is, as session metadata records it (shared strings).
+    target: BackendTarget,
 }
 
 impl Backend {
@@ -155,6 +157,14 @@ impl Backend {
                 )))
             }
         };
+        let target = match &transport {
+            Transport::Http(h) => BackendTarget::StreamableHttp {
+                url: Arc::from(h.url()),
+            },
+            Transport::Stdio(s) => BackendTarget::Stdio {
+                command: s.command().to_vec(),
+            },
+        };
         Ok(Self {
             position,
             transport,
@@ -162,6 +172,7 @@ impl Backend {
             timeouts,
             capabilities: std::sync::Mutex::default(),
             shared_name: Arc::from(config.name.as_str()),
+            target,
             config,
         })
     }
@@ -253,14 +264,7 @@ impl Backend {
 
     /// Where this backend is, as recorded in session metadata.
     pub fn target(&self) -> BackendTarget {
-        match &self.transport {
-            Transport::Http(h) => BackendTarget::StreamableHttp {
-                url: h.url().to_owned(),
-            },
-            Transport::Stdio(s) => BackendTarget::Stdio {
-                command: s.command().to_vec(),
-            },
-        }
+        self.target.clone()
     }
 
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
@@ -284,10 +288,10 @@ impl Backend {
         let (Transport::Http(http), Some(session_id)) = (&self.transport, &record.session_id) else {
             return None;
         };
-        if record.target != self.target() {
+        if record.target != self.target {
             return None; // the backend moved: its old sessions are elsewhere
         }
-        let version = record.protocol_version.clone()?;
+        let version = record.protocol_version.as_deref()?.to_owned();
         let capabilities = record
             .capabilities
             .as_deref()
@@ -433,11 +437,14 @@ impl BackendSession {
     /// This backend session as session metadata.
     pub fn record(&self) -> BackendRecord {
         let (session_id, protocol_version) = match &self.conn {
-            Conn::Http(s) => (s.session_id().map(str::to_owned), Some(s.protocol_version().to_owned())),
-            Conn::Stdio(s) => (None, s.protocol_version()),
+            Conn::Http(s) => (
+                s.session_id().map(str::to_owned),
+                Some(shared_version(s.protocol_version())),
+            ),
+            Conn::Stdio(s) => (None, s.protocol_version().as_deref().map(shared_version)),
         };
         BackendRecord {
-            name: self.name().to_owned(),
+            name: Arc::clone(self.backend.shared_name()),
             target: self.backend.target(),
             session_id,
             protocol_version,
@@ -447,6 +454,17 @@ impl BackendSession {
                 .map(|caps| self.backend.shared_capabilities(caps)),
         }
     }
+}
+
+/// A protocol version as a shared string: the few known ones are allocated
+/// once per process, not once per backend session record.
+fn shared_version(version: &str) -> Arc<str> {
+    static KNOWN: std::sync::OnceLock<Vec<Arc<str>>> = std::sync::OnceLock::new();
+    let known = KNOWN.get_or_init(|| crate::mcp::SUPPORTED_VERSIONS.iter().map(|v| Arc::from(*v)).collect());
+    known
+        .iter()
+        .find(|v| &***v == version)
+        .map_or_else(|| Arc::from(version), Arc::clone)
 }
 
 /// Waits for `work`, at most `timeout`, unless the client cancels first.

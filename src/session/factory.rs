@@ -98,7 +98,7 @@ impl SessionFactory {
         if healthy.is_empty() && !self.backends.is_empty() {
             tracing::warn!(session.id = %id, "session created with no healthy backend");
         }
-        let instructions = instructions(&healthy, &failed);
+        let instructions = self.shared.instructions(instructions(&healthy, &failed));
         let now = unix_ms();
         let meta = SessionMetadata {
             id,
@@ -106,7 +106,7 @@ impl SessionFactory {
             last_seen_ms: now,
             identity,
             protocol_version,
-            client_init,
+            client_init: Arc::new(client_init),
             backends: Vec::new(),
         };
         self.assemble(meta, healthy, instructions, recoveries)
@@ -119,10 +119,16 @@ impl SessionFactory {
         let opens: Vec<_> = self
             .backends
             .iter()
-            .map(|b| self.open(b, &meta.client_init, meta.backends.iter().find(|r| r.name == b.name())))
+            .map(|b| {
+                self.open(
+                    b,
+                    &meta.client_init,
+                    meta.backends.iter().find(|r| &*r.name == b.name()),
+                )
+            })
             .collect();
         let (healthy, _) = self.open_all(opens).await;
-        self.assemble(meta, healthy, String::new(), recoveries)
+        self.assemble(meta, healthy, Arc::from(""), recoveries)
     }
 
     /// Re-initializes one backend for an existing session (self-heal).
@@ -153,7 +159,7 @@ impl SessionFactory {
         self: &Arc<Self>,
         mut meta: SessionMetadata,
         healthy: Vec<Opened>,
-        instructions: String,
+        instructions: Arc<str>,
         recoveries: u64,
     ) -> Session {
         // The live backend sessions are the truth (`Session::metadata_now`
@@ -167,15 +173,14 @@ impl SessionFactory {
             listings.insert(Arc::clone(&name), self.shared.listing(&name, listing));
             backends.insert(name, Arc::new(session));
         }
-        let catalog = self.shared.catalog(&self.aggregation, &backends, &listings);
+        let tables = self.shared.tables(&self.aggregation, &backends, listings);
         Session {
             id: meta.id.clone(),
             meta,
             state: RwLock::new(State {
                 closed: false,
                 backends: Arc::new(backends),
-                listings: Arc::new(listings),
-                catalog,
+                tables,
             }),
             inflight: Inflight::default(),
             last_seen: AtomicU64::new(0),
@@ -255,7 +260,7 @@ impl SessionFactory {
     /// no replica holds (each DELETE bounded by the backend's notice bound).
     pub(crate) async fn close_stored(&self, records: &[BackendRecord]) {
         let closes = records.iter().filter_map(|record| {
-            let backend = self.backends.iter().find(|b| b.name() == record.name)?;
+            let backend = self.backends.iter().find(|b| b.name() == &*record.name)?;
             let session = backend.resume(record)?;
             Some(async move { session.close().await })
         });

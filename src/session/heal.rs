@@ -151,15 +151,16 @@ impl Session {
             backends.insert(Arc::clone(&key), fresh);
             state.backends = Arc::new(backends);
         }
-        let mut listings = (*state.listings).clone();
+        let mut listings = state.tables.listings.clone();
         let listing = self.factory.shared().listing(&key, listing);
         listings.insert(key, listing);
-        let catalog = self
+        let tables = self
             .factory
             .shared()
-            .catalog(self.factory.aggregation(), &state.backends, &listings);
-        state.listings = Arc::new(listings);
-        Some((std::mem::replace(&mut state.catalog, Arc::clone(&catalog)), catalog))
+            .tables(self.factory.aggregation(), &state.backends, listings);
+        let catalog = Arc::clone(&tables.catalog);
+        let old = std::mem::replace(&mut state.tables, tables);
+        Some((Arc::clone(&old.catalog), catalog))
     }
 
     /// Writes the current backend session ids to the store. A session deleted

@@ -326,7 +326,7 @@ impl SessionManager {
         let reset: Vec<String> = stored
             .iter()
             .filter(|r| self.factory.is_local(&r.name))
-            .map(|r| r.name.clone())
+            .map(|r| r.name.to_string())
             .collect();
         if !reset.is_empty() {
             let announcing = Arc::clone(&session);

@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::aggregate::{page, Catalog, Listing};
+use crate::aggregate::{page, Catalog};
 use crate::backend::{BackendError, BackendSession, CallContext};
 use crate::store::{unix_ms, SessionMetadata};
 
@@ -66,14 +66,12 @@ pub enum SessionError {
 }
 
 type Backends = Arc<HashMap<Arc<str>, Arc<BackendSession>>>;
-type Listings = Arc<HashMap<Arc<str>, Arc<Listing>>>;
-
 struct State {
     closed: bool,
     backends: Backends,
-    /// What each backend listed, so re-initializing one backend can rebuild the catalog.
-    listings: Listings,
-    catalog: Arc<Catalog>,
+    /// What each backend listed (so re-initializing one backend can rebuild
+    /// the catalog) and the catalog: shared with the sessions that have the same.
+    tables: Arc<shared::Tables>,
 }
 
 /// One client session on this replica.
@@ -87,7 +85,7 @@ pub struct Session {
     last_seen: AtomicU64,
     /// Same clock: when the store last extended this session's lifetime.
     last_store_touch: AtomicU64,
-    instructions: String,
+    instructions: Arc<str>,
     factory: Arc<SessionFactory>,
     /// Serialises self-heal, so concurrent 404s re-initialize a backend once.
     heal: tokio::sync::Mutex<()>,
@@ -223,7 +221,7 @@ impl Session {
         }
         Ok(View {
             backends: Arc::clone(&state.backends),
-            catalog: Arc::clone(&state.catalog),
+            catalog: Arc::clone(&state.tables.catalog),
             _guard: self.inflight.enter(),
         })
     }

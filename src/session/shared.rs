@@ -24,10 +24,17 @@ fn same(a: &CatalogKey, b: &CatalogKey) -> bool {
     a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.0 == y.0 && Arc::ptr_eq(&x.1, &y.1))
 }
 
+/// What each backend listed, and the catalog built from it.
+pub struct Tables {
+    pub listings: HashMap<Arc<str>, Arc<Listing>>,
+    pub catalog: Arc<Catalog>,
+}
+
 #[derive(Default)]
 pub struct Shared {
     listings: Mutex<HashMap<Arc<str>, Arc<Listing>>>,
-    catalog: Mutex<Option<(CatalogKey, Weak<Catalog>)>>,
+    tables: Mutex<Option<(CatalogKey, Weak<Tables>)>>,
+    instructions: Mutex<Option<Arc<str>>>,
 }
 
 impl Shared {
@@ -44,31 +51,45 @@ impl Shared {
         }
     }
 
-    /// The catalog of these backends' listings, shared with every session
-    /// that has the same ones.
-    pub fn catalog(
+    /// The shared copy of an `instructions` text equal to the last one.
+    pub fn instructions(&self, text: String) -> Arc<str> {
+        let mut last = lock(&self.instructions);
+        match last.as_ref() {
+            Some(known) if **known == *text => Arc::clone(known),
+            _ => {
+                let fresh: Arc<str> = Arc::from(text);
+                *last = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
+    }
+
+    /// The table of these backends' listings and its catalog, shared with
+    /// every session that has the same ones.
+    pub fn tables(
         &self,
         aggregation: &AggregationConfig,
         backends: &HashMap<Arc<str>, Arc<BackendSession>>,
-        listings: &HashMap<Arc<str>, Arc<Listing>>,
-    ) -> Arc<Catalog> {
+        listings: HashMap<Arc<str>, Arc<Listing>>,
+    ) -> Arc<Tables> {
         let mut key: CatalogKey = listings
             .iter()
             .filter(|(name, _)| backends.contains_key(*name))
             .map(|(name, listing)| (Arc::clone(name), Arc::clone(listing)))
             .collect();
         key.sort_by(|a, b| a.0.cmp(&b.0));
-        let mut last = lock(&self.catalog);
-        if let Some(catalog) = last
+        let mut last = lock(&self.tables);
+        if let Some(tables) = last
             .as_ref()
             .filter(|(k, _)| same(k, &key))
-            .and_then(|(_, c)| c.upgrade())
+            .and_then(|(_, t)| t.upgrade())
         {
-            return catalog;
+            return tables;
         }
-        let catalog = Arc::new(super::factory::build_catalog(aggregation, backends, listings));
-        *last = Some((key, Arc::downgrade(&catalog)));
-        catalog
+        let catalog = Arc::new(super::factory::build_catalog(aggregation, backends, &listings));
+        let tables = Arc::new(Tables { listings, catalog });
+        *last = Some((key, Arc::downgrade(&tables)));
+        tables
     }
 }
 

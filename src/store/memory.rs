@@ -102,7 +102,7 @@ mod tests {
             last_seen_ms: 1,
             identity: None,
             protocol_version: "2025-06-18".into(),
-            client_init: serde_json::json!({}),
+            client_init: std::sync::Arc::new(serde_json::json!({})),
             backends: vec![BackendRecord {
                 name: "alpha".into(),
                 target: BackendTarget::StreamableHttp {

@@ -20,7 +20,7 @@ pub use memory::MemoryStore;
 #[serde(rename_all = "snake_case", tag = "transport")]
 pub enum BackendTarget {
     /// Streamable HTTP at `url`.
-    StreamableHttp { url: String },
+    StreamableHttp { url: std::sync::Arc<str> },
     /// A child process speaking stdio.
     Stdio { command: Vec<String> },
 }
@@ -28,7 +28,8 @@ pub enum BackendTarget {
 /// One backend session of a client session.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendRecord {
-    pub name: String,
+    /// Shared strings (`Arc<str>`): the same for every session of a backend.
+    pub name: std::sync::Arc<str>,
     #[serde(flatten)]
     pub target: BackendTarget,
     /// The backend's own `Mcp-Session-Id`, if it issued one.
@@ -36,7 +37,7 @@ pub struct BackendRecord {
     pub session_id: Option<String>,
     /// Protocol version negotiated with this backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub protocol_version: Option<String>,
+    pub protocol_version: Option<std::sync::Arc<str>>,
     /// The backend's advertised capabilities (so a resumed session knows what to list).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     /// Shared by the records of one backend's sessions (same JSON on the wire).
@@ -57,7 +58,8 @@ pub struct SessionMetadata {
     /// Protocol version negotiated with the client.
     pub protocol_version: String,
     /// The client's `initialize` params, replayed to backends on rebuild.
-    pub client_init: serde_json::Value,
+    /// Shared by the runtime and the memory store (same JSON on the wire).
+    pub client_init: std::sync::Arc<serde_json::Value>,
     /// Backends that were healthy when the session was built.
     pub backends: Vec<BackendRecord>,
 }
