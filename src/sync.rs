@@ -2,9 +2,35 @@
 //! small maps and counters kept behind these locks half-written in a way
 //! that matters more than refusing every later request would.
 
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// Locks `m`, taking the data even if a holder panicked.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The last value seen, shared: a value equal to it comes back as the same
+/// `Arc` (cloned only when it differs). What 100k sessions of one backend
+/// each got alike (its `initialize` result, capabilities, the gateway's
+/// instructions) is then held once.
+pub struct Interned<T>(Mutex<Option<Arc<T>>>);
+
+impl<T> Default for Interned<T> {
+    fn default() -> Self {
+        Self(Mutex::new(None))
+    }
+}
+
+impl<T: PartialEq + Clone> Interned<T> {
+    pub fn share(&self, value: &T) -> Arc<T> {
+        let mut last = lock(&self.0);
+        match last.as_ref() {
+            Some(known) if **known == *value => Arc::clone(known),
+            _ => {
+                let fresh = Arc::new(value.clone());
+                *last = Some(Arc::clone(&fresh));
+                fresh
+            }
+        }
+    }
 }

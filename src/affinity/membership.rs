@@ -122,7 +122,10 @@ impl Membership {
                 .get(owner)
                 .or_else(|| view.draining.iter().find(|m| &*m.id == owner))
         });
-        let owner = match pinned {
+        // The usual answer (pinned, or the rendezvous owner) costs one `down`
+        // question; only when that owner is down are the others asked.
+        let first = pinned.or_else(|| view.ring.owner(id));
+        let owner = match first {
             Some(m) if !down(&m.id) => Some(m),
             _ => view.ring.owner_among(id, |m| !down(&m.id)),
         };

@@ -30,7 +30,7 @@ use super::BackendError;
 pub struct HttpBackend {
     endpoint: Arc<Endpoint>,
     /// The last `initialize` result, shared by the sessions that got the same one.
-    last_init: std::sync::Mutex<Option<Arc<Value>>>,
+    init: crate::sync::Interned<Value>,
 }
 
 /// What every session of one backend shares: held once, pointed to by each.
@@ -128,25 +128,12 @@ impl HttpBackend {
         };
         Ok(Self {
             endpoint: Arc::new(endpoint),
-            last_init: std::sync::Mutex::default(),
+            init: crate::sync::Interned::default(),
         })
     }
 
     pub fn url(&self) -> &str {
         self.endpoint.url.as_str()
-    }
-
-    /// The shared copy of an `initialize` result equal to the last one.
-    fn intern(&self, init: Value) -> Arc<Value> {
-        let mut last = crate::sync::lock(&self.last_init);
-        match last.as_ref() {
-            Some(known) if **known == init => Arc::clone(known),
-            _ => {
-                let fresh = Arc::new(init);
-                *last = Some(Arc::clone(&fresh));
-                fresh
-            }
-        }
     }
 
     fn session(
@@ -171,7 +158,7 @@ impl HttpBackend {
             session_id,
             version,
             next_id: AtomicI64::new(first_id),
-            init: self.intern(init),
+            init: self.init.share(&init),
             closed: AtomicBool::new(false),
             delete_on_drop: AtomicBool::new(ours),
         })

@@ -127,7 +127,7 @@ pub struct Backend {
     transport: Transport,
     circuit: Circuit,
     timeouts: Timeouts,
-    capabilities: std::sync::Mutex<Option<Arc<Value>>>,
+    capabilities: crate::sync::Interned<Value>,
     /// The name, shared by every session's tables (keys of 100k maps).
     shared_name: Arc<str>,
     /// Where it is, as session metadata records it (shared strings).
@@ -170,7 +170,7 @@ impl Backend {
             transport,
             circuit,
             timeouts,
-            capabilities: std::sync::Mutex::default(),
+            capabilities: crate::sync::Interned::default(),
             shared_name: Arc::from(config.name.as_str()),
             target,
             config,
@@ -184,15 +184,7 @@ impl Backend {
     /// The shared copy of capabilities equal to the last ones seen (every
     /// session's metadata records them; the memory store keeps them all).
     pub fn shared_capabilities(&self, caps: &Value) -> Arc<Value> {
-        let mut last = crate::sync::lock(&self.capabilities);
-        match last.as_ref() {
-            Some(known) if **known == *caps => Arc::clone(known),
-            _ => {
-                let fresh = Arc::new(caps.clone());
-                *last = Some(Arc::clone(&fresh));
-                fresh
-            }
-        }
+        self.capabilities.share(caps)
     }
 
     /// Tells the circuit how opening a backend session went.

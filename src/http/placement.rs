@@ -84,11 +84,10 @@ async fn forward_once(
     body: &Bytes,
     session: &str,
 ) -> Forwarded {
-    let answered = |r| Forwarded::Answered(r);
     match app.forwarder.forward(owner, parts, body.clone(), session).await {
         Ok(response) => {
             app.metrics.requests_forwarded.with_label_values(&["ok"]).inc();
-            answered(Some(response))
+            Forwarded::Answered(Some(response))
         }
         Err(ForwardError::NotSent(e)) => {
             app.metrics.requests_forwarded.with_label_values(&["failed"]).inc();
@@ -100,7 +99,7 @@ async fn forward_once(
             Rerun::Safe => {
                 app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
                 tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
-                answered(None)
+                Forwarded::Answered(None)
             }
             Rerun::Unsafe(id) => {
                 app.metrics
@@ -108,7 +107,7 @@ async fn forward_once(
                     .with_label_values(&["outcome_unknown"])
                     .inc();
                 tracing::warn!(owner = %owner.id, error = %e, "owner failed after the request was sent; outcome unknown");
-                answered(Some(reply::error(&RpcError::outcome_unknown(), id.as_ref())))
+                Forwarded::Answered(Some(reply::error(&RpcError::outcome_unknown(), id.as_ref())))
             }
         },
     }

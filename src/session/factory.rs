@@ -98,7 +98,7 @@ impl SessionFactory {
         if healthy.is_empty() && !self.backends.is_empty() {
             tracing::warn!(session.id = %id, "session created with no healthy backend");
         }
-        let instructions = self.shared.instructions(instructions(&healthy, &failed));
+        let instructions = self.shared.instructions(&instructions(&healthy, &failed));
         let now = unix_ms();
         let meta = SessionMetadata {
             id,
@@ -128,7 +128,7 @@ impl SessionFactory {
             })
             .collect();
         let (healthy, _) = self.open_all(opens).await;
-        self.assemble(meta, healthy, Arc::from(""), recoveries)
+        self.assemble(meta, healthy, Arc::default(), recoveries)
     }
 
     /// Re-initializes one backend for an existing session (self-heal).
@@ -159,7 +159,7 @@ impl SessionFactory {
         self: &Arc<Self>,
         mut meta: SessionMetadata,
         healthy: Vec<Opened>,
-        instructions: Arc<str>,
+        instructions: Arc<String>,
         recoveries: u64,
     ) -> Session {
         // The live backend sessions are the truth (`Session::metadata_now`

@@ -85,7 +85,7 @@ pub struct Session {
     last_seen: AtomicU64,
     /// Same clock: when the store last extended this session's lifetime.
     last_store_touch: AtomicU64,
-    instructions: Arc<str>,
+    instructions: Arc<String>,
     factory: Arc<SessionFactory>,
     /// Serialises self-heal, so concurrent 404s re-initialize a backend once.
     heal: tokio::sync::Mutex<()>,

@@ -34,7 +34,7 @@ pub struct Tables {
 pub struct Shared {
     listings: Mutex<HashMap<Arc<str>, Arc<Listing>>>,
     tables: Mutex<Option<(CatalogKey, Weak<Tables>)>>,
-    instructions: Mutex<Option<Arc<str>>>,
+    instructions: crate::sync::Interned<String>,
 }
 
 impl Shared {
@@ -52,16 +52,8 @@ impl Shared {
     }
 
     /// The shared copy of an `instructions` text equal to the last one.
-    pub fn instructions(&self, text: String) -> Arc<str> {
-        let mut last = lock(&self.instructions);
-        match last.as_ref() {
-            Some(known) if **known == *text => Arc::clone(known),
-            _ => {
-                let fresh: Arc<str> = Arc::from(text);
-                *last = Some(Arc::clone(&fresh));
-                fresh
-            }
-        }
+    pub fn instructions(&self, text: &String) -> Arc<String> {
+        self.instructions.share(text)
     }
 
     /// The table of these backends' listings and its catalog, shared with
