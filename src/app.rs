@@ -42,8 +42,6 @@ pub struct App {
     pub hosts: HostGuard,
     /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
     pub store_health: Arc<StoreHealth>,
-    /// The session store (also held by the manager).
-    pub store: Arc<dyn SessionStore>,
     /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
     pub identity: IdentityHasher,
 }
@@ -131,7 +129,7 @@ impl App {
             config.session.clone(),
             config.aggregation.clone(),
             metrics.clone(),
-            Arc::clone(&store),
+            store,
         );
         let manager = SessionManager::new(
             Arc::new(factory),
@@ -153,7 +151,6 @@ impl App {
             drain_ends: std::sync::OnceLock::new(),
             hosts,
             store_health,
-            store,
             identity,
         }))
     }
@@ -221,7 +218,11 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     let probe =
         tokio::spawn(Arc::clone(&app.store_health).run(Arc::clone(app.manager.store()), background_stop.clone()));
     let salt_keeper = {
-        let (identity, store, stop) = (app.identity.clone(), Arc::clone(&app.store), background_stop.clone());
+        let (identity, store, stop) = (
+            app.identity.clone(),
+            Arc::clone(app.manager.store()),
+            background_stop.clone(),
+        );
         tokio::spawn(async move { identity.keep_salt(store, stop).await })
     };
     let discovery = start_discovery(&app).await;
