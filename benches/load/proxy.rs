@@ -33,6 +33,12 @@ impl Drop for ProxyProcess {
     }
 }
 
+impl ProxyProcess {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 /// Starts a proxy process forwarding everything to `upstream` (`http://host:port`).
 pub fn spawn(upstream: &str) -> ProxyProcess {
     use std::io::BufRead;

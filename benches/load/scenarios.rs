@@ -64,7 +64,13 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     );
     let a = VmcpProcess::start_on(pa, &format!("replica_id: a\n{common}")).await;
     let b = VmcpProcess::start_on(pb, &format!("replica_id: b\n{common}")).await;
-    throughput(plan, &mcp, &backend_url, &hop1.url, &hop2.url, &a, &b).await;
+    let pids = Pids {
+        hop1: hop1.pid(),
+        hop2: hop2.pid(),
+        a: a.pid().expect("pid"),
+        b: b.pid().expect("pid"),
+    };
+    throughput(plan, &mcp, &backend_url, &hop1.url, &hop2.url, &a, &b, pids).await;
     drop((a, b, hop1, hop2));
     if only_throughput {
         return;
@@ -89,6 +95,29 @@ fn row(name: &str, s: Stats, reference: Option<Stats>) -> String {
     )
 }
 
+/// The processes whose CPU a cell costs.
+struct Pids {
+    hop1: u32,
+    hop2: u32,
+    a: u32,
+    b: u32,
+}
+
+/// CPU seconds (user + system) a process has used, from /proc.
+fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: utime and stime are the 12th and 13th, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let ticks: f64 = fields.get(11).copied().unwrap_or(f64::NAN) + fields.get(12).copied().unwrap_or(f64::NAN);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+fn cpu_total(pids: &[u32]) -> f64 {
+    pids.iter().map(|p| cpu_s(*p)).sum()
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn throughput(
     plan: &Plan,
     mcp: &Arc<Mcp>,
@@ -97,6 +126,7 @@ async fn throughput(
     hop2: &str,
     a: &VmcpProcess,
     b: &VmcpProcess,
+    pids: Pids,
 ) {
     println!("## tools/call throughput and latency\n");
     println!("| path | calls/s | p50 µs | p99 µs | vs reference | p50 over reference |");
@@ -109,18 +139,38 @@ async fn throughput(
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each cell is the median of its rounds.
         let mut cells: [Vec<Stats>; 5] = Default::default();
+        // CPU µs per call of the gateway processes of each path (bare hop,
+        // two-hop chain, vmcp owner, vmcp non-owner + owner), from /proc.
+        let mut cpu: [Vec<f64>; 4] = Default::default();
+        let span = (plan.warmup + plan.measure).as_secs_f64();
+        let per_call = |before: f64, after: f64, s: &Stats| (after - before) * 1e6 / (s.rps * span);
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             cells[0].push(run(backend.into(), backend.into(), "echo").await);
-            cells[1].push(run(hop1.into(), hop1.into(), "echo").await);
-            cells[2].push(run(hop2.into(), hop2.into(), "echo").await);
+            let before = cpu_total(&[pids.hop1]);
+            let bare = run(hop1.into(), hop1.into(), "echo").await;
+            cpu[0].push(per_call(before, cpu_total(&[pids.hop1]), &bare));
+            cells[1].push(bare);
+            let before = cpu_total(&[pids.hop1, pids.hop2]);
+            let chain = run(hop2.into(), hop2.into(), "echo").await;
+            cpu[1].push(per_call(before, cpu_total(&[pids.hop1, pids.hop2]), &chain));
+            cells[2].push(chain);
             let store_before = store_ops(a).await;
+            let before = cpu_total(&[pids.a]);
             let owner = run(a.url.clone(), a.url.clone(), "fast_echo").await;
-            let calls = owner.rps * (plan.warmup + plan.measure).as_secs_f64();
+            cpu[2].push(per_call(before, cpu_total(&[pids.a]), &owner));
+            let calls = owner.rps * span;
             store_per_call.push((store_ops(a).await - store_before) / calls);
             cells[3].push(owner);
-            cells[4].push(run(a.url.clone(), b.url.clone(), "fast_echo").await);
+            let before = cpu_total(&[pids.a, pids.b]);
+            let non_owner = run(a.url.clone(), b.url.clone(), "fast_echo").await;
+            cpu[3].push(per_call(before, cpu_total(&[pids.a, pids.b]), &non_owner));
+            cells[4].push(non_owner);
         }
+        let [cpu_bare1, cpu_bare2, cpu_owner, cpu_non_owner] = cpu.map(|mut v| {
+            v.sort_by(f64::total_cmp);
+            v[v.len() / 2]
+        });
         let [direct, bare1, bare2, owner, non_owner] = cells.map(|c| Stats::median(&c));
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | |");
@@ -136,6 +186,11 @@ async fn throughput(
             row("vmcp, entering at a non-owner (1 hop)", non_owner, Some(bare2))
         );
         println!("| store operations per call at the owner (worst round) | {store_per_call:.4} | | | | |");
+        println!(
+            "| CPU µs per call: bare hop {cpu_bare1:.0}, vmcp owner {cpu_owner:.0} ({:.2}×); two-hop chain {cpu_bare2:.0}, vmcp non-owner + owner {cpu_non_owner:.0} ({:.2}×) | | | | | |",
+            cpu_owner / cpu_bare1,
+            cpu_non_owner / cpu_bare2
+        );
     }
     println!();
 }
