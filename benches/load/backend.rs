@@ -31,6 +31,13 @@ impl State {
     }
 }
 
+/// The backend process's main (`--backend`): prints its URL, serves until killed.
+pub async fn serve() {
+    let (url, _) = start().await;
+    println!("{url}");
+    std::future::pending::<()>().await;
+}
+
 pub async fn start() -> (String, Arc<State>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let url = format!("http://{}/mcp", listener.local_addr().expect("addr"));

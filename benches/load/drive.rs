@@ -1,10 +1,22 @@
 //! The load generator: `n` concurrent MCP sessions, each looping `tools/call`
 //! for a fixed time after a warm-up, with every call's latency recorded.
+//!
+//! It is deliberately lighter than anything it measures: raw hyper HTTP/1.1,
+//! one keep-alive connection per session, request bodies written from a
+//! template, and an answer checked by scanning its bytes for `"result"` (no
+//! JSON parse). A heavy client (reqwest + serde_json, as this benchmark used
+//! before) burns the same shared cores as the gateway and squeezes every
+//! ratio toward 1; its own CPU per call is printed beside the others.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use serde_json::{json, Value};
+use bytes::Bytes;
+use http::{HeaderValue, Request};
+use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
 
 /// Throughput and latency of one run.
 #[derive(Debug, Clone, Copy)]
@@ -39,94 +51,170 @@ pub fn percentile(samples: &mut [f64], q: f64) -> f64 {
     samples[((samples.len() - 1) as f64 * q).round() as usize]
 }
 
-pub struct Mcp {
-    http: reqwest::Client,
+/// One keep-alive HTTP/1.1 connection to an MCP endpoint.
+pub struct Conn {
+    tx: SendRequest<Full<Bytes>>,
+    host: HeaderValue,
+    path: String,
 }
 
-impl Mcp {
-    pub fn new(http: reqwest::Client) -> Self {
-        Self { http }
+fn split(url: &str) -> (&str, &str) {
+    let rest = url.strip_prefix("http://").expect("http:// URL");
+    rest.find('/').map_or((rest, "/"), |i| (&rest[..i], &rest[i..]))
+}
+
+fn has_result(body: &[u8]) -> bool {
+    body.windows(8).any(|w| w == b"\"result\"")
+}
+
+impl Conn {
+    pub async fn open(url: &str) -> Conn {
+        let (authority, path) = split(url);
+        let stream = tokio::net::TcpStream::connect(authority).await.expect("connect");
+        let _ = stream.set_nodelay(true);
+        let (tx, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .expect("handshake");
+        tokio::spawn(conn);
+        Conn {
+            tx,
+            host: HeaderValue::from_str(authority).expect("host"),
+            path: path.to_owned(),
+        }
     }
 
-    /// POSTs one message; returns the session header and the JSON answer.
-    pub async fn post(&self, url: &str, session: Option<&str>, body: &Value) -> (Option<String>, Value) {
-        let mut req = self
-            .http
-            .post(url)
-            .header("content-type", "application/json")
-            .header("accept", "application/json, text/event-stream")
+    /// POSTs one message; returns the session header and the raw answer.
+    pub async fn post(&mut self, session: Option<&str>, body: Bytes) -> (Option<String>, Bytes) {
+        let mut req = Request::post(self.path.as_str())
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
             .header("mcp-protocol-version", "2025-06-18");
         if let Some(sid) = session {
             req = req.header("mcp-session-id", sid);
         }
-        let resp = req.body(body.to_string()).send().await.expect("request");
+        let req = req.body(Full::new(body)).expect("request");
+        self.tx.ready().await.expect("connection ready");
+        let resp = self.tx.send_request(req).await.expect("response");
         let sid = resp
             .headers()
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let text = resp.text().await.unwrap_or_default();
-        let json = text
-            .lines()
-            .find_map(|l| l.strip_prefix("data:"))
-            .unwrap_or(&text)
-            .trim()
-            .to_owned();
-        (sid, serde_json::from_str(&json).unwrap_or(Value::Null))
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        (sid, body)
     }
 
     /// `initialize` + `notifications/initialized`; returns the session id.
-    pub async fn initialize(&self, url: &str) -> String {
-        let init = json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-            "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "vmcp-bench", "version": "1"}}});
-        let (sid, answer) = self.post(url, None, &init).await;
-        assert!(answer.get("result").is_some(), "initialize failed at {url}: {answer}");
+    pub async fn initialize(&mut self) -> String {
+        const INIT: &str = r#"{"jsonrpc":"2.0","id":0,"method":"initialize","params":{"protocolVersion":"2025-06-18","capabilities":{},"clientInfo":{"name":"vmcp-bench","version":"1"}}}"#;
+        let (sid, answer) = self.post(None, Bytes::from_static(INIT.as_bytes())).await;
+        assert!(
+            has_result(&answer),
+            "initialize failed: {}",
+            String::from_utf8_lossy(&answer)
+        );
         let sid = sid.expect("session id");
-        self.post(
-            url,
-            Some(&sid),
-            &json!({"jsonrpc": "2.0", "method": "notifications/initialized"}),
-        )
-        .await;
+        const INITIALIZED: &str = r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#;
+        self.post(Some(&sid), Bytes::from_static(INITIALIZED.as_bytes())).await;
+        sid
+    }
+
+    pub async fn call(&mut self, session: &str, tool: &str, id: u64) {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"hi"}}}}}}"#
+        );
+        let (_, answer) = self.post(Some(session), Bytes::from(body)).await;
+        assert!(has_result(&answer), "call failed: {}", String::from_utf8_lossy(&answer));
+    }
+}
+
+/// Connections kept per URL, for the scenarios that are not the hot loop.
+#[derive(Default)]
+pub struct Mcp {
+    idle: Mutex<HashMap<String, Vec<Conn>>>,
+}
+
+impl Mcp {
+    async fn take(&self, url: &str) -> Conn {
+        let idle = self.idle.lock().expect("pool").get_mut(url).and_then(Vec::pop);
+        match idle {
+            Some(c) => c,
+            None => Conn::open(url).await,
+        }
+    }
+
+    fn give(&self, url: &str, conn: Conn) {
+        self.idle
+            .lock()
+            .expect("pool")
+            .entry(url.to_owned())
+            .or_default()
+            .push(conn);
+    }
+
+    pub async fn initialize(&self, url: &str) -> String {
+        let mut c = self.take(url).await;
+        let sid = c.initialize().await;
+        self.give(url, c);
         sid
     }
 
     pub async fn call(&self, url: &str, session: &str, tool: &str, id: u64) {
-        let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {"name": tool, "arguments": {"message": "hi"}}});
-        let (_, answer) = self.post(url, Some(session), &body).await;
-        assert!(answer.get("result").is_some(), "call failed at {url}: {answer}");
+        let mut c = self.take(url).await;
+        c.call(session, tool, id).await;
+        self.give(url, c);
     }
 }
 
-/// `sessions` sessions created at `init_url`, calling `tool` at `call_url`.
+/// CPU seconds (user + system) a process has used, from /proc.
+pub fn cpu_s(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the `(comm)`: utime and stime are the 12th and 13th, in clock ticks.
+    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
+    let fields: Vec<f64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
+    let ticks = fields.get(11).copied().unwrap_or(f64::NAN) + fields.get(12).copied().unwrap_or(f64::NAN);
+    ticks / 100.0 // USER_HZ is 100 on Linux
+}
+
+/// One run: its stats and, for each group of processes asked about, their
+/// CPU µs per call over exactly the measured window.
+pub struct Run {
+    pub stats: Stats,
+    pub cpu_us: Vec<f64>,
+}
+
+/// `sessions` sessions created at `init_url`, calling `tool` at `call_url`,
+/// each on its own connection; `cpu_of` are groups of pids whose CPU per call
+/// is reported.
 pub async fn load(
-    mcp: &Arc<Mcp>,
     init_url: &str,
     call_url: &str,
     tool: &str,
     sessions: usize,
-    warmup: Duration,
-    measure: Duration,
-) -> Stats {
-    let mut ids = Vec::new();
+    (warmup, measure): (Duration, Duration),
+    cpu_of: &[&[u32]],
+) -> Run {
+    let mut ready = Vec::new();
     for _ in 0..sessions {
-        ids.push(mcp.initialize(init_url).await);
+        let sid = Conn::open(init_url).await.initialize().await;
+        ready.push((sid, Conn::open(call_url).await));
     }
     let start = Instant::now();
     let (measure_from, until) = (start + warmup, start + warmup + measure);
-    let tasks: Vec<_> = ids
+    let tasks: Vec<_> = ready
         .into_iter()
-        .map(|sid| {
-            let (mcp, url, tool) = (Arc::clone(mcp), call_url.to_owned(), tool.to_owned());
+        .map(|(sid, mut conn)| {
+            let tool = tool.to_owned();
             tokio::spawn(async move {
-                let mut samples = Vec::new();
+                let mut samples = Vec::with_capacity(1 << 16);
                 let mut id = 1;
                 loop {
                     let began = Instant::now();
                     if began >= until {
                         return samples;
                     }
-                    mcp.call(&url, &sid, &tool, id).await;
+                    conn.call(&sid, &tool, id).await;
                     id += 1;
                     if began >= measure_from {
                         samples.push(began.elapsed().as_secs_f64() * 1e6);
@@ -135,14 +223,24 @@ pub async fn load(
             })
         })
         .collect();
+    let groups: Vec<Vec<u32>> = cpu_of.iter().map(|g| g.to_vec()).collect();
+    let cpu = |groups: &[Vec<u32>]| -> Vec<f64> { groups.iter().map(|g| g.iter().map(|p| cpu_s(*p)).sum()).collect() };
+    tokio::time::sleep_until(measure_from.into()).await;
+    let before = cpu(&groups);
+    tokio::time::sleep_until(until.into()).await;
+    let after = cpu(&groups);
     let mut all = Vec::new();
     for task in tasks {
         all.extend(task.await.expect("session task"));
     }
     let rps = all.len() as f64 / measure.as_secs_f64();
-    Stats {
-        rps,
-        p50_us: percentile(&mut all, 0.5),
-        p99_us: percentile(&mut all, 0.99),
+    let calls = all.len().max(1) as f64;
+    Run {
+        stats: Stats {
+            rps,
+            p50_us: percentile(&mut all, 0.5),
+            p99_us: percentile(&mut all, 0.99),
+        },
+        cpu_us: before.iter().zip(&after).map(|(b, a)| (a - b) * 1e6 / calls).collect(),
     }
 }

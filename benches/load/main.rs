@@ -22,16 +22,14 @@ mod scenarios;
 
 use std::time::Duration;
 
-/// The shared HTTP client (one pool; TLS provider installed first).
+/// The HTTP client of the test-support helpers (readiness, metrics), not of
+/// the measured load (that is `drive`'s raw hyper).
 pub fn http() -> reqwest::Client {
     static CLIENT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
     CLIENT
         .get_or_init(|| {
             vmcp::app::install_crypto_provider();
-            reqwest::Client::builder()
-                .pool_max_idle_per_host(256)
-                .build()
-                .expect("client")
+            reqwest::Client::builder().build().expect("client")
         })
         .clone()
 }
@@ -52,6 +50,9 @@ async fn main() {
     if let Some(i) = args.iter().position(|a| a == "--proxy-upstream") {
         let upstream = args.get(i + 1).cloned().expect("--proxy-upstream URL");
         return proxy::serve(upstream).await;
+    }
+    if args.iter().any(|a| a == "--backend") {
+        return backend::serve().await;
     }
     let quick = args.iter().any(|a| a == "--quick");
     let plan = if quick {

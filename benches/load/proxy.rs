@@ -41,10 +41,15 @@ impl ProxyProcess {
 
 /// Starts a proxy process forwarding everything to `upstream` (`http://host:port`).
 pub fn spawn(upstream: &str) -> ProxyProcess {
+    spawn_self(&["--proxy-upstream", upstream])
+}
+
+/// This benchmark binary re-executed with `args`; it prints its URL first.
+pub fn spawn_self(args: &[&str]) -> ProxyProcess {
     use std::io::BufRead;
     let exe = std::env::current_exe().expect("own executable");
     let mut child = std::process::Command::new(exe)
-        .args(["--proxy-upstream", upstream])
+        .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .expect("spawn proxy");

@@ -34,14 +34,16 @@ fn base(url: &str) -> String {
 /// Only the idle-memory table (`--memory`): it measures RSS, not time, so it
 /// can run on a busy machine.
 pub async fn run_memory(plan: &Plan) {
-    let mcp = Arc::new(Mcp::new(crate::http()));
+    let mcp = Arc::new(Mcp::default());
     let (backend_url, _) = backend::start().await;
     memory(plan, &mcp, &backend_url).await;
 }
 
 pub async fn run(plan: &Plan, only_throughput: bool) {
-    let mcp = Arc::new(Mcp::new(crate::http()));
-    let (backend_url, backend_state) = backend::start().await;
+    let mcp = Arc::new(Mcp::default());
+    // The measured backend is its own process, so its CPU is read apart from the load generator's.
+    let fast = proxy::spawn_self(&["--backend"]);
+    let backend_url = fast.url.clone();
     let hop1 = proxy::spawn(&base(&backend_url));
     let hop2 = proxy::spawn(&base(&hop1.url));
     let redis = RedisServer::start().await;
@@ -65,16 +67,19 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     let a = VmcpProcess::start_on(pa, &format!("replica_id: a\n{common}")).await;
     let b = VmcpProcess::start_on(pb, &format!("replica_id: b\n{common}")).await;
     let pids = Pids {
+        backend: fast.pid(),
         hop1: hop1.pid(),
         hop2: hop2.pid(),
         a: a.pid().expect("pid"),
         b: b.pid().expect("pid"),
     };
-    throughput(plan, &mcp, &backend_url, &hop1.url, &hop2.url, &a, &b, pids).await;
-    drop((a, b, hop1, hop2));
+    throughput(plan, [&backend_url, &hop1.url, &hop2.url, &a.url, &b.url], &a, pids).await;
+    drop((a, b, hop1, hop2, fast));
     if only_throughput {
         return;
     }
+    // The remaining scenarios use an in-process backend that can forget its sessions.
+    let (backend_url, backend_state) = backend::start().await;
 
     session_creation(&mcp, &backend_url).await;
     rebuild(plan, &mcp, &backend_url, &backend_state, &redis).await;
@@ -86,111 +91,104 @@ fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
 
-fn row(name: &str, s: Stats, reference: Option<Stats>) -> String {
-    let ratio = reference.map_or(String::from("—"), |r| format!("{:.2}×", s.rps / r.rps));
-    let extra = reference.map_or(String::from("—"), |r| format!("{:+.0} µs", s.p50_us - r.p50_us));
-    format!(
-        "| {name} | {:.0} | {:.0} | {:.0} | {ratio} | {extra} |",
-        s.rps, s.p50_us, s.p99_us
-    )
-}
-
 /// The processes whose CPU a cell costs.
 struct Pids {
+    backend: u32,
     hop1: u32,
     hop2: u32,
     a: u32,
     b: u32,
 }
 
-/// CPU seconds (user + system) a process has used, from /proc.
-fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: utime and stime are the 12th and 13th, in clock ticks.
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<f64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks: f64 = fields.get(11).copied().unwrap_or(f64::NAN) + fields.get(12).copied().unwrap_or(f64::NAN);
-    ticks / 100.0 // USER_HZ is 100 on Linux
+/// The median of one figure over a cell's rounds.
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-fn cpu_total(pids: &[u32]) -> f64 {
-    pids.iter().map(|p| cpu_s(*p)).sum()
+/// One path of the table: its rounds, and the row it prints.
+#[derive(Default)]
+struct Cell {
+    stats: Vec<Stats>,
+    /// Per round: CPU µs per call of [the path's gateway processes, the backend, the load generator].
+    cpu: Vec<Vec<f64>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn throughput(
-    plan: &Plan,
-    mcp: &Arc<Mcp>,
-    backend: &str,
-    hop1: &str,
-    hop2: &str,
-    a: &VmcpProcess,
-    b: &VmcpProcess,
-    pids: Pids,
-) {
-    println!("## tools/call throughput and latency\n");
-    println!("| path | calls/s | p50 µs | p99 µs | vs reference | p50 over reference |");
-    println!("|---|---|---|---|---|---|");
-    for sessions in [1, 16, 64] {
-        let run = |init: String, call: String, tool: &'static str| {
-            let mcp = Arc::clone(mcp);
-            async move { drive::load(&mcp, &init, &call, tool, sessions, plan.warmup, plan.measure).await }
+impl Cell {
+    fn push(&mut self, run: drive::Run) {
+        self.stats.push(run.stats);
+        self.cpu.push(run.cpu_us);
+    }
+
+    fn cpu(&self, i: usize) -> f64 {
+        median(self.cpu.iter().filter_map(|c| c.get(i).copied()).collect())
+    }
+
+    fn row(&self, name: &str, reference: Option<&Cell>) -> String {
+        let s = Stats::median(&self.stats);
+        let r = reference.map(|r| (Stats::median(&r.stats), r.cpu(0)));
+        let ratio = r.map_or(String::from("—"), |(r, _)| format!("{:.2}×", s.rps / r.rps));
+        let extra = r.map_or(String::from("—"), |(r, _)| format!("{:+.0} µs", s.p50_us - r.p50_us));
+        let gateway = if self.cpu(0).is_nan() || self.cpu(0) == 0.0 {
+            String::from("—")
+        } else {
+            format!("{:.1}", self.cpu(0))
         };
+        let cpu_ratio = match r {
+            Some((_, rc)) if rc > 0.0 && self.cpu(0) > 0.0 => format!("{:.2}×", self.cpu(0) / rc),
+            _ => String::from("—"),
+        };
+        format!(
+            "| {name} | {:.0} | {:.0} | {:.0} | {ratio} | {extra} | {gateway} | {cpu_ratio} | {:.1} | {:.1} |",
+            s.rps,
+            s.p50_us,
+            s.p99_us,
+            self.cpu(1),
+            self.cpu(2)
+        )
+    }
+}
+
+async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, a_url, b_url] = urls;
+    let me = std::process::id();
+    println!("## tools/call throughput, latency and CPU per call\n");
+    println!(
+        "| path | calls/s | p50 µs | p99 µs | calls/s vs reference | p50 over reference | CPU µs/call: gateway | CPU vs reference | CPU µs/call: backend | CPU µs/call: load generator |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    let window = (plan.warmup, plan.measure);
+    for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
-        // them all alike; each cell is the median of its rounds.
-        let mut cells: [Vec<Stats>; 5] = Default::default();
-        // CPU µs per call of the gateway processes of each path (bare hop,
-        // two-hop chain, vmcp owner, vmcp non-owner + owner), from /proc.
-        let mut cpu: [Vec<f64>; 4] = Default::default();
-        let span = (plan.warmup + plan.measure).as_secs_f64();
-        let per_call = |before: f64, after: f64, s: &Stats| (after - before) * 1e6 / (s.rps * span);
+        // them all alike; each figure is the median of its rounds.
+        let mut cells: [Cell; 5] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
-            cells[0].push(run(backend.into(), backend.into(), "echo").await);
-            let before = cpu_total(&[pids.hop1]);
-            let bare = run(hop1.into(), hop1.into(), "echo").await;
-            cpu[0].push(per_call(before, cpu_total(&[pids.hop1]), &bare));
-            cells[1].push(bare);
-            let before = cpu_total(&[pids.hop1, pids.hop2]);
-            let chain = run(hop2.into(), hop2.into(), "echo").await;
-            cpu[1].push(per_call(before, cpu_total(&[pids.hop1, pids.hop2]), &chain));
-            cells[2].push(chain);
+            let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
+                let (init, call, gateway) = (init.to_owned(), call.to_owned(), gateway.to_vec());
+                async move {
+                    drive::load(&init, &call, tool, sessions, window, &[&gateway, &[pids.backend], &[me]]).await
+                }
+            };
+            cells[0].push(run(backend, backend, "echo", &[]).await);
+            cells[1].push(run(hop1, hop1, "echo", &[pids.hop1]).await);
+            cells[2].push(run(hop2, hop2, "echo", &[pids.hop1, pids.hop2]).await);
             let store_before = store_ops(a).await;
-            let before = cpu_total(&[pids.a]);
-            let owner = run(a.url.clone(), a.url.clone(), "fast_echo").await;
-            cpu[2].push(per_call(before, cpu_total(&[pids.a]), &owner));
-            let calls = owner.rps * span;
+            let owner = run(a_url, a_url, "fast_echo", &[pids.a]).await;
+            let calls = owner.stats.rps * (plan.warmup + plan.measure).as_secs_f64();
             store_per_call.push((store_ops(a).await - store_before) / calls);
             cells[3].push(owner);
-            let before = cpu_total(&[pids.a, pids.b]);
-            let non_owner = run(a.url.clone(), b.url.clone(), "fast_echo").await;
-            cpu[3].push(per_call(before, cpu_total(&[pids.a, pids.b]), &non_owner));
-            cells[4].push(non_owner);
+            cells[4].push(run(a_url, b_url, "fast_echo", &[pids.a, pids.b]).await);
         }
-        let [cpu_bare1, cpu_bare2, cpu_owner, cpu_non_owner] = cpu.map(|mut v| {
-            v.sort_by(f64::total_cmp);
-            v[v.len() / 2]
-        });
-        let [direct, bare1, bare2, owner, non_owner] = cells.map(|c| Stats::median(&c));
+        let [direct, bare1, bare2, owner, non_owner] = &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
-        println!("| **{sessions} session(s)** | | | | | |");
-        println!("{}", row("direct client → backend", direct, None));
-        println!("{}", row("bare hyper hop (reference for owner)", bare1, Some(direct)));
-        println!(
-            "{}",
-            row("bare two-hop chain (reference for non-owner)", bare2, Some(direct))
-        );
-        println!("{}", row("vmcp, entering at the owner", owner, Some(bare1)));
-        println!(
-            "{}",
-            row("vmcp, entering at a non-owner (1 hop)", non_owner, Some(bare2))
-        );
-        println!("| store operations per call at the owner (worst round) | {store_per_call:.4} | | | | |");
-        println!(
-            "| CPU µs per call: bare hop {cpu_bare1:.0}, vmcp owner {cpu_owner:.0} ({:.2}×); two-hop chain {cpu_bare2:.0}, vmcp non-owner + owner {cpu_non_owner:.0} ({:.2}×) | | | | | |",
-            cpu_owner / cpu_bare1,
-            cpu_non_owner / cpu_bare2
-        );
+        println!("| **{sessions} session(s)** | | | | | | | | | |");
+        println!("{}", direct.row("direct client → backend", None));
+        println!("{}", bare1.row("bare hyper hop (reference for owner)", Some(direct)));
+        println!("{}", bare2.row("bare two-hop chain (reference for non-owner)", Some(direct)));
+        println!("{}", owner.row("**vmcp, entering at the owner**", Some(bare1)));
+        println!("{}", non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2)));
+        println!("| store operations per call at the owner (worst round): {store_per_call:.4} | | | | | | | | | |");
     }
     println!();
 }
