@@ -72,6 +72,10 @@ async fn main() {
             rounds: 3,
         }
     };
+    if let Some(i) = args.iter().position(|a| a == "--soak") {
+        let secs: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
+        return scenarios::soak(Duration::from_secs(secs)).await;
+    }
     if args.iter().any(|a| a == "--memory") {
         return scenarios::run_memory(&plan).await;
     }

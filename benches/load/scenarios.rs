@@ -39,6 +39,21 @@ pub async fn run_memory(plan: &Plan) {
     memory(plan, &mcp, &backend_url).await;
 }
 
+/// `--soak SECS`: only the owner path at 16 sessions, for as long as asked,
+/// with vmcp's pid printed first (attach `perf record -p` to it).
+pub async fn soak(length: Duration) {
+    let fast = proxy::spawn_self(&["--backend"]);
+    let p = VmcpProcess::start(&format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]))).await;
+    let pid = p.pid().expect("pid");
+    println!("vmcp pid {pid}, backend pid {}", fast.pid());
+    let window = (Duration::from_secs(1), length);
+    let run = drive::load(&p.url, &p.url, "fast_echo", 16, window, &[&[pid], &[fast.pid()], &[std::process::id()]]).await;
+    println!(
+        "{:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: vmcp {:.1}, backend {:.1}, load generator {:.1}",
+        run.stats.rps, run.stats.p50_us, run.stats.p99_us, run.cpu_us[0], run.cpu_us[1], run.cpu_us[2]
+    );
+}
+
 pub async fn run(plan: &Plan, only_throughput: bool) {
     let mcp = Arc::new(Mcp::default());
     // The measured backend is its own process, so its CPU is read apart from the load generator's.

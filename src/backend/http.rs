@@ -1,5 +1,5 @@
-//! Streamable HTTP backends (handshake era), on one pooled `reqwest::Client`
-//! per backend shared by every session.
+//! Streamable HTTP backends (handshake era), on one pooled client
+//! ([`super::client`]) per backend shared by every session.
 //!
 //! A session is its `Mcp-Session-Id`, the negotiated protocol version and an
 //! id counter: no task and no connection of its own. Each request is one POST
@@ -18,13 +18,18 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
+use hyper::body::Incoming as Body;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+use super::client::{self, Client, ClientError, Target};
 use super::BackendError;
+
+type Response = http::Response<Body>;
 
 /// The shared, pooled client of one Streamable HTTP backend.
 pub struct HttpBackend {
@@ -35,8 +40,10 @@ pub struct HttpBackend {
 
 /// What every session of one backend shares: held once, pointed to by each.
 struct Endpoint {
-    url: reqwest::Url,
-    client: reqwest::Client,
+    /// The URL as configured (credentials included: it is never printed).
+    url: String,
+    uri: Uri,
+    client: Client,
     /// Static headers (configured ones, Content-Type, Accept), prepared once.
     headers: HeaderMap,
     /// Bound of every message nobody waits for (notices, answers, DELETE).
@@ -78,16 +85,11 @@ struct RpcErrorBody {
 
 /// A transport failure, described without the URL: backend URLs may carry
 /// credentials, and the message reaches clients (the backend is named instead).
-fn transport(e: reqwest::Error) -> BackendError {
-    let e = e.without_url();
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
+fn transport(e: ClientError) -> BackendError {
+    match e {
+        ClientError::Transport(text) => BackendError::Transport(text),
+        other => BackendError::Protocol(other.to_string()),
     }
-    BackendError::Transport(text)
 }
 
 impl HttpBackend {
@@ -99,7 +101,7 @@ impl HttpBackend {
         connect_timeout: Duration,
         notice_timeout: Duration,
     ) -> Result<Self, BackendError> {
-        let url = reqwest::Url::parse(url).map_err(|e| BackendError::Protocol(format!("invalid url: {e}")))?;
+        let target = Target::parse(url).map_err(transport)?;
         let mut prepared = HeaderMap::new();
         for (k, v) in headers {
             let name = HeaderName::from_bytes(k.as_bytes())
@@ -112,17 +114,13 @@ impl HttpBackend {
             http::header::ACCEPT,
             HeaderValue::from_static("application/json, text/event-stream"),
         );
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .connect_timeout(connect_timeout)
-            .pool_idle_timeout(std::time::Duration::from_secs(90))
-            // Backends are addressed directly; proxy matching cost ~5% per request.
-            .no_proxy()
-            .build()
-            .map_err(transport)?;
+        if let Some(credentials) = target.authorization {
+            prepared.insert(http::header::AUTHORIZATION, credentials);
+        }
         let endpoint = Endpoint {
-            url,
-            client,
+            url: url.to_owned(),
+            uri: target.uri,
+            client: Client::new(connect_timeout).map_err(transport)?,
             headers: prepared,
             notice_timeout,
         };
@@ -133,7 +131,7 @@ impl HttpBackend {
     }
 
     pub fn url(&self) -> &str {
-        self.endpoint.url.as_str()
+        &self.endpoint.url
     }
 
     fn session(
@@ -174,7 +172,7 @@ impl HttpBackend {
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let endpoint = &self.endpoint;
-        let response = post(&endpoint.client, &endpoint.url, endpoint.headers.clone(), body).await?;
+        let response = post(endpoint, endpoint.headers.clone(), body).await?;
         let session_id = response
             .headers()
             .get("mcp-session-id")
@@ -267,7 +265,7 @@ impl HttpSession {
             params,
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.endpoint.client, &self.endpoint.url, self.headers(), body).await?;
+        let response = post(&self.endpoint, self.headers(), body).await?;
         let result = read_response(response, id, Some(self), relay).await;
         if matches!(result, Err(BackendError::SessionExpired)) {
             self.delete_on_drop.store(false, Ordering::Relaxed);
@@ -293,7 +291,7 @@ impl HttpSession {
         let (timeout, has_session) = (self.endpoint.notice_timeout, self.session_id.is_some());
         Ok(async move {
             let sent = async {
-                let response = post(&endpoint.client, &endpoint.url, headers, body).await?;
+                let response = post(&endpoint, headers, body).await?;
                 match response.status() {
                     StatusCode::NOT_FOUND if has_session => Err(BackendError::SessionExpired),
                     s if s.is_success() => Ok(()),
@@ -319,7 +317,7 @@ impl HttpSession {
             s if !s.is_success() => return Err(BackendError::Protocol(format!("GET stream answered {s}"))),
             _ => {}
         }
-        let events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+        let events = sse_stream::SseStream::new(response.into_body());
         let messages = events.filter_map(|event| async move {
             let data = event.ok()?.data?;
             serde_json::from_str::<Value>(&data).ok()
@@ -329,18 +327,17 @@ impl HttpSession {
 
     /// A GET on the backend's endpoint for an event stream, resuming after
     /// `last_event_id` if given.
-    async fn open_stream(&self, last_event_id: Option<&str>) -> Result<reqwest::Response, BackendError> {
+    async fn open_stream(&self, last_event_id: Option<&str>) -> Result<Response, BackendError> {
         let mut headers = self.headers();
         headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.remove(http::header::CONTENT_TYPE);
         if let Some(v) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
             headers.insert(HeaderName::from_static("last-event-id"), v);
         }
-        self.endpoint
+        let endpoint = &self.endpoint;
+        endpoint
             .client
-            .get(self.endpoint.url.clone())
-            .headers(headers)
-            .send()
+            .send(Method::GET, &endpoint.uri, headers, Bytes::new())
             .await
             .map_err(transport)
     }
@@ -374,11 +371,11 @@ impl HttpSession {
     /// The DELETE of this backend session as a future that owns what it needs.
     fn deleter(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         self.session_id.as_ref()?;
-        let endpoint = &self.endpoint;
-        let request = endpoint.client.delete(endpoint.url.clone()).headers(self.headers());
-        let (timeout, url) = (endpoint.notice_timeout, crate::redact::url(endpoint.url.as_str()));
+        let (endpoint, headers) = (Arc::clone(&self.endpoint), self.headers());
+        let (timeout, url) = (endpoint.notice_timeout, crate::redact::url(&endpoint.url));
         Some(async move {
-            match tokio::time::timeout(timeout, request.send()).await {
+            let request = endpoint.client.send(Method::DELETE, &endpoint.uri, headers, Bytes::new());
+            match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(%url, error = %transport(e), "backend session DELETE failed"),
                 Err(_) => tracing::debug!(%url, ?timeout, "backend session DELETE not answered in time"),
@@ -401,17 +398,10 @@ impl Drop for HttpSession {
     }
 }
 
-async fn post(
-    client: &reqwest::Client,
-    url: &reqwest::Url,
-    headers: HeaderMap,
-    body: Vec<u8>,
-) -> Result<reqwest::Response, BackendError> {
-    client
-        .post(url.clone())
-        .headers(headers)
-        .body(body)
-        .send()
+async fn post(endpoint: &Endpoint, headers: HeaderMap, body: Vec<u8>) -> Result<Response, BackendError> {
+    endpoint
+        .client
+        .send(Method::POST, &endpoint.uri, headers, Bytes::from(body))
         .await
         .map_err(transport)
 }
@@ -419,7 +409,7 @@ async fn post(
 /// The result of request `id` from a JSON body or an SSE stream; other
 /// messages on the stream go to `relay`.
 async fn read_response(
-    response: reqwest::Response,
+    response: Response,
     id: i64,
     session: Option<&HttpSession>,
     relay: &mut (dyn FnMut(Value) + Send),
@@ -431,7 +421,7 @@ async fn read_response(
     if is_event_stream(&response) && status.is_success() {
         return read_events(response, id, session, relay).await;
     }
-    let body = response.bytes().await.map_err(transport)?;
+    let body = client::bytes(response).await.map_err(transport)?;
     match ours(&String::from_utf8_lossy(&body), id) {
         Some(result) => result,
         None if status.is_success() => Err(BackendError::Protocol(
@@ -441,7 +431,7 @@ async fn read_response(
     }
 }
 
-fn is_event_stream(response: &reqwest::Response) -> bool {
+fn is_event_stream(response: &Response) -> bool {
     response
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -459,12 +449,12 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// polling, SEP-1699) once it has given an event id: the stream is then
 /// resumed with a GET carrying `Last-Event-ID`, after the backend's `retry`.
 async fn read_events(
-    response: reqwest::Response,
+    response: Response,
     id: i64,
     session: Option<&HttpSession>,
     relay: &mut (dyn FnMut(Value) + Send),
 ) -> Result<Value, BackendError> {
-    let mut events = sse_stream::SseStream::from_bytes_stream(response.bytes_stream());
+    let mut events = sse_stream::SseStream::new(response.into_body());
     let (mut last_event_id, mut retry) = (None::<String>, Duration::ZERO);
     let mut resumes = 0;
     loop {
@@ -493,7 +483,7 @@ async fn read_events(
                 "no response after {MAX_RESUMES} resumed streams"
             )));
         }
-        tracing::debug!(url = %crate::redact::url(session.endpoint.url.as_str()), last_event_id = last, "resuming a backend's SSE stream");
+        tracing::debug!(url = %crate::redact::url(&session.endpoint.url), last_event_id = last, "resuming a backend's SSE stream");
         tokio::time::sleep(retry).await;
         let resumed = session.open_stream(Some(last)).await?;
         if !resumed.status().is_success() || !is_event_stream(&resumed) {
@@ -502,7 +492,7 @@ async fn read_events(
                 resumed.status()
             )));
         }
-        events = sse_stream::SseStream::from_bytes_stream(resumed.bytes_stream());
+        events = sse_stream::SseStream::new(resumed.into_body());
     }
 }
 
