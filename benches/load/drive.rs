@@ -170,10 +170,13 @@ impl Mcp {
 /// CPU seconds (user + system) a process has used, from /proc.
 pub fn cpu_s(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the `(comm)`: utime and stime are the 12th and 13th, in clock ticks.
     let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<f64> = after.split_whitespace().filter_map(|f| f.parse().ok()).collect();
-    let ticks = fields.get(11).copied().unwrap_or(f64::NAN) + fields.get(12).copied().unwrap_or(f64::NAN);
+    // Token 0 is the state letter (field 3), so field n is token n - 3. (Dropping
+    // the tokens that are not numbers shifted these by one and read stime +
+    // cutime instead: CPU per call looked 3x smaller than it is.)
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = field(14) + field(15);
     ticks / 100.0 // USER_HZ is 100 on Linux
 }
 

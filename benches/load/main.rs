@@ -74,7 +74,8 @@ async fn main() {
     };
     if let Some(i) = args.iter().position(|a| a == "--soak") {
         let secs: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
-        return scenarios::soak(Duration::from_secs(secs)).await;
+        let bare = args.iter().any(|a| a == "--bare");
+        return scenarios::soak(Duration::from_secs(secs), bare).await;
     }
     if args.iter().any(|a| a == "--memory") {
         return scenarios::run_memory(&plan).await;

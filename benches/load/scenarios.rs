@@ -39,17 +39,26 @@ pub async fn run_memory(plan: &Plan) {
     memory(plan, &mcp, &backend_url).await;
 }
 
-/// `--soak SECS`: only the owner path at 16 sessions, for as long as asked,
-/// with vmcp's pid printed first (attach `perf record -p` to it).
-pub async fn soak(length: Duration) {
+/// `--soak SECS [--bare]`: only the owner path (or the bare hop) at 16
+/// sessions, for as long as asked, with the gateway's pid printed first
+/// (attach `perf record -p` or `strace -c -f -p` to it).
+pub async fn soak(length: Duration, bare: bool) {
     let fast = proxy::spawn_self(&["--backend"]);
-    let p = VmcpProcess::start(&format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]))).await;
-    let pid = p.pid().expect("pid");
-    println!("vmcp pid {pid}, backend pid {}", fast.pid());
+    let (_vmcp, _hop, url, tool, pid);
+    if bare {
+        let hop = proxy::spawn(&base(&fast.url));
+        (url, tool, pid) = (hop.url.clone(), "echo", hop.pid());
+        _hop = Some(hop);
+    } else {
+        let p = VmcpProcess::start(&format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]))).await;
+        (url, tool, pid) = (p.url.clone(), "fast_echo", p.pid().expect("pid"));
+        _vmcp = Some(p);
+    }
+    println!("gateway pid {pid}, backend pid {}", fast.pid());
     let window = (Duration::from_secs(1), length);
-    let run = drive::load(&p.url, &p.url, "fast_echo", 16, window, &[&[pid], &[fast.pid()], &[std::process::id()]]).await;
+    let run = drive::load(&url, &url, tool, 16, window, &[&[pid], &[fast.pid()], &[std::process::id()]]).await;
     println!(
-        "{:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: vmcp {:.1}, backend {:.1}, load generator {:.1}",
+        "{:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: gateway {:.1}, backend {:.1}, load generator {:.1}",
         run.stats.rps, run.stats.p50_us, run.stats.p99_us, run.cpu_us[0], run.cpu_us[1], run.cpu_us[2]
     );
 }
