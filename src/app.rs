@@ -30,7 +30,7 @@ pub enum AppError {
 pub struct App {
     pub config: Arc<Config>,
     pub manager: Arc<SessionManager>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub membership: Arc<Membership>,
     pub hops: Arc<Hops>,
     pub forwarder: Forwarder,
@@ -143,7 +143,7 @@ impl App {
         Ok(Arc::new(Self {
             config: Arc::new(config),
             manager: Arc::new(manager),
-            metrics,
+            metrics: Arc::new(metrics),
             membership,
             hops,
             forwarder,

@@ -38,9 +38,54 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// The children of a counter and a histogram for one label set, looked up
+/// once: `with_label_values` hashes its labels and takes a lock each time,
+/// four times per call on the hot path before this.
+#[derive(Clone)]
+pub struct Meter {
+    count: IntCounter,
+    duration: Histogram,
+}
+
+impl Meter {
+    pub fn new(count: IntCounter, duration: Histogram) -> Self {
+        Self { count, duration }
+    }
+
+    pub fn record(&self, started: std::time::Instant) {
+        self.count.inc();
+        self.duration.observe(started.elapsed().as_secs_f64());
+    }
+}
+
+/// Children resolved on first use, for a fixed set of label values known at
+/// build time (methods): a slot per value, no hashing and no lock once set.
+pub struct MeterSlots {
+    labels: &'static [&'static str],
+    slots: Vec<std::sync::OnceLock<Meter>>,
+}
+
+impl MeterSlots {
+    pub fn new(labels: &'static [&'static str]) -> Self {
+        Self {
+            labels,
+            slots: labels.iter().map(|_| std::sync::OnceLock::new()).collect(),
+        }
+    }
+
+    /// The meter of `label`, made by `make` the first time; `None` for a
+    /// label outside the set (the caller falls back to `with_label_values`).
+    pub fn get(&self, label: &str, make: impl FnOnce() -> Meter) -> Option<&Meter> {
+        let i = self.labels.iter().position(|l| *l == label)?;
+        Some(self.slots.get(i)?.get_or_init(make))
+    }
+}
+
 /// Every metric of one replica.
 #[derive(Clone)]
 pub struct Metrics {
+    /// `requests{status="ok"}` and `request_duration` per known method.
+    pub request_meters: std::sync::Arc<MeterSlots>,
     registry: Registry,
     pub sessions_active: IntGauge,
     pub sessions_created: IntCounter,
@@ -87,6 +132,7 @@ impl Metrics {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
         };
         let metrics = Self {
+            request_meters: std::sync::Arc::new(MeterSlots::new(crate::mcp::Command::METHOD_LABELS)),
             sessions_active: IntGauge::new("vmcp_sessions_active", "Client sessions held by this replica")?,
             sessions_created: IntCounter::new("vmcp_sessions_created_total", "Client sessions created")?,
             sessions_closed: IntCounterVec::new(

@@ -175,7 +175,12 @@ pub fn cpu_s(pid: u32) -> f64 {
     // the tokens that are not numbers shifted these by one and read stime +
     // cutime instead: CPU per call looked 3x smaller than it is.)
     let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let field = |n: usize| {
+        fields
+            .get(n - 3)
+            .and_then(|f| f.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     let ticks = field(14) + field(15);
     ticks / 100.0 // USER_HZ is 100 on Linux
 }

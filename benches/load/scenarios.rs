@@ -56,7 +56,15 @@ pub async fn soak(length: Duration, bare: bool) {
     }
     println!("gateway pid {pid}, backend pid {}", fast.pid());
     let window = (Duration::from_secs(1), length);
-    let run = drive::load(&url, &url, tool, 16, window, &[&[pid], &[fast.pid()], &[std::process::id()]]).await;
+    let run = drive::load(
+        &url,
+        &url,
+        tool,
+        16,
+        window,
+        &[&[pid], &[fast.pid()], &[std::process::id()]],
+    )
+    .await;
     println!(
         "{:.0} calls/s, p50 {:.0} µs, p99 {:.0} µs; CPU µs per call: gateway {:.1}, backend {:.1}, load generator {:.1}",
         run.stats.rps, run.stats.p50_us, run.stats.p99_us, run.cpu_us[0], run.cpu_us[1], run.cpu_us[2]
@@ -191,7 +199,15 @@ async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
                 let (init, call, gateway) = (init.to_owned(), call.to_owned(), gateway.to_vec());
                 async move {
-                    drive::load(&init, &call, tool, sessions, window, &[&gateway, &[pids.backend], &[me]]).await
+                    drive::load(
+                        &init,
+                        &call,
+                        tool,
+                        sessions,
+                        window,
+                        &[&gateway, &[pids.backend], &[me]],
+                    )
+                    .await
                 }
             };
             cells[0].push(run(backend, backend, "echo", &[]).await);
@@ -209,9 +225,15 @@ async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
         println!("{}", bare1.row("bare hyper hop (reference for owner)", Some(direct)));
-        println!("{}", bare2.row("bare two-hop chain (reference for non-owner)", Some(direct)));
+        println!(
+            "{}",
+            bare2.row("bare two-hop chain (reference for non-owner)", Some(direct))
+        );
         println!("{}", owner.row("**vmcp, entering at the owner**", Some(bare1)));
-        println!("{}", non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2)));
+        println!(
+            "{}",
+            non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2))
+        );
         println!("| store operations per call at the owner (worst round): {store_per_call:.4} | | | | | | | | | |");
     }
     println!();

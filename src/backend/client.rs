@@ -67,7 +67,9 @@ impl Target {
             None => (None, authority),
         };
         let tail = tail.split('#').next().unwrap_or_default();
-        let uri: Uri = format!("{scheme}://{host}{tail}").parse().map_err(|_| bad("not a URL"))?;
+        let uri: Uri = format!("{scheme}://{host}{tail}")
+            .parse()
+            .map_err(|_| bad("not a URL"))?;
         match uri.scheme_str() {
             Some("http") => {}
             #[cfg(feature = "tls")]

@@ -374,7 +374,9 @@ impl HttpSession {
         let (endpoint, headers) = (Arc::clone(&self.endpoint), self.headers());
         let (timeout, url) = (endpoint.notice_timeout, crate::redact::url(&endpoint.url));
         Some(async move {
-            let request = endpoint.client.send(Method::DELETE, &endpoint.uri, headers, Bytes::new());
+            let request = endpoint
+                .client
+                .send(Method::DELETE, &endpoint.uri, headers, Bytes::new());
             match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::debug!(%url, error = %transport(e), "backend session DELETE failed"),
@@ -422,7 +424,7 @@ async fn read_response(
         return read_events(response, id, session, relay).await;
     }
     let body = client::bytes(response).await.map_err(transport)?;
-    match ours(&String::from_utf8_lossy(&body), id) {
+    match ours(&body, id) {
         Some(result) => result,
         None if status.is_success() => Err(BackendError::Protocol(
             "answer is not the response to our request".into(),
@@ -465,7 +467,7 @@ async fn read_events(
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
                 continue;
             };
-            match ours(&data, id) {
+            match ours(data.as_bytes(), id) {
                 Some(result) => return result,
                 None => {
                     if let Ok(other) = serde_json::from_str::<Value>(&data) {
@@ -498,8 +500,8 @@ async fn read_events(
 
 /// `Some` if `text` is the response to request `id`; `None` for anything
 /// else (notifications and requests from the backend, other responses).
-fn ours(text: &str, id: i64) -> Option<Result<Value, BackendError>> {
-    let message: Incoming = serde_json::from_str(text).ok()?;
+fn ours(text: &[u8], id: i64) -> Option<Result<Value, BackendError>> {
+    let message: Incoming = serde_json::from_slice(text).ok()?;
     if message.method.is_some() || message.id.as_ref().is_some_and(|m| m.as_i64() != Some(id)) {
         return None;
     }
@@ -528,18 +530,18 @@ mod tests {
 
     #[test]
     fn only_our_response_is_taken() {
-        assert!(ours(r#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, 1).is_none());
-        assert!(ours(r#"{"jsonrpc":"2.0","id":2,"result":{}}"#, 1).is_none());
+        assert!(ours(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, 1).is_none());
+        assert!(ours(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#, 1).is_none());
         assert_eq!(
-            ours(r#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#, 1)
+            ours(br#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#, 1)
                 .unwrap()
                 .unwrap(),
             json!({"x": 1})
         );
-        let err = ours(r#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
+        let err = ours(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
             .unwrap()
             .unwrap_err();
         assert!(matches!(err, BackendError::Rpc { code: -32602, .. }));
-        assert!(ours("not json", 1).is_none());
+        assert!(ours(b"not json", 1).is_none());
     }
 }

@@ -133,6 +133,8 @@ pub struct Backend {
     shared_name: Arc<str>,
     /// Where it is, as session metadata records it (shared strings).
     target: BackendTarget,
+    /// Its `backend_calls{outcome="ok"}` and duration children, per method.
+    call_meters: crate::telemetry::MeterSlots,
 }
 
 impl Backend {
@@ -174,6 +176,7 @@ impl Backend {
             capabilities: crate::sync::Interned::default(),
             shared_name: Arc::from(config.name.as_str()),
             target,
+            call_meters: crate::telemetry::MeterSlots::new(crate::mcp::Command::METHOD_LABELS),
             config,
         })
     }
@@ -198,6 +201,11 @@ impl Backend {
                 self.trip(e)
             }
         }
+    }
+
+    /// The metric children of this backend's successful calls, per method.
+    pub fn call_meters(&self) -> &crate::telemetry::MeterSlots {
+        &self.call_meters
     }
 
     /// Tells the circuit how a call went: only "cannot reach it at all" counts

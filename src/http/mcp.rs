@@ -21,7 +21,7 @@ use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, RpcError};
 use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Meter, Metrics};
 
 /// Dispatches `/mcp` by HTTP method.
 pub async fn handle(app: &App, req: Request<Incoming>) -> Response<Body> {
@@ -229,21 +229,24 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
                 let sse = format == Format::Sse || accepts(headers, "text/event-stream");
                 return super::call::respond(&app.metrics, session, id, &method, command, format, sse).await;
             }
-            let outcome = apply_here(app, &session, &method, command).await;
+            // Boxed, like the rarer branches below: their futures (~9 KB for
+            // `apply`) would otherwise be part of every `tools/call`'s state,
+            // which hyper moves into place per request.
+            let outcome = Box::pin(apply_here(app, &session, &method, command)).await;
             answer(&id, outcome, format)
         }
         Ok(Message::Notification { method, params }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
             match resolve(app, headers).await {
                 Ok(session) => {
-                    session.client_notification(&method, params).await;
+                    Box::pin(session.client_notification(&method, params)).await;
                     reply::empty(StatusCode::ACCEPTED)
                 }
                 Err(e) => reject(e, None),
             }
         }
         Ok(Message::Response { message }) => match resolve(app, headers).await {
-            Ok(session) => match session.answer(message).await {
+            Ok(session) => match Box::pin(session.answer(message)).await {
                 Ok(()) => reply::empty(StatusCode::ACCEPTED),
                 Err(e) => reject(answer_error(e), None),
             },
@@ -288,12 +291,25 @@ pub(super) async fn measured(
 ) -> Result<Value, RpcError> {
     let started = Instant::now();
     let result = work.await;
-    let status = if result.is_ok() { "ok" } else { "error" };
-    metrics.requests.with_label_values(&[label, status]).inc();
-    metrics
-        .request_duration
-        .with_label_values(&[label])
-        .observe(started.elapsed().as_secs_f64());
+    let ok = result.is_ok().then(|| {
+        metrics.request_meters.get(label, || {
+            Meter::new(
+                metrics.requests.with_label_values(&[label, "ok"]),
+                metrics.request_duration.with_label_values(&[label]),
+            )
+        })
+    });
+    match ok.flatten() {
+        Some(meter) => meter.record(started),
+        None => {
+            let status = if result.is_ok() { "ok" } else { "error" };
+            metrics.requests.with_label_values(&[label, status]).inc();
+            metrics
+                .request_duration
+                .with_label_values(&[label])
+                .observe(started.elapsed().as_secs_f64());
+        }
+    }
     result
 }
 

@@ -46,6 +46,8 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
     // Header count (100) and size (~400 KiB buffer) keep hyper's bounds.
     http.timer(TokioTimer::new())
         .header_read_timeout(app.config.http.header_read_timeout);
+    // Every request's span hangs off this one, which names the replica once.
+    let root = tracing::info_span!("replica", replica = %app.config.replica_id);
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -62,10 +64,10 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
-        let app = Arc::clone(&app);
+        let (app, root) = (Arc::clone(&app), root.clone());
         let service = service_fn(move |req: Request<Incoming>| {
-            let app = Arc::clone(&app);
-            async move { Ok::<_, Infallible>(route(&app, surface, req).await) }
+            let (app, root) = (Arc::clone(&app), root.clone());
+            async move { Ok::<_, Infallible>(route(&app, surface, req, &root).await) }
         });
         let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -84,13 +86,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
     }
 }
 
-/// One span per request; `session.id` and `mcp.method` are filled in on the way.
-async fn route(app: &App, surface: Surface, req: Request<Incoming>) -> Response<Body> {
+/// One span per request; `session.id` and `mcp.method` are filled in on the
+/// way. Its fields are `&str`s recorded as they are (no `Display`
+/// formatting on the hot path); the replica id is on the process's root span.
+async fn route(app: &App, surface: Surface, req: Request<Incoming>, root: &tracing::Span) -> Response<Body> {
     let span = tracing::info_span!(
+        parent: root,
         "request",
-        http.method = %req.method(),
+        http.method = req.method().as_str(),
         path = req.uri().path(),
-        replica = %app.config.replica_id,
         session.id = tracing::field::Empty,
         mcp.method = tracing::field::Empty,
         backend = tracing::field::Empty,

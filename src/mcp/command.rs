@@ -83,23 +83,29 @@ impl Command {
     }
 
     /// A bounded label for metrics and logs.
+    /// The methods that get a metrics label of their own.
+    pub const METHOD_LABELS: &'static [&'static str] = &[
+        "initialize",
+        "ping",
+        "tools/list",
+        "prompts/list",
+        "resources/list",
+        "resources/templates/list",
+        "tools/call",
+        "prompts/get",
+        "resources/read",
+        "completion/complete",
+        "logging/setLevel",
+        "resources/subscribe",
+        "resources/unsubscribe",
+    ];
+
     pub fn method_label(method: &str) -> &'static str {
-        const KNOWN: &[&str] = &[
-            "initialize",
-            "ping",
-            "tools/list",
-            "prompts/list",
-            "resources/list",
-            "resources/templates/list",
-            "tools/call",
-            "prompts/get",
-            "resources/read",
-            "completion/complete",
-            "logging/setLevel",
-            "resources/subscribe",
-            "resources/unsubscribe",
-        ];
-        KNOWN.iter().copied().find(|m| *m == method).unwrap_or("other")
+        Self::METHOD_LABELS
+            .iter()
+            .copied()
+            .find(|m| *m == method)
+            .unwrap_or("other")
     }
 
     /// Whether a backend serves this request, and so may send progress, logs

@@ -30,6 +30,7 @@ use serde_json::{json, Value};
 use crate::aggregate::{page, Catalog};
 use crate::backend::{BackendError, BackendSession, CallContext};
 use crate::store::{unix_ms, SessionMetadata};
+use crate::telemetry::Meter;
 
 pub use call_streams::CallStream;
 pub use calls::CallTicket;
@@ -393,14 +394,29 @@ impl Session {
             .await;
         session.backend().called(&result);
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
-        metrics
-            .backend_calls
-            .with_label_values(&[session.name(), method, outcome])
-            .inc();
-        metrics
-            .backend_call_duration
-            .with_label_values(&[session.name(), method])
-            .observe(started.elapsed().as_secs_f64());
+        let meter = result.is_ok().then(|| {
+            session.backend().call_meters().get(method, || {
+                Meter::new(
+                    metrics.backend_calls.with_label_values(&[session.name(), method, "ok"]),
+                    metrics
+                        .backend_call_duration
+                        .with_label_values(&[session.name(), method]),
+                )
+            })
+        });
+        match meter.flatten() {
+            Some(meter) => meter.record(started),
+            None => {
+                metrics
+                    .backend_calls
+                    .with_label_values(&[session.name(), method, outcome])
+                    .inc();
+                metrics
+                    .backend_call_duration
+                    .with_label_values(&[session.name(), method])
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
         result
     }
 
