@@ -77,6 +77,15 @@ async fn main() {
         let bare = args.iter().any(|a| a == "--bare");
         return scenarios::soak(Duration::from_secs(secs), bare).await;
     }
+    let mut plan = plan;
+    if let Some(n) = args
+        .iter()
+        .position(|a| a == "--sessions")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok())
+    {
+        plan.memory_sessions = n; // `--memory --sessions 100000`
+    }
     if args.iter().any(|a| a == "--memory") {
         return scenarios::run_memory(&plan).await;
     }

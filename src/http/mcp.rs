@@ -6,6 +6,7 @@
 //! and a replica can rebuild a session it has never seen from the store,
 //! neither of which fits behind rmcp's `SessionManager`.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -156,7 +157,15 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limits: &HttpConfig) -> 
         return Err(too_large());
     }
     let deadline = limits.body_read_timeout;
-    match tokio::time::timeout(deadline, Limited::new(body, limit).collect()).await {
+    let collect = Limited::new(body, limit).collect();
+    tokio::pin!(collect);
+    // A small body usually came in with the headers: take it without arming
+    // (and then cancelling) a timer, which costs a lock on the timer wheel.
+    let read = match std::future::poll_fn(|cx| std::task::Poll::Ready(collect.as_mut().poll(cx))).await {
+        std::task::Poll::Ready(done) => Ok(done),
+        std::task::Poll::Pending => tokio::time::timeout(deadline, collect).await,
+    };
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => Err(too_large()),
         Ok(Err(e)) => Err(RpcError::invalid_request(format!("cannot read request body: {e}"))),
