@@ -32,6 +32,7 @@ type Connector = HttpConnector;
 pub enum ClientError {
     #[error("invalid url: {0}")]
     Url(String),
+    #[cfg(feature = "tls")]
     #[error("TLS setup: {0}")]
     Tls(String),
     #[error("{0}")]
