@@ -324,3 +324,36 @@ async fn redis_down_then_back() {
     .await;
     assert_eq!(counter(&live.via(&b.url), "c_counter").await, "5");
 }
+
+/// Backend URLs may carry credentials; the shared store is not the place for
+/// them. The stored target is the URL without userinfo and query, and a
+/// session still resumes on another replica with it.
+#[tokio::test]
+async fn backend_url_secrets_are_not_stored_in_redis() {
+    const PASSWORD: &str = "url-password-Qz71kVf";
+    const TOKEN: &str = "query-token-Hs82mWd";
+    let redis = RedisServer::start().await;
+    let counter_backend = TestBackend::start("c").await;
+    let url = counter_backend
+        .url
+        .replace("http://", &format!("http://user:{PASSWORD}@"))
+        + &format!("?token={TOKEN}");
+    let config = yaml(&redis, &[("c", &url)], "");
+    let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
+    let mut on_a = a.client();
+    on_a.initialize().await;
+    assert_eq!(counter(&on_a, "c_counter").await, "1");
+    let stored: String = redis
+        .conn()
+        .await
+        .get(format!("t:session:{{{}}}", on_a.session.as_deref().unwrap()))
+        .await
+        .unwrap();
+    assert!(!stored.contains(PASSWORD), "password stored: {stored}");
+    assert!(!stored.contains(TOKEN), "query token stored: {stored}");
+    assert_eq!(
+        counter(&on_a.via(&b.url), "c_counter").await,
+        "2",
+        "B resumed A's backend session"
+    );
+}

@@ -161,8 +161,11 @@ impl Backend {
             }
         };
         let target = match &transport {
+            // Without userinfo and query: the store is shared, and is not
+            // the place for a URL's credentials (it only tells whether a
+            // backend moved).
             Transport::Http(h) => BackendTarget::StreamableHttp {
-                url: Arc::from(h.url()),
+                url: Arc::from(crate::redact::url(h.url())),
             },
             Transport::Stdio(s) => BackendTarget::Stdio {
                 command: s.command().to_vec(),
