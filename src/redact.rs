@@ -1,4 +1,5 @@
-//! Secrets out of logs and messages: what may be printed of a URL.
+//! Secrets out of logs and messages: what may be printed of a URL, and of
+//! an error with its causes.
 //!
 //! Backend URLs may carry credentials (`https://user:token@host/...`) or
 //! tokens in the query (`?api_key=...`), and the Redis URL its password. Logs
@@ -20,6 +21,19 @@ pub fn url(raw: &str) -> String {
         Some(scheme) => format!("{scheme}://{host}{path}"),
         None => format!("{host}{path}"),
     }
+}
+
+/// An error with its causes, `a: b: c` (a client error's own message is often
+/// only its kind). For errors that do not carry a URL, such as hyper-util's.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -9,6 +9,8 @@
 //! whole run ends by itself in under three minutes.
 
 mod backend;
+#[path = "../../tests/support/cpu.rs"]
+mod cpu;
 mod load;
 mod logs;
 mod procs;
@@ -286,7 +288,7 @@ async fn run_in(plan: &Plan, binary: &Path, logs: &Path, work: &Path, out: &Path
             *ledger.entry(*op).or_insert(0) += n;
         }
     }
-    let bench_cpu = procs::cpu_secs(std::process::id()).unwrap_or(0.0);
+    let bench_cpu = cpu::cpu_secs(std::process::id()).unwrap_or(0.0);
     let mut cpu = Vec::new();
     for p in rig.replicas.iter_mut() {
         p.stop("TERM", EXIT_BOUND).await;

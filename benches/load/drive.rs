@@ -18,6 +18,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 
+use crate::cpu::cpu_secs;
+
 /// Throughput and latency of one run.
 #[derive(Debug, Clone, Copy)]
 pub struct Stats {
@@ -167,24 +169,6 @@ impl Mcp {
     }
 }
 
-/// CPU seconds (user + system) a process has used, from /proc.
-pub fn cpu_s(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    // Token 0 is the state letter (field 3), so field n is token n - 3. (Dropping
-    // the tokens that are not numbers shifted these by one and read stime +
-    // cutime instead: CPU per call looked 3x smaller than it is.)
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let field = |n: usize| {
-        fields
-            .get(n - 3)
-            .and_then(|f| f.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    let ticks = field(14) + field(15);
-    ticks / 100.0 // USER_HZ is 100 on Linux
-}
-
 /// One run: its stats and, for each group of processes asked about, their
 /// CPU µs per call over exactly the measured window.
 pub struct Run {
@@ -232,7 +216,12 @@ pub async fn load(
         })
         .collect();
     let groups: Vec<Vec<u32>> = cpu_of.iter().map(|g| g.to_vec()).collect();
-    let cpu = |groups: &[Vec<u32>]| -> Vec<f64> { groups.iter().map(|g| g.iter().map(|p| cpu_s(*p)).sum()).collect() };
+    let cpu = |groups: &[Vec<u32>]| -> Vec<f64> {
+        groups
+            .iter()
+            .map(|g| g.iter().map(|p| cpu_secs(*p).unwrap_or(f64::NAN)).sum())
+            .collect()
+    };
     tokio::time::sleep_until(measure_from.into()).await;
     let before = cpu(&groups);
     tokio::time::sleep_until(until.into()).await;

@@ -7,6 +7,8 @@
 //! never in tests.
 
 mod backend;
+#[path = "../../tests/support/cpu.rs"]
+mod cpu;
 #[allow(dead_code)]
 #[path = "../../tests/support/deps.rs"]
 mod deps;

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioExecutor;
 use super::hop::{HopError, HopTarget, Hops, HOP_HEADER};
 use super::ring::Member;
 use crate::http::reply::Body;
+use crate::redact::error_chain;
 use crate::sync::lock;
 
 /// Why a request could not be forwarded, by whether it may have reached the
@@ -34,7 +35,7 @@ pub enum ForwardError {
     NotSent(#[from] NotSent),
     /// The request was (or may have been) written, then the owner failed:
     /// it may or may not have run there.
-    #[error("owner failed after the request was sent: {}", chain(.0))]
+    #[error("owner failed after the request was sent: {}", error_chain(.0))]
     MaybeSent(#[source] hyper_util::client::legacy::Error),
 }
 
@@ -48,24 +49,12 @@ pub enum NotSent {
     #[error("owner was unreachable less than {DOWN_FOR:?} ago")]
     RecentlyDown,
     /// Connection refused or timed out.
-    #[error("cannot connect: {}", chain(.0))]
+    #[error("cannot connect: {}", error_chain(.0))]
     Connect(#[source] hyper_util::client::legacy::Error),
     /// A fresh connection closed before the request was written (a reused
     /// one is retried by the client itself).
-    #[error("connection closed before the request was written: {}", chain(.0))]
+    #[error("connection closed before the request was written: {}", error_chain(.0))]
     Unwritten(#[source] hyper_util::client::legacy::Error),
-}
-
-/// An error with its causes (the client's own message is only its kind).
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Sorts a client error by whether the request may have been written. The

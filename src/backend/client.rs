@@ -21,6 +21,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client as Pool;
 use hyper_util::rt::TokioExecutor;
 
+use crate::redact::error_chain;
+
 #[cfg(feature = "tls")]
 type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
 #[cfg(not(feature = "tls"))]
@@ -37,18 +39,6 @@ pub enum ClientError {
     Tls(String),
     #[error("{0}")]
     Transport(String),
-}
-
-/// Text of an error and its causes, `a: b: c`.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// A backend's URL split into what is requested and the credentials it carried.
@@ -143,7 +133,7 @@ impl Client {
         self.pool
             .request(request)
             .await
-            .map_err(|e| ClientError::Transport(chain(&e)))
+            .map_err(|e| ClientError::Transport(error_chain(&e)))
     }
 }
 
@@ -154,7 +144,7 @@ pub async fn bytes(response: Response<Incoming>) -> Result<Bytes, ClientError> {
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| ClientError::Transport(chain(&e)))
+        .map_err(|e| ClientError::Transport(error_chain(&e)))
 }
 
 #[cfg(test)]
