@@ -23,6 +23,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use hyper::body::Incoming as Body;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
@@ -63,15 +64,19 @@ struct Outgoing<'a> {
 
 /// What a backend sends back, parsed once.
 #[derive(Deserialize)]
-struct Incoming {
+struct Incoming<R> {
     #[serde(default)]
     id: Option<Value>,
     #[serde(default)]
     method: Option<String>,
-    #[serde(default)]
-    result: Option<Value>,
+    #[serde(default = "none")]
+    result: Option<R>,
     #[serde(default)]
     error: Option<RpcErrorBody>,
+}
+
+fn none<R>() -> Option<R> {
+    None
 }
 
 #[derive(Deserialize)]
@@ -178,7 +183,7 @@ impl HttpBackend {
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
-        let init = read_response(response, 0, None, &mut |_| {}).await?;
+        let init: Value = read_response(response, 0, None, &mut |_| {}).await?;
         let protocol_version = init
             .get("protocolVersion")
             .and_then(Value::as_str)
@@ -251,13 +256,13 @@ impl HttpSession {
     /// Sends request `id` and waits for its result; whatever else the backend
     /// sends on the response stream meanwhile (progress, logs, its own
     /// requests) goes to `relay`.
-    pub async fn request(
+    pub async fn request<R: DeserializeOwned>(
         &self,
         id: i64,
         method: &str,
         params: Option<&Value>,
         relay: &mut (dyn FnMut(Value) + Send),
-    ) -> Result<Value, BackendError> {
+    ) -> Result<R, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(id),
@@ -410,12 +415,12 @@ async fn post(endpoint: &Endpoint, headers: HeaderMap, body: Vec<u8>) -> Result<
 
 /// The result of request `id` from a JSON body or an SSE stream; other
 /// messages on the stream go to `relay`.
-async fn read_response(
+async fn read_response<R: DeserializeOwned>(
     response: Response,
     id: i64,
     session: Option<&HttpSession>,
     relay: &mut (dyn FnMut(Value) + Send),
-) -> Result<Value, BackendError> {
+) -> Result<R, BackendError> {
     let status = response.status();
     if status == StatusCode::NOT_FOUND && session.is_some_and(|s| s.session_id.is_some()) {
         return Err(BackendError::SessionExpired);
@@ -450,12 +455,12 @@ const MAX_RETRY: Duration = Duration::from_secs(5);
 /// `relay`. A backend may close the stream before answering (2025-11-25
 /// polling, SEP-1699) once it has given an event id: the stream is then
 /// resumed with a GET carrying `Last-Event-ID`, after the backend's `retry`.
-async fn read_events(
+async fn read_events<R: DeserializeOwned>(
     response: Response,
     id: i64,
     session: Option<&HttpSession>,
     relay: &mut (dyn FnMut(Value) + Send),
-) -> Result<Value, BackendError> {
+) -> Result<R, BackendError> {
     let mut events = sse_stream::SseStream::new(response.into_body());
     let (mut last_event_id, mut retry) = (None::<String>, Duration::ZERO);
     let mut resumes = 0;
@@ -500,8 +505,8 @@ async fn read_events(
 
 /// `Some` if `text` is the response to request `id`; `None` for anything
 /// else (notifications and requests from the backend, other responses).
-fn ours(text: &[u8], id: i64) -> Option<Result<Value, BackendError>> {
-    let message: Incoming = serde_json::from_slice(text).ok()?;
+fn ours<R: DeserializeOwned>(text: &[u8], id: i64) -> Option<Result<R, BackendError>> {
+    let message: Incoming<R> = serde_json::from_slice(text).ok()?;
     if message.method.is_some() || message.id.as_ref().is_some_and(|m| m.as_i64() != Some(id)) {
         return None;
     }
@@ -530,18 +535,33 @@ mod tests {
 
     #[test]
     fn only_our_response_is_taken() {
-        assert!(ours(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, 1).is_none());
-        assert!(ours(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#, 1).is_none());
+        assert!(ours::<Value>(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, 1).is_none());
+        assert!(ours::<Value>(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#, 1).is_none());
         assert_eq!(
-            ours(br#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#, 1)
+            ours::<Value>(br#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#, 1)
                 .unwrap()
                 .unwrap(),
             json!({"x": 1})
         );
-        let err = ours(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
+        let err = ours::<Value>(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
             .unwrap()
             .unwrap_err();
         assert!(matches!(err, BackendError::Rpc { code: -32602, .. }));
-        assert!(ours(b"not json", 1).is_none());
+        assert!(ours::<Value>(b"not json", 1).is_none());
+    }
+
+    #[test]
+    fn a_raw_result_is_the_backends_bytes() {
+        type Raw = Box<serde_json::value::RawValue>;
+        let raw = ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"result": {"b":1, "a":[2]}}"#, 1)
+            .unwrap()
+            .unwrap();
+        assert_eq!(raw.get(), r#"{"b":1, "a":[2]}"#);
+        assert!(ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"result":null}"#, 1).is_none());
+        assert!(ours::<Raw>(br#"{"jsonrpc":"2.0","method":"x","params":{}}"#, 1).is_none());
+        let err = ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
+            .unwrap()
+            .unwrap_err();
+        assert!(matches!(err, BackendError::Rpc { code: -32602, .. }));
     }
 }

@@ -13,6 +13,7 @@
 mod client;
 pub mod health;
 mod http;
+mod reply;
 mod stdio;
 mod stdio_client;
 
@@ -29,6 +30,7 @@ use crate::store::{BackendRecord, BackendTarget};
 
 use self::health::{Circuit, Tripped};
 pub use self::http::HttpBackend;
+pub use self::reply::Reply;
 pub use self::stdio::StdioBackend;
 
 /// Why a backend request failed, classified so the front door can answer well.
@@ -367,31 +369,60 @@ impl BackendSession {
         ctx: &CallContext,
     ) -> Result<Value, BackendError> {
         match &self.conn {
-            Conn::Http(s) => {
-                let id = s.next_id();
-                let mut relay = |message| ctx.relay(self.name(), message);
-                let outcome = bounded(s.request(id, method, params, &mut relay), timeout, &ctx.cancel).await;
-                if let Err(e @ (BackendError::Cancelled | BackendError::Timeout(_))) = &outcome {
-                    // In the background: a backend that did not answer in time
-                    // may not take the notice in time either.
-                    let notice = json!({
-                        "jsonrpc": "2.0",
-                        "method": "notifications/cancelled",
-                        "params": { "requestId": id, "reason": e.to_string() },
-                    });
-                    if let Ok(send) = s.sender(&notice) {
-                        let name = Arc::clone(&self.backend);
-                        tokio::spawn(async move {
-                            if let Err(e) = send.await {
-                                tracing::debug!(backend = name.name(), error = %e, "cancellation not delivered");
-                            }
-                        });
-                    }
-                }
-                outcome
-            }
+            Conn::Http(s) => self.call_http(s, method, params, timeout, ctx).await,
             Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref()).await,
         }
+    }
+
+    /// Like [`Self::call`], for a result that goes back to the client
+    /// unread: an HTTP backend's stays the bytes it sent (see [`Reply`]).
+    pub async fn call_through(
+        &self,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        ctx: &CallContext,
+    ) -> Result<Reply, BackendError> {
+        match &self.conn {
+            Conn::Http(s) => self.call_http(s, method, params, timeout, ctx).await.map(Reply::Raw),
+            Conn::Stdio(s) => s
+                .call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref())
+                .await
+                .map(Reply::Tree),
+        }
+    }
+
+    /// A request to an HTTP backend, its result parsed as `R`; a cancelled
+    /// or timed-out request is cancelled at the backend too.
+    async fn call_http<R: serde::de::DeserializeOwned>(
+        &self,
+        s: &self::http::HttpSession,
+        method: &str,
+        params: Option<&Value>,
+        timeout: Duration,
+        ctx: &CallContext,
+    ) -> Result<R, BackendError> {
+        let id = s.next_id();
+        let mut relay = |message| ctx.relay(self.name(), message);
+        let outcome = bounded(s.request::<R>(id, method, params, &mut relay), timeout, &ctx.cancel).await;
+        if let Err(e @ (BackendError::Cancelled | BackendError::Timeout(_))) = &outcome {
+            // In the background: a backend that did not answer in time
+            // may not take the notice in time either.
+            let notice = json!({
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": { "requestId": id, "reason": e.to_string() },
+            });
+            if let Ok(send) = s.sender(&notice) {
+                let name = Arc::clone(&self.backend);
+                tokio::spawn(async move {
+                    if let Err(e) = send.await {
+                        tracing::debug!(backend = name.name(), error = %e, "cancellation not delivered");
+                    }
+                });
+            }
+        }
+        outcome
     }
 
     /// Sends a notification; failures are logged, not returned (nobody waits on them).
@@ -472,11 +503,11 @@ fn shared_version(version: &str) -> Arc<str> {
 }
 
 /// Waits for `work`, at most `timeout`, unless the client cancels first.
-async fn bounded(
-    work: impl std::future::Future<Output = Result<Value, BackendError>>,
+async fn bounded<R>(
+    work: impl std::future::Future<Output = Result<R, BackendError>>,
     timeout: Duration,
     cancel: &CancellationToken,
-) -> Result<Value, BackendError> {
+) -> Result<R, BackendError> {
     tokio::select! {
         outcome = tokio::time::timeout(timeout, work) => outcome.unwrap_or(Err(BackendError::Timeout(timeout))),
         _ = cancel.cancelled() => Err(BackendError::Cancelled),

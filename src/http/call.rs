@@ -22,11 +22,11 @@ use tracing::Instrument;
 
 use super::reply::{self, Body, Format};
 use crate::backend::{CallContext, FromBackend};
-use crate::mcp::{self, Command, RpcError};
+use crate::mcp::{self, Command, Reply, RpcError};
 use crate::session::Session;
 use crate::telemetry::Metrics;
 
-type Outcome = Result<Value, RpcError>;
+type Outcome = Result<Reply, RpcError>;
 
 /// Runs `command` for request `id`, relaying the backend's messages.
 pub async fn respond(

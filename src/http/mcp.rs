@@ -20,7 +20,7 @@ use crate::app::App;
 use crate::backend::CallContext;
 use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
-use crate::mcp::{self, Command, RpcError};
+use crate::mcp::{self, Command, Reply, RpcError};
 use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
 use crate::telemetry::{Meter, Metrics};
 
@@ -274,7 +274,7 @@ fn answer_error(e: SessionError) -> RpcError {
 }
 
 /// Runs a command that relays nothing (a batch item, or one the gateway answers itself).
-async fn apply_here(app: &App, session: &Session, method: &str, command: Command) -> Result<Value, RpcError> {
+async fn apply_here(app: &App, session: &Session, method: &str, command: Command) -> Result<Reply, RpcError> {
     let ctx = CallContext::default();
     measured(
         &app.metrics,
@@ -285,9 +285,9 @@ async fn apply_here(app: &App, session: &Session, method: &str, command: Command
 }
 
 /// The answer to request `id`: its result, or its error (logged, with its status).
-pub(super) fn answer(id: &Value, outcome: Result<Value, RpcError>, format: Format) -> Response<Body> {
+pub(super) fn answer(id: &Value, outcome: Result<Reply, RpcError>, format: Format) -> Response<Body> {
     match outcome {
-        Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result)),
+        Ok(result) => reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, &result)),
         Err(e) => reject(e, Some(id)),
     }
 }
@@ -296,8 +296,8 @@ pub(super) fn answer(id: &Value, outcome: Result<Value, RpcError>, format: Forma
 pub(super) async fn measured(
     metrics: &Metrics,
     label: &'static str,
-    work: impl std::future::Future<Output = Result<Value, RpcError>>,
-) -> Result<Value, RpcError> {
+    work: impl std::future::Future<Output = Result<Reply, RpcError>>,
+) -> Result<Reply, RpcError> {
     let started = Instant::now();
     let result = work.await;
     let ok = result.is_ok().then(|| {
@@ -386,7 +386,7 @@ async fn initialize(app: &App, id: &Value, params: Value, headers: &HeaderMap, f
         "serverInfo": { "name": "vmcp", "version": env!("CARGO_PKG_VERSION") },
         "instructions": session.instructions(),
     });
-    let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, result));
+    let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, &result));
     if let Ok(v) = HeaderValue::from_str(session.id()) {
         response.headers_mut().insert(SESSION_HEADER, v);
     }

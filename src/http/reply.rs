@@ -35,8 +35,9 @@ pub enum Format {
 }
 
 /// A response with `status` and a JSON-RPC payload in `format`.
-pub fn message(status: StatusCode, format: Format, payload: &Value) -> Response<Body> {
-    let text = payload.to_string();
+pub fn message(status: StatusCode, format: Format, payload: &impl serde::Serialize) -> Response<Body> {
+    // Serialising plain data (trees, raw JSON, borrowed structs) cannot fail.
+    let text = serde_json::to_string(payload).unwrap_or_default();
     let (content_type, body) = match format {
         Format::Json => ("application/json", text),
         Format::Sse => ("text/event-stream", message_event(None, &text)),

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
 use super::RpcError;
-use crate::backend::{BackendError, CallContext};
+use crate::backend::{BackendError, CallContext, Reply};
 use crate::session::{ListKind, Session, SessionError};
 
 /// An MCP request, validated.
@@ -119,16 +119,16 @@ impl Command {
 
     /// Runs the command against `session` (everything but `initialize`);
     /// `ctx` carries what the backend relays and the client's cancellation.
-    pub async fn apply(self, session: &Session, ctx: &CallContext) -> Result<Value, RpcError> {
+    pub async fn apply(self, session: &Session, ctx: &CallContext) -> Result<Reply, RpcError> {
         let result = match self {
             Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
-            Self::Ping => Ok(json!({})),
-            Self::List(kind, cursor) => session.list(kind, cursor.as_deref()),
+            Self::Ping => Ok(Reply::Tree(json!({}))),
+            Self::List(kind, cursor) => session.list(kind, cursor.as_deref()).map(Reply::Tree),
             Self::CallTool(p) => session.call_tool(p, ctx).await,
             Self::GetPrompt(p) => session.get_prompt(p, ctx).await,
             Self::ReadResource(p) => session.by_uri("resources/read", p, ctx).await,
             Self::Complete(p) => session.complete(p, ctx).await,
-            Self::SetLogLevel(p) => session.set_log_level(p).await,
+            Self::SetLogLevel(p) => session.set_log_level(p).await.map(Reply::Tree),
             Self::Subscribe(p) => session.by_uri("resources/subscribe", p, ctx).await,
             Self::Unsubscribe(p) => session.by_uri("resources/unsubscribe", p, ctx).await,
         };

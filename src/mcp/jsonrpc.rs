@@ -2,9 +2,10 @@
 //! their code, their HTTP status and how to render their own body.
 
 use http::StatusCode;
+use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::backend::codes;
+use crate::backend::{codes, Reply};
 
 /// The owner of the session failed after a forwarded request was sent to it:
 /// the request may or may not have run, so it is not run again elsewhere
@@ -81,15 +82,28 @@ impl RpcError {
     }
 }
 
-/// A successful JSON-RPC response.
-pub fn result_body(id: &Value, result: Value) -> Value {
-    json!({ "jsonrpc": "2.0", "id": id, "result": result })
+/// A successful JSON-RPC response, serialised as it stands: the hot path
+/// writes the result (often a backend's raw bytes) with no tree built.
+#[derive(Serialize)]
+pub struct ResultBody<'a, R> {
+    jsonrpc: &'static str,
+    id: &'a Value,
+    result: &'a R,
 }
 
-/// The JSON-RPC response to request `id`: its result or its error.
-pub fn response_body(id: &Value, outcome: Result<Value, RpcError>) -> Value {
+pub fn result_body<'a, R: Serialize>(id: &'a Value, result: &'a R) -> ResultBody<'a, R> {
+    ResultBody {
+        jsonrpc: "2.0",
+        id,
+        result,
+    }
+}
+
+/// The JSON-RPC response to request `id`, as a tree (for batches and event
+/// logs, which hold messages): its result or its error.
+pub fn response_body(id: &Value, outcome: Result<Reply, RpcError>) -> Value {
     match outcome {
-        Ok(result) => result_body(id, result),
+        Ok(result) => json!({ "jsonrpc": "2.0", "id": id, "result": result.into_value() }),
         Err(e) => e.to_body(Some(id)),
     }
 }

@@ -4,6 +4,7 @@
 pub mod command;
 pub mod jsonrpc;
 
+pub use crate::backend::Reply;
 pub use command::Command;
 pub use jsonrpc::{Incoming, RpcError};
 

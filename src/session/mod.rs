@@ -28,7 +28,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::aggregate::{page, Catalog};
-use crate::backend::{BackendError, BackendSession, CallContext};
+use crate::backend::{BackendError, BackendSession, CallContext, Reply};
 use crate::store::{unix_ms, SessionMetadata};
 use crate::telemetry::Meter;
 
@@ -266,7 +266,7 @@ impl Session {
     }
 
     /// `tools/call`: routes by client-facing name, sends the backend's name.
-    pub async fn call_tool(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
+    pub async fn call_tool(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
         let route = view
@@ -278,7 +278,7 @@ impl Session {
     }
 
     /// `prompts/get`: like `call_tool`, for prompts.
-    pub async fn get_prompt(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
+    pub async fn get_prompt(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
         let view = self.enter()?;
         let name = str_param(&params, "name")?;
         let route = view
@@ -292,7 +292,7 @@ impl Session {
     /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`:
     /// routed by URI, which is passed through unchanged (so the backend's
     /// `notifications/resources/updated` already carries the client's URI).
-    pub async fn by_uri(&self, method: &'static str, params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
+    pub async fn by_uri(&self, method: &'static str, params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
         let view = self.enter()?;
         let uri = str_param(&params, "uri")?;
         let backend = view
@@ -303,7 +303,7 @@ impl Session {
     }
 
     /// `completion/complete`: routes by the prompt or resource it refers to.
-    pub async fn complete(&self, mut params: Value, ctx: &CallContext) -> Result<Value, SessionError> {
+    pub async fn complete(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
         let view = self.enter()?;
         let reference = params.get("ref").cloned().unwrap_or(Value::Null);
         let backend = match reference.get("type").and_then(Value::as_str) {
@@ -361,7 +361,7 @@ impl Session {
         method: &'static str,
         params: Value,
         ctx: &CallContext,
-    ) -> Result<Value, SessionError> {
+    ) -> Result<Reply, SessionError> {
         let session = view
             .backends
             .get(backend)
@@ -386,11 +386,11 @@ impl Session {
         method: &'static str,
         params: &Value,
         ctx: &CallContext,
-    ) -> Result<Value, BackendError> {
+    ) -> Result<Reply, BackendError> {
         let metrics = self.factory.metrics();
         let started = std::time::Instant::now();
         let result = session
-            .call(method, Some(params), self.factory.call_timeout(), ctx)
+            .call_through(method, Some(params), self.factory.call_timeout(), ctx)
             .await;
         session.backend().called(&result);
         let outcome = result.as_ref().map_or_else(BackendError::outcome, |_| "ok");
