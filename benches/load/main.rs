@@ -13,6 +13,7 @@ mod cpu;
 #[path = "../../tests/support/deps.rs"]
 mod deps;
 mod drive;
+mod floor;
 #[allow(dead_code)]
 #[path = "../../tests/support/process.rs"]
 mod process;
@@ -53,6 +54,10 @@ async fn main() {
         let upstream = args.get(i + 1).cloned().expect("--proxy-upstream URL");
         return proxy::serve(upstream).await;
     }
+    if let Some(i) = args.iter().position(|a| a == "--mcp-floor-upstream") {
+        let upstream = args.get(i + 1).cloned().expect("--mcp-floor-upstream URL");
+        return floor::serve(upstream).await;
+    }
     if args.iter().any(|a| a == "--backend") {
         return backend::serve().await;
     }
@@ -76,8 +81,14 @@ async fn main() {
     };
     if let Some(i) = args.iter().position(|a| a == "--soak") {
         let secs: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
-        let bare = args.iter().any(|a| a == "--bare");
-        return scenarios::soak(Duration::from_secs(secs), bare).await;
+        let path = if args.iter().any(|a| a == "--bare") {
+            scenarios::SoakPath::Bare
+        } else if args.iter().any(|a| a == "--floor") {
+            scenarios::SoakPath::Floor
+        } else {
+            scenarios::SoakPath::Vmcp
+        };
+        return scenarios::soak(Duration::from_secs(secs), path).await;
     }
     let mut plan = plan;
     if let Some(n) = args

@@ -39,21 +39,35 @@ pub async fn run_memory(plan: &Plan) {
     memory(plan, &mcp, &backend_url).await;
 }
 
-/// `--soak SECS [--bare]`: only the owner path (or the bare hop) at 16
-/// sessions, for as long as asked, with the gateway's pid printed first
-/// (attach `perf record -p` or `strace -c -f -p` to it).
-pub async fn soak(length: Duration, bare: bool) {
+/// What `--soak` drives.
+pub enum SoakPath {
+    Vmcp,
+    Bare,
+    Floor,
+}
+
+/// `--soak SECS [--bare | --floor]`: only the owner path (or the bare hop, or
+/// the minimal MCP hop) at 16 sessions, for as long as asked, with the
+/// gateway's pid printed first (attach `perf record -p` or `strace -c -f -p` to it).
+pub async fn soak(length: Duration, path: SoakPath) {
     let fast = proxy::spawn_self(&["--backend"]);
-    let (_vmcp, _hop, url, tool, pid);
-    if bare {
-        let hop = proxy::spawn(&base(&fast.url));
-        (url, tool, pid) = (hop.url.clone(), "echo", hop.pid());
-        _hop = Some(hop);
-    } else {
-        let p = VmcpProcess::start(&format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]))).await;
-        (url, tool, pid) = (p.url.clone(), "fast_echo", p.pid().expect("pid"));
-        _vmcp = Some(p);
-    }
+    let (mut _vmcp, mut _hop) = (None, None);
+    let (url, pid) = match path {
+        SoakPath::Bare => {
+            let hop = _hop.insert(proxy::spawn(&base(&fast.url)));
+            (hop.url.clone(), hop.pid())
+        }
+        SoakPath::Floor => {
+            let hop = _hop.insert(proxy::spawn_self(&["--mcp-floor-upstream", &fast.url]));
+            (hop.url.clone(), hop.pid())
+        }
+        SoakPath::Vmcp => {
+            let yaml = format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]));
+            let p = _vmcp.insert(VmcpProcess::start(&yaml).await);
+            (p.url.clone(), p.pid().expect("pid"))
+        }
+    };
+    let tool = if matches!(path, SoakPath::Bare) { "echo" } else { "fast_echo" };
     println!("gateway pid {pid}, backend pid {}", fast.pid());
     let window = (Duration::from_secs(1), length);
     let run = drive::load(
@@ -78,6 +92,7 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     let backend_url = fast.url.clone();
     let hop1 = proxy::spawn(&base(&backend_url));
     let hop2 = proxy::spawn(&base(&hop1.url));
+    let floor = proxy::spawn_self(&["--mcp-floor-upstream", &backend_url]);
     let redis = RedisServer::start().await;
     println!(
         "# vmcp load benchmark ({} warm-up, {} measured per cell, median of {} interleaved rounds)\n",
@@ -102,11 +117,13 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         backend: fast.pid(),
         hop1: hop1.pid(),
         hop2: hop2.pid(),
+        floor: floor.pid(),
         a: a.pid().expect("pid"),
         b: b.pid().expect("pid"),
     };
-    throughput(plan, [&backend_url, &hop1.url, &hop2.url, &a.url, &b.url], &a, pids).await;
-    drop((a, b, hop1, hop2, fast));
+    let urls = [&backend_url, &hop1.url, &hop2.url, &floor.url, &a.url, &b.url];
+    throughput(plan, urls.map(String::as_str), &a, pids).await;
+    drop((a, b, hop1, hop2, floor, fast));
     if only_throughput {
         return;
     }
@@ -128,6 +145,7 @@ struct Pids {
     backend: u32,
     hop1: u32,
     hop2: u32,
+    floor: u32,
     a: u32,
     b: u32,
 }
@@ -181,8 +199,8 @@ impl Cell {
     }
 }
 
-async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
-    let [backend, hop1, hop2, a_url, b_url] = urls;
+async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, floor, a_url, b_url] = urls;
     let me = std::process::id();
     println!("## tools/call throughput, latency and CPU per call\n");
     println!(
@@ -193,7 +211,7 @@ async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
     for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each figure is the median of its rounds.
-        let mut cells: [Cell; 5] = Default::default();
+        let mut cells: [Cell; 6] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
@@ -213,14 +231,15 @@ async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
             cells[0].push(run(backend, backend, "echo", &[]).await);
             cells[1].push(run(hop1, hop1, "echo", &[pids.hop1]).await);
             cells[2].push(run(hop2, hop2, "echo", &[pids.hop1, pids.hop2]).await);
+            cells[3].push(run(floor, floor, "fast_echo", &[pids.floor]).await);
             let store_before = store_ops(a).await;
             let owner = run(a_url, a_url, "fast_echo", &[pids.a]).await;
             let calls = owner.stats.rps * (plan.warmup + plan.measure).as_secs_f64();
             store_per_call.push((store_ops(a).await - store_before) / calls);
-            cells[3].push(owner);
-            cells[4].push(run(a_url, b_url, "fast_echo", &[pids.a, pids.b]).await);
+            cells[4].push(owner);
+            cells[5].push(run(a_url, b_url, "fast_echo", &[pids.a, pids.b]).await);
         }
-        let [direct, bare1, bare2, owner, non_owner] = &cells;
+        let [direct, bare1, bare2, floor, owner, non_owner] = &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
@@ -229,12 +248,23 @@ async fn throughput(plan: &Plan, urls: [&str; 5], a: &VmcpProcess, pids: Pids) {
             "{}",
             bare2.row("bare two-hop chain (reference for non-owner)", Some(direct))
         );
+        println!(
+            "{}",
+            floor.row("minimal MCP hop (the floor, see floor.rs)", Some(bare1))
+        );
         println!("{}", owner.row("**vmcp, entering at the owner**", Some(bare1)));
         println!(
             "{}",
             non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2))
         );
         println!("| store operations per call at the owner (worst round): {store_per_call:.4} | | | | | | | | | |");
+        let (o, f) = (Stats::median(&owner.stats), Stats::median(&floor.stats));
+        println!(
+            "| vmcp at the owner vs the floor: calls/s {:.2}×, p50 {:+.0} µs, CPU {:.2}× | | | | | | | | | |",
+            o.rps / f.rps,
+            o.p50_us - f.p50_us,
+            owner.cpu(0) / floor.cpu(0)
+        );
     }
     println!();
 }

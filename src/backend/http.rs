@@ -240,7 +240,10 @@ impl HttpSession {
 
     /// The headers of a request on this session: the backend's, the version, the id.
     fn headers(&self) -> HeaderMap {
-        let mut headers = self.endpoint.headers.clone();
+        // Sized once: a clone of the shared map has no room for the two
+        // headers below and would grow twice per request.
+        let mut headers = HeaderMap::with_capacity(self.endpoint.headers.len() + 2);
+        headers.extend(self.endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
         headers.insert(HeaderName::from_static("mcp-protocol-version"), self.version.clone());
         if let Some(id) = &self.session_id {
             headers.insert(HeaderName::from_static("mcp-session-id"), id.clone());

@@ -40,10 +40,10 @@ fn key(id: &Value) -> String {
 impl Calls {
     /// Starts tracking the call with client request id `id`.
     pub fn track(&self, id: &Value) -> CallTicket {
-        let token = CancellationToken::new();
-        lock(&self.running).insert(key(id), token.clone());
+        let (token, key) = (CancellationToken::new(), key(id));
+        lock(&self.running).insert(key.clone(), token.clone());
         CallTicket {
-            key: key(id),
+            key,
             token,
             running: Arc::clone(&self.running),
         }

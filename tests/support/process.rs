@@ -47,7 +47,9 @@ impl VmcpProcess {
     async fn start_full(port: u16, yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
         let path = std::env::temp_dir().join(format!("vmcp-test-{port}.yaml"));
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{yaml}")).expect("write config");
-        let child = Command::new(env!("CARGO_BIN_EXE_vmcp"))
+        // `VMCP_BIN` runs another build (an A/B comparison in the benchmark).
+        let bin = std::env::var_os("VMCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vmcp").into());
+        let child = Command::new(bin)
             .args(["serve", "--config"])
             .arg(&path)
             .env("RUST_LOG", "warn")
