@@ -44,6 +44,8 @@ pub struct App {
     pub store_health: Arc<StoreHealth>,
     /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
     pub identity: IdentityHasher,
+    /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
+    pub replica_header: Option<http::HeaderValue>,
 }
 
 impl App {
@@ -140,7 +142,9 @@ impl App {
         );
         let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
         let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
+        let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
         Ok(Arc::new(Self {
+            replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),
             metrics: Arc::new(metrics),

@@ -14,12 +14,20 @@
 //! Nothing else: no timeouts, no cancellation, no metrics, no logs, no
 //! limits, no relayed messages, no SSE. vmcp's cost above this floor is what
 //! those cost; the floor's cost above the bare hop is what reading MCP costs.
+//!
+//! `--guarded` adds, with the same crates and calls vmcp uses, the per-call
+//! guarantees vmcp gives: a deadline on the backend call, a cancellation
+//! token registered by request id (what `notifications/cancelled` needs), a
+//! relay channel watched while the call runs (progress, logs, the backend's
+//! own requests), request and backend-call metrics (counter + histogram
+//! each), and hyper's header-read timeout (slowloris).
 
 use std::borrow::Cow;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, Uri};
@@ -27,7 +35,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use prometheus::{Histogram, HistogramOpts, IntCounter};
+use tokio_util::sync::CancellationToken;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -42,11 +52,37 @@ struct Floor {
     /// Client-facing tool name → the backend's.
     catalog: HashMap<String, String>,
     minted: AtomicU64,
+    guards: Option<Guards>,
 }
 
 struct Session {
     backend: HeaderValue,
     next_id: AtomicI64,
+    /// Running calls by client request id (guarded only).
+    running: Mutex<HashMap<String, CancellationToken>>,
+}
+
+/// vmcp's per-call guarantees, for `--guarded`.
+struct Guards {
+    deadline: Duration,
+    requests: IntCounter,
+    request_seconds: Histogram,
+    backend_calls: IntCounter,
+    backend_seconds: Histogram,
+}
+
+impl Guards {
+    fn new() -> Self {
+        let hist = |name: &str| Histogram::with_opts(HistogramOpts::new(name, "seconds")).expect("histogram");
+        let counter = |name: &str| IntCounter::new(name, "calls").expect("counter");
+        Guards {
+            deadline: Duration::from_secs(60),
+            requests: counter("requests"),
+            request_seconds: hist("request_seconds"),
+            backend_calls: counter("backend_calls"),
+            backend_seconds: hist("backend_seconds"),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -98,7 +134,7 @@ struct Reply<'a> {
 
 /// The floor process's main (`--mcp-floor-upstream URL`): prints its URL,
 /// serves until killed. Its one tool is the backend's `echo` as `fast_echo`.
-pub async fn serve(upstream: String) {
+pub async fn serve(upstream: String, guarded: bool) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     println!("http://{}/mcp", listener.local_addr().expect("addr"));
     let mut connector = HttpConnector::new();
@@ -109,6 +145,7 @@ pub async fn serve(upstream: String) {
         sessions: RwLock::default(),
         catalog: HashMap::from([("fast_echo".to_owned(), "echo".to_owned())]),
         minted: AtomicU64::new(1),
+        guards: guarded.then(Guards::new),
     });
     while let Ok((stream, _)) = listener.accept().await {
         let _ = stream.set_nodelay(true);
@@ -118,9 +155,11 @@ pub async fn serve(upstream: String) {
                 let floor = Arc::clone(&floor);
                 async move { Ok::<_, Infallible>(floor.handle(req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            let mut http = hyper::server::conn::http1::Builder::new();
+            if guarded {
+                http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+            }
+            let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
     }
 }
@@ -148,7 +187,10 @@ impl Floor {
             return status(StatusCode::BAD_REQUEST);
         };
         match (request.method.as_ref(), request.id, request.params) {
-            ("tools/call", Some(id), Some(params)) => self.call(&session, id, params).await,
+            ("tools/call", Some(id), Some(params)) => match &self.guards {
+                None => self.call(&session, id, params).await,
+                Some(guards) => self.guarded_call(guards, &session, id, params).await,
+            },
             // Notifications and the rest: passed on as they are.
             _ => match self.send(&session, body).await {
                 Some((code, _)) => status(code),
@@ -198,6 +240,48 @@ impl Floor {
         response
     }
 
+    /// [`Self::call`] with vmcp's per-call guarantees around it.
+    async fn guarded_call(
+        &self,
+        guards: &Guards,
+        session: &Session,
+        id: &RawValue,
+        params: &RawValue,
+    ) -> Response<Full<Bytes>> {
+        let started = Instant::now();
+        let (key, token) = (id.get().to_owned(), CancellationToken::new());
+        if let Ok(mut running) = session.running.lock() {
+            running.insert(key.clone(), token.clone());
+        }
+        let (_relay, mut relayed) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let work = async {
+            let backend_started = Instant::now();
+            let response = tokio::select! {
+                r = tokio::time::timeout(guards.deadline, self.call(session, id, params)) => {
+                    r.unwrap_or_else(|_| status(StatusCode::GATEWAY_TIMEOUT))
+                }
+                _ = token.cancelled() => status(StatusCode::OK),
+            };
+            guards.backend_calls.inc();
+            guards.backend_seconds.observe(backend_started.elapsed().as_secs_f64());
+            response
+        };
+        tokio::pin!(work);
+        let response = loop {
+            tokio::select! {
+                biased;
+                Some(_) = relayed.recv() => {}
+                r = &mut work => break r,
+            }
+        };
+        if let Ok(mut running) = session.running.lock() {
+            running.remove(&key);
+        }
+        guards.requests.inc();
+        guards.request_seconds.observe(started.elapsed().as_secs_f64());
+        response
+    }
+
     /// POSTs `body` on the backend session; its status and whole body.
     async fn send(&self, session: &Session, body: Bytes) -> Option<(StatusCode, Bytes)> {
         let mut headers = HeaderMap::with_capacity(4);
@@ -242,6 +326,7 @@ impl Floor {
         let session = Arc::new(Session {
             backend,
             next_id: AtomicI64::new(1),
+            running: Mutex::default(),
         });
         if let Ok(mut sessions) = self.sessions.write() {
             sessions.insert(sid.clone(), session);

@@ -56,7 +56,7 @@ async fn main() {
     }
     if let Some(i) = args.iter().position(|a| a == "--mcp-floor-upstream") {
         let upstream = args.get(i + 1).cloned().expect("--mcp-floor-upstream URL");
-        return floor::serve(upstream).await;
+        return floor::serve(upstream, args.iter().any(|a| a == "--guarded")).await;
     }
     if args.iter().any(|a| a == "--backend") {
         return backend::serve().await;
@@ -84,7 +84,7 @@ async fn main() {
         let path = if args.iter().any(|a| a == "--bare") {
             scenarios::SoakPath::Bare
         } else if args.iter().any(|a| a == "--floor") {
-            scenarios::SoakPath::Floor
+            scenarios::SoakPath::Floor(args.iter().any(|a| a == "--guarded"))
         } else {
             scenarios::SoakPath::Vmcp
         };

@@ -43,11 +43,12 @@ pub async fn run_memory(plan: &Plan) {
 pub enum SoakPath {
     Vmcp,
     Bare,
-    Floor,
+    /// `true`: with vmcp's per-call guarantees (`--guarded`).
+    Floor(bool),
 }
 
-/// `--soak SECS [--bare | --floor]`: only the owner path (or the bare hop, or
-/// the minimal MCP hop) at 16 sessions, for as long as asked, with the
+/// `--soak SECS [--bare | --floor [--guarded]]`: only the owner path (or the
+/// bare hop, or the minimal MCP hop) at 16 sessions, for as long as asked, with the
 /// gateway's pid printed first (attach `perf record -p` or `strace -c -f -p` to it).
 pub async fn soak(length: Duration, path: SoakPath) {
     let fast = proxy::spawn_self(&["--backend"]);
@@ -57,8 +58,10 @@ pub async fn soak(length: Duration, path: SoakPath) {
             let hop = _hop.insert(proxy::spawn(&base(&fast.url)));
             (hop.url.clone(), hop.pid())
         }
-        SoakPath::Floor => {
-            let hop = _hop.insert(proxy::spawn_self(&["--mcp-floor-upstream", &fast.url]));
+        SoakPath::Floor(guarded) => {
+            let mut args = vec!["--mcp-floor-upstream", &fast.url];
+            args.extend(guarded.then_some("--guarded"));
+            let hop = _hop.insert(proxy::spawn_self(&args));
             (hop.url.clone(), hop.pid())
         }
         SoakPath::Vmcp => {
@@ -93,6 +96,7 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     let hop1 = proxy::spawn(&base(&backend_url));
     let hop2 = proxy::spawn(&base(&hop1.url));
     let floor = proxy::spawn_self(&["--mcp-floor-upstream", &backend_url]);
+    let guarded = proxy::spawn_self(&["--mcp-floor-upstream", &backend_url, "--guarded"]);
     let redis = RedisServer::start().await;
     println!(
         "# vmcp load benchmark ({} warm-up, {} measured per cell, median of {} interleaved rounds)\n",
@@ -118,12 +122,13 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         hop1: hop1.pid(),
         hop2: hop2.pid(),
         floor: floor.pid(),
+        guarded: guarded.pid(),
         a: a.pid().expect("pid"),
         b: b.pid().expect("pid"),
     };
-    let urls = [&backend_url, &hop1.url, &hop2.url, &floor.url, &a.url, &b.url];
+    let urls = [&backend_url, &hop1.url, &hop2.url, &floor.url, &guarded.url, &a.url, &b.url];
     throughput(plan, urls.map(String::as_str), &a, pids).await;
-    drop((a, b, hop1, hop2, floor, fast));
+    drop((a, b, hop1, hop2, floor, guarded, fast));
     if only_throughput {
         return;
     }
@@ -146,6 +151,7 @@ struct Pids {
     hop1: u32,
     hop2: u32,
     floor: u32,
+    guarded: u32,
     a: u32,
     b: u32,
 }
@@ -199,8 +205,8 @@ impl Cell {
     }
 }
 
-async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
-    let [backend, hop1, hop2, floor, a_url, b_url] = urls;
+async fn throughput(plan: &Plan, urls: [&str; 7], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, floor, guarded, a_url, b_url] = urls;
     let me = std::process::id();
     println!("## tools/call throughput, latency and CPU per call\n");
     println!(
@@ -211,7 +217,7 @@ async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
     for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each figure is the median of its rounds.
-        let mut cells: [Cell; 6] = Default::default();
+        let mut cells: [Cell; 7] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
@@ -232,6 +238,7 @@ async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
             cells[1].push(run(hop1, hop1, "echo", &[pids.hop1]).await);
             cells[2].push(run(hop2, hop2, "echo", &[pids.hop1, pids.hop2]).await);
             cells[3].push(run(floor, floor, "fast_echo", &[pids.floor]).await);
+            cells[6].push(run(guarded, guarded, "fast_echo", &[pids.guarded]).await);
             let store_before = store_ops(a).await;
             let owner = run(a_url, a_url, "fast_echo", &[pids.a]).await;
             let calls = owner.stats.rps * (plan.warmup + plan.measure).as_secs_f64();
@@ -239,7 +246,7 @@ async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
             cells[4].push(owner);
             cells[5].push(run(a_url, b_url, "fast_echo", &[pids.a, pids.b]).await);
         }
-        let [direct, bare1, bare2, floor, owner, non_owner] = &cells;
+        let [direct, bare1, bare2, floor, owner, non_owner, guarded] = &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
@@ -252,19 +259,25 @@ async fn throughput(plan: &Plan, urls: [&str; 6], a: &VmcpProcess, pids: Pids) {
             "{}",
             floor.row("minimal MCP hop (the floor, see floor.rs)", Some(bare1))
         );
+        println!(
+            "{}",
+            guarded.row("the floor + vmcp's per-call guarantees (`--guarded`)", Some(bare1))
+        );
         println!("{}", owner.row("**vmcp, entering at the owner**", Some(bare1)));
         println!(
             "{}",
             non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2))
         );
         println!("| store operations per call at the owner (worst round): {store_per_call:.4} | | | | | | | | | |");
-        let (o, f) = (Stats::median(&owner.stats), Stats::median(&floor.stats));
-        println!(
-            "| vmcp at the owner vs the floor: calls/s {:.2}×, p50 {:+.0} µs, CPU {:.2}× | | | | | | | | | |",
-            o.rps / f.rps,
-            o.p50_us - f.p50_us,
-            owner.cpu(0) / floor.cpu(0)
-        );
+        for (name, base) in [("the floor", floor), ("the guarded floor", guarded)] {
+            let (o, f) = (Stats::median(&owner.stats), Stats::median(&base.stats));
+            println!(
+                "| vmcp at the owner vs {name}: calls/s {:.2}×, p50 {:+.0} µs, CPU {:.2}× | | | | | | | | | |",
+                o.rps / f.rps,
+                o.p50_us - f.p50_us,
+                owner.cpu(0) / base.cpu(0)
+            );
+        }
     }
     println!();
 }

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION_HEADER};
+use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION};
 use crate::app::App;
 use crate::backend::CallContext;
 use crate::config::HttpConfig;
@@ -88,13 +88,15 @@ pub(super) fn reject(err: RpcError, id: Option<&Value>) -> Response<Body> {
     reply::error(&err, id)
 }
 
-pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// A header's value as text; `name` is best a [`header::HeaderName`] (a
+/// `&str` is parsed into one on every lookup).
+pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
 /// Whether the `Accept` header lists media type `t`.
 fn accepts(headers: &HeaderMap, t: &str) -> bool {
-    header_str(headers, "accept").is_some_and(|accept| {
+    header_str(headers, header::ACCEPT).is_some_and(|accept| {
         accept
             .split(',')
             .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t))
@@ -103,7 +105,7 @@ fn accepts(headers: &HeaderMap, t: &str) -> bool {
 
 /// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
 fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
-    if header_str(headers, "accept").is_none() {
+    if header_str(headers, header::ACCEPT).is_none() {
         return Some(Format::Json);
     }
     let accepts = |t: &str| accepts(headers, t);
@@ -122,7 +124,7 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
         RpcError::invalid_request("Accept must allow application/json or text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE)
     })?;
-    let content_type = header_str(headers, "content-type").unwrap_or_default();
+    let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
     if !content_type
         .trim_start()
         .to_ascii_lowercase()
@@ -152,7 +154,7 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limits: &HttpConfig) -> 
         RpcError::invalid_request(format!("request body exceeds {limit} bytes"))
             .with_status(StatusCode::PAYLOAD_TOO_LARGE)
     };
-    let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    let declared = header_str(headers, header::CONTENT_LENGTH).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
@@ -199,14 +201,14 @@ async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> R
 /// The session a request names: 400 without a header; 404 if unknown, expired
 /// or bound to another identity; 503 if the store cannot be asked.
 async fn resolve(app: &App, headers: &HeaderMap) -> Result<Arc<Session>, RpcError> {
-    let id = header_str(headers, SESSION_HEADER)
+    let id = header_str(headers, SESSION)
         .ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {
         return Err(not_found());
     }
     app.manager
-        .resolve(id, header_str(headers, "authorization"))
+        .resolve(id, header_str(headers, header::AUTHORIZATION))
         .await
         .map_err(|e| match e {
             ResolveError::NotFound => not_found(),
@@ -372,7 +374,7 @@ async fn initialize(app: &App, id: &Value, params: Value, headers: &HeaderMap, f
     let version = mcp::negotiate(requested);
     let session = match app
         .manager
-        .create(params, version.to_owned(), header_str(headers, "authorization"))
+        .create(params, version.to_owned(), header_str(headers, header::AUTHORIZATION))
         .await
     {
         Ok(s) => s,
@@ -388,7 +390,7 @@ async fn initialize(app: &App, id: &Value, params: Value, headers: &HeaderMap, f
     });
     let mut response = reply::message(StatusCode::OK, format, &mcp::jsonrpc::result_body(id, &result));
     if let Ok(v) = HeaderValue::from_str(session.id()) {
-        response.headers_mut().insert(SESSION_HEADER, v);
+        response.headers_mut().insert(SESSION, v);
     }
     response
 }
@@ -399,14 +401,14 @@ fn unavailable(e: &ManagerError) -> RpcError {
 }
 
 async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
-    let Some(id) = header_str(headers, SESSION_HEADER) else {
+    let Some(id) = header_str(headers, SESSION) else {
         return reject(RpcError::invalid_request("missing Mcp-Session-Id header"), None);
     };
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {
         return reply::empty(StatusCode::NOT_FOUND);
     }
-    match app.manager.delete(id, header_str(headers, "authorization")).await {
+    match app.manager.delete(id, header_str(headers, header::AUTHORIZATION)).await {
         Ok(true) => reply::empty(StatusCode::NO_CONTENT),
         Ok(false) => reply::empty(StatusCode::NOT_FOUND),
         Err(e) => reject(
@@ -418,7 +420,7 @@ async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
 
 /// `GET /mcp`: the session's stream of server-to-client messages (SSE).
 async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
-    let accepts_sse = header_str(headers, "accept").is_some_and(|a| a.contains("text/event-stream"));
+    let accepts_sse = header_str(headers, header::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
     if !accepts_sse {
         return reject(
             RpcError::invalid_request("GET needs Accept: text/event-stream").with_status(StatusCode::NOT_ACCEPTABLE),

@@ -104,8 +104,8 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>, root: &traci
             (_, "/mcp") if surface == Surface::Main => {
                 let mut response = mcp::handle(app, req).await;
                 // Who served it: kept as the owner set it when the request was forwarded.
-                if let Ok(id) = http::HeaderValue::from_str(&app.config.replica_id) {
-                    response.headers_mut().entry(REPLICA_HEADER).or_insert(id);
+                if let Some(id) = &app.replica_header {
+                    response.headers_mut().entry(REPLICA).or_insert_with(|| id.clone());
                 }
                 // While draining, no connection is kept for another request:
                 // when the listener closes, a peer then has no pooled
@@ -141,6 +141,7 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>, root: &traci
 
 /// The replica that served an MCP response.
 pub const REPLICA_HEADER: &str = "x-vmcp-replica";
+const REPLICA: http::HeaderName = http::HeaderName::from_static(REPLICA_HEADER);
 
 /// Ready when not draining and the member list is known: readiness is about
 /// this replica only. The store's health is detail (and `vmcp_store_up`): a

@@ -7,7 +7,7 @@ use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::mcp::{header_str, reject};
-use super::reply::{self, Body, SESSION_HEADER};
+use super::reply::{self, Body, SESSION};
 use crate::affinity::forward::ForwardError;
 use crate::affinity::{HopTarget, Placement, HOP_HEADER};
 use crate::app::App;
@@ -19,7 +19,7 @@ use crate::mcp::RpcError;
 /// session, the request came over a valid hop, has no session yet
 /// (`initialize`), the owner provably never got it, or it is a read.
 pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response<Body>> {
-    let session = header_str(&parts.headers, SESSION_HEADER)?;
+    let session = header_str(&parts.headers, SESSION)?;
     if let Some(hop) = parts.headers.get(HOP_HEADER) {
         let target = HopTarget {
             to: &app.config.replica_id,

@@ -19,6 +19,8 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
+/// [`SESSION_HEADER`] as a name: looked up without parsing it first.
+pub const SESSION: http::HeaderName = http::HeaderName::from_static(SESSION_HEADER);
 pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
 
 fn full(bytes: impl Into<Bytes>) -> Body {
