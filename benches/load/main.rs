@@ -86,7 +86,7 @@ async fn main() {
         } else if args.iter().any(|a| a == "--floor") {
             scenarios::SoakPath::Floor(args.iter().any(|a| a == "--guarded"))
         } else {
-            scenarios::SoakPath::Vmcp
+            scenarios::SoakPath::Vmcp(args.iter().any(|a| a == "--replicated"))
         };
         return scenarios::soak(Duration::from_secs(secs), path).await;
     }

@@ -41,7 +41,8 @@ pub async fn run_memory(plan: &Plan) {
 
 /// What `--soak` drives.
 pub enum SoakPath {
-    Vmcp,
+    /// `true`: replica `a` of the throughput table's pair (Redis, two members).
+    Vmcp(bool),
     Bare,
     /// `true`: with vmcp's per-call guarantees (`--guarded`).
     Floor(bool),
@@ -52,7 +53,7 @@ pub enum SoakPath {
 /// gateway's pid printed first (attach `perf record -p` or `strace -c -f -p` to it).
 pub async fn soak(length: Duration, path: SoakPath) {
     let fast = proxy::spawn_self(&["--backend"]);
-    let (mut _vmcp, mut _hop) = (None, None);
+    let (mut _vmcp, mut _hop, mut _pair) = (None, None, None);
     let (url, pid) = match path {
         SoakPath::Bare => {
             let hop = _hop.insert(proxy::spawn(&base(&fast.url)));
@@ -64,10 +65,15 @@ pub async fn soak(length: Duration, path: SoakPath) {
             let hop = _hop.insert(proxy::spawn_self(&args));
             (hop.url.clone(), hop.pid())
         }
-        SoakPath::Vmcp => {
+        SoakPath::Vmcp(false) => {
             let yaml = format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]));
             let p = _vmcp.insert(VmcpProcess::start(&yaml).await);
             (p.url.clone(), p.pid().expect("pid"))
+        }
+        SoakPath::Vmcp(true) => {
+            let (redis, a, b) = _pair.insert(replicated_pair(&fast.url).await);
+            let _ = (redis, b);
+            (a.url.clone(), a.pid().expect("pid"))
         }
     };
     let tool = if matches!(path, SoakPath::Bare) { "echo" } else { "fast_echo" };
@@ -97,7 +103,6 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     let hop2 = proxy::spawn(&base(&hop1.url));
     let floor = proxy::spawn_self(&["--mcp-floor-upstream", &backend_url]);
     let guarded = proxy::spawn_self(&["--mcp-floor-upstream", &backend_url, "--guarded"]);
-    let redis = RedisServer::start().await;
     println!(
         "# vmcp load benchmark ({} warm-up, {} measured per cell, median of {} interleaved rounds)\n",
         secs(plan.warmup),
@@ -105,18 +110,7 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         plan.rounds
     );
 
-    // Two replicas with placement: A owns what it mints; entering at B costs one hop.
-    let (pa, pb) = (deps::free_port(), deps::free_port());
-    let members = format!(
-        "membership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: {HOP_KEY}\n"
-    );
-    let common = format!(
-        "{}{}{members}log:\n  format: json\n",
-        backends_yaml(&backend_url, 1, &[]),
-        redis_yaml(&redis)
-    );
-    let a = VmcpProcess::start_on(pa, &format!("replica_id: a\n{common}")).await;
-    let b = VmcpProcess::start_on(pb, &format!("replica_id: b\n{common}")).await;
+    let (redis, a, b) = replicated_pair(&backend_url).await;
     let pids = Pids {
         backend: fast.pid(),
         hop1: hop1.pid(),
@@ -139,6 +133,24 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     rebuild(plan, &mcp, &backend_url, &backend_state, &redis).await;
     memory(plan, &mcp, &backend_url).await;
     ring();
+}
+
+/// Redis and two replicas with placement: `a` owns what it mints; entering
+/// at `b` costs one hop.
+async fn replicated_pair(backend_url: &str) -> (RedisServer, VmcpProcess, VmcpProcess) {
+    let redis = RedisServer::start().await;
+    let (pa, pb) = (deps::free_port(), deps::free_port());
+    let members = format!(
+        "membership:\n  members: {{ a: \"127.0.0.1:{pa}\", b: \"127.0.0.1:{pb}\" }}\naffinity:\n  hop_key: {HOP_KEY}\n"
+    );
+    let common = format!(
+        "{}{}{members}log:\n  format: json\n",
+        backends_yaml(backend_url, 1, &[]),
+        redis_yaml(&redis)
+    );
+    let a = VmcpProcess::start_on(pa, &format!("replica_id: a\n{common}")).await;
+    let b = VmcpProcess::start_on(pb, &format!("replica_id: b\n{common}")).await;
+    (redis, a, b)
 }
 
 fn secs(d: Duration) -> String {
