@@ -37,9 +37,9 @@ use hyper::service::service_fn;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use prometheus::{Histogram, HistogramOpts, IntCounter};
-use tokio_util::sync::CancellationToken;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
+use tokio_util::sync::CancellationToken;
 
 const SESSION: HeaderName = HeaderName::from_static("mcp-session-id");
 const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
@@ -157,7 +157,8 @@ pub async fn serve(upstream: String, guarded: bool) {
             });
             let mut http = hyper::server::conn::http1::Builder::new();
             if guarded {
-                http.timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
+                http.timer(TokioTimer::new())
+                    .header_read_timeout(Duration::from_secs(30));
             }
             let _ = http.serve_connection(TokioIo::new(stream), service).await;
         });
@@ -223,7 +224,10 @@ impl Floor {
             return status(StatusCode::BAD_GATEWAY);
         };
         let result = match serde_json::from_slice::<Answer>(&answer) {
-            Ok(Answer { id: Some(i), result: Some(result) }) if i == our_id => result,
+            Ok(Answer {
+                id: Some(i),
+                result: Some(result),
+            }) if i == our_id => result,
             _ => return status(StatusCode::BAD_GATEWAY),
         };
         let reply = Reply {
@@ -233,10 +237,9 @@ impl Floor {
         };
         let body = serde_json::to_vec(&reply).unwrap_or_default();
         let mut response = Response::new(Full::new(Bytes::from(body)));
-        response.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        response
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         response
     }
 
@@ -332,10 +335,9 @@ impl Floor {
             sessions.insert(sid.clone(), session);
         }
         let mut reply = Response::new(Full::new(answer));
-        reply.headers_mut().insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        reply
+            .headers_mut()
+            .insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if let Ok(v) = HeaderValue::from_str(&sid) {
             reply.headers_mut().insert(SESSION, v);
         }

@@ -76,7 +76,11 @@ pub async fn soak(length: Duration, path: SoakPath) {
             (a.url.clone(), a.pid().expect("pid"))
         }
     };
-    let tool = if matches!(path, SoakPath::Bare) { "echo" } else { "fast_echo" };
+    let tool = if matches!(path, SoakPath::Bare) {
+        "echo"
+    } else {
+        "fast_echo"
+    };
     println!("gateway pid {pid}, backend pid {}", fast.pid());
     let window = (Duration::from_secs(1), length);
     let run = drive::load(
@@ -120,7 +124,15 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         a: a.pid().expect("pid"),
         b: b.pid().expect("pid"),
     };
-    let urls = [&backend_url, &hop1.url, &hop2.url, &floor.url, &guarded.url, &a.url, &b.url];
+    let urls = [
+        &backend_url,
+        &hop1.url,
+        &hop2.url,
+        &floor.url,
+        &guarded.url,
+        &a.url,
+        &b.url,
+    ];
     throughput(plan, urls.map(String::as_str), &a, pids).await;
     drop((a, b, hop1, hop2, floor, guarded, fast));
     if only_throughput {

@@ -90,7 +90,7 @@ pub(super) fn reject(err: RpcError, id: Option<&Value>) -> Response<Body> {
 
 /// A header's value as text; `name` is best a [`header::HeaderName`] (a
 /// `&str` is parsed into one on every lookup).
-pub(super) fn header_str<'a>(headers: &'a HeaderMap, name: impl header::AsHeaderName) -> Option<&'a str> {
+pub(super) fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -125,10 +125,12 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
             .with_status(StatusCode::NOT_ACCEPTABLE)
     })?;
     let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
+    let json = b"application/json";
     if !content_type
         .trim_start()
-        .to_ascii_lowercase()
-        .starts_with("application/json")
+        .as_bytes()
+        .get(..json.len())
+        .is_some_and(|t| t.eq_ignore_ascii_case(json))
     {
         return Err(RpcError::invalid_request("Content-Type must be application/json")
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
@@ -201,8 +203,7 @@ async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> R
 /// The session a request names: 400 without a header; 404 if unknown, expired
 /// or bound to another identity; 503 if the store cannot be asked.
 async fn resolve(app: &App, headers: &HeaderMap) -> Result<Arc<Session>, RpcError> {
-    let id = header_str(headers, SESSION)
-        .ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
+    let id = header_str(headers, SESSION).ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {
         return Err(not_found());
