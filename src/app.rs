@@ -24,6 +24,8 @@ pub enum AppError {
     Backend(String, BackendError),
     #[error("store: {0}")]
     Store(#[from] StoreError),
+    #[error("{0}")]
+    Auth(#[from] crate::auth::AuthError),
 }
 
 /// Everything one replica shares between requests.
@@ -44,6 +46,8 @@ pub struct App {
     pub store_health: Arc<StoreHealth>,
     /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
     pub identity: IdentityHasher,
+    /// Who is calling (`auth.inbound`).
+    pub auth: crate::auth::Authenticator,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
     pub replica_header: Option<http::HeaderValue>,
 }
@@ -143,7 +147,9 @@ impl App {
         let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
         let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
         let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
+        let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref())?;
         Ok(Arc::new(Self {
+            auth,
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),

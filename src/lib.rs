@@ -1,6 +1,6 @@
 //! vmcp: a replicated virtual MCP server.
 //!
-//! Data flow: `http` (front door) → `mcp` (JSON-RPC + method dispatch) →
+//! Data flow: `http` (front door, which asks `auth` who is calling) → `mcp` (JSON-RPC + method dispatch) →
 //! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
 //! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica.
@@ -8,6 +8,7 @@
 pub mod affinity;
 pub mod aggregate;
 pub mod app;
+pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod http;

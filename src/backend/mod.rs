@@ -10,7 +10,7 @@
 //! and routes, it does not need typed results, and untyped values keep fields
 //! that a typed round-trip would drop.
 
-mod client;
+pub(crate) mod client;
 pub mod health;
 mod http;
 mod reply;

@@ -6,6 +6,7 @@
 //! then deserialize into [`Config`] with the field path tracked, and validate.
 //! The key names are an interface (DESIGN.md §7): operators' tooling writes them.
 
+mod auth;
 mod expand;
 mod validate;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use auth::{AuthConfig, InboundAuthConfig};
 pub use expand::{Lookup, ProcessEnv};
 
 /// Everything that can go wrong while loading a configuration file.
@@ -63,6 +65,8 @@ pub struct Config {
     pub http: HttpConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub auth: AuthConfig,
 }
 
 /// One backend MCP server: exactly one of `url` (Streamable HTTP) or `command` (stdio).

@@ -210,3 +210,21 @@ fn url_errors_do_not_echo_credentials_or_query() {
     let (_, message) = field_error("backends:\n  - name: a\n    url: \"http://user:pw-Q9@h h/?token=tk-Q9\"\n");
     assert!(!message.contains("pw-Q9") && !message.contains("tk-Q9"), "{message}");
 }
+
+#[test]
+fn inbound_auth_is_off_by_default_and_checked_when_on() {
+    assert!(parse("").unwrap().auth.inbound.is_none());
+    let c =
+        parse("auth:\n  inbound:\n    issuer: https://idp.example.com\n    audience: https://mcp.example.com/mcp\n")
+            .unwrap();
+    let a = c.auth.inbound.unwrap();
+    assert_eq!(a.algorithms, ["RS256", "PS256", "ES256"]);
+    assert_eq!((a.leeway, a.groups_claim.as_str()), (Duration::from_secs(30), "groups"));
+    let (field, _) = field_error("auth:\n  inbound:\n    issuer: idp\n    audience: https://m/mcp\n");
+    assert_eq!(field, "auth.inbound.issuer");
+    let (field, _) =
+        field_error("auth:\n  inbound:\n    issuer: https://i\n    audience: https://m/mcp\n    algorithms: [none]\n");
+    assert_eq!(field, "auth.inbound.algorithms");
+    let (field, _) = field_error("auth:\n  inbound:\n    issuer: https://i\n    audiense: https://m/mcp\n");
+    assert!(field.starts_with("auth.inbound"), "{field}");
+}

@@ -83,7 +83,37 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    validate_auth(config)?;
     validate_membership(config)
+}
+
+fn validate_auth(config: &Config) -> Result<(), Invalid> {
+    let Some(a) = &config.auth.inbound else {
+        return Ok(());
+    };
+    let is_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    if !is_url(&a.issuer) {
+        return Err(invalid("auth.inbound.issuer", "must be an http(s) URL"));
+    }
+    if !is_url(&a.audience) {
+        return Err(invalid(
+            "auth.inbound.audience",
+            "must be this server's public URL of /mcp, e.g. https://mcp.example.com/mcp",
+        ));
+    }
+    if a.jwks_uri.as_deref().is_some_and(|u| !is_url(u)) {
+        return Err(invalid("auth.inbound.jwks_uri", "must be an http(s) URL"));
+    }
+    if a.algorithms.is_empty() {
+        return Err(invalid("auth.inbound.algorithms", "must name at least one algorithm"));
+    }
+    if a.algorithms.iter().any(|alg| alg.eq_ignore_ascii_case("none")) {
+        return Err(invalid("auth.inbound.algorithms", "`none` is never accepted"));
+    }
+    if a.fetch_timeout.is_zero() {
+        return Err(invalid("auth.inbound.fetch_timeout", "must be greater than zero"));
+    }
+    Ok(())
 }
 
 fn validate_membership(config: &Config) -> Result<(), Invalid> {

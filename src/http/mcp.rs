@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 
 use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION};
 use crate::app::App;
+use crate::auth::{AuthError, Identity};
 use crate::backend::CallContext;
 use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
@@ -72,14 +73,31 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
             return response;
         }
     };
+    // Who is calling, before anything else is done for them (a refused
+    // token is answered here, not forwarded to the session's owner).
+    let who = match app.auth.identify(&parts.headers).await {
+        Ok(who) => who,
+        Err(e) => return refuse(app, &e),
+    };
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
         return response;
     }
     match (parts.method, format) {
-        (Method::POST, Some(format)) => post(app, &parts.headers, format, &bytes).await,
-        (Method::DELETE, _) => delete(app, &parts.headers).await,
-        _ => stream(app, &parts.headers).await,
+        (Method::POST, Some(format)) => post(app, &parts.headers, &who, format, &bytes).await,
+        (Method::DELETE, _) => delete(app, &parts.headers, &who).await,
+        _ => stream(app, &parts.headers, &who).await,
     }
+}
+
+/// A request without an acceptable access token: 401 (or 403 for a missing
+/// scope, 503 if the issuer's keys cannot be had) with the challenge that
+/// tells an OAuth client where to start.
+fn refuse(app: &App, e: &AuthError) -> Response<Body> {
+    let mut response = reject(RpcError::invalid_request(e.to_string()).with_status(e.status()), None);
+    if let Some(challenge) = app.auth.challenge(e) {
+        response.headers_mut().insert(header::WWW_AUTHENTICATE, challenge);
+    }
+    response
 }
 
 /// Renders a client-caused error and logs it (once, here).
@@ -181,7 +199,7 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limits: &HttpConfig) -> 
     }
 }
 
-async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> Response<Body> {
+async fn post(app: &App, headers: &HeaderMap, who: &Identity<'_>, format: Format, bytes: &[u8]) -> Response<Body> {
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
@@ -195,33 +213,30 @@ async fn post(app: &App, headers: &HeaderMap, format: Format, bytes: &[u8]) -> R
             )),
             None,
         ),
-        Value::Array(items) => batch(app, items, headers, format).await,
-        single => one(app, single, headers, format).await,
+        Value::Array(items) => batch(app, items, headers, who, format).await,
+        single => one(app, single, headers, who, format).await,
     }
 }
 
 /// The session a request names: 400 without a header; 404 if unknown, expired
 /// or bound to another identity; 503 if the store cannot be asked.
-async fn resolve(app: &App, headers: &HeaderMap) -> Result<Arc<Session>, RpcError> {
+async fn resolve(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Result<Arc<Session>, RpcError> {
     let id = header_str(headers, SESSION).ok_or_else(|| RpcError::invalid_request("missing Mcp-Session-Id header"))?;
     tracing::Span::current().record("session.id", id);
     if !session::is_well_formed(id) {
         return Err(not_found());
     }
-    app.manager
-        .resolve(id, header_str(headers, header::AUTHORIZATION))
-        .await
-        .map_err(|e| match e {
-            ResolveError::NotFound => not_found(),
-            other => RpcError::internal(other.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
-        })
+    app.manager.resolve(id, who.caller()).await.map_err(|e| match e {
+        ResolveError::NotFound => not_found(),
+        other => RpcError::internal(other.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
+    })
 }
 
 fn not_found() -> RpcError {
     RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND)
 }
 
-async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Response<Body> {
+async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, format: Format) -> Response<Body> {
     match Message::classify(value) {
         Err((id, e)) => reject(e, id.as_ref()),
         Ok(Message::Request { id, method, params }) => {
@@ -231,9 +246,9 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
                 Err(e) => return reject(e, Some(&id)),
             };
             if let Command::Initialize(params) = command {
-                return initialize(app, &id, params, headers, format).await;
+                return initialize(app, &id, params, who, format).await;
             }
-            let session = match resolve(app, headers).await {
+            let session = match resolve(app, headers, who).await {
                 Ok(s) => s,
                 Err(e) => return reject(e, Some(&id)),
             };
@@ -249,7 +264,7 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
         }
         Ok(Message::Notification { method, params }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
-            match resolve(app, headers).await {
+            match resolve(app, headers, who).await {
                 Ok(session) => {
                     Box::pin(session.client_notification(&method, params)).await;
                     reply::empty(StatusCode::ACCEPTED)
@@ -257,7 +272,7 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, format: Format) -> Re
                 Err(e) => reject(e, None),
             }
         }
-        Ok(Message::Response { message }) => match resolve(app, headers).await {
+        Ok(Message::Response { message }) => match resolve(app, headers, who).await {
             Ok(session) => match Box::pin(session.answer(message)).await {
                 Ok(()) => reply::empty(StatusCode::ACCEPTED),
                 Err(e) => reject(answer_error(e), None),
@@ -326,11 +341,17 @@ pub(super) async fn measured(
 }
 
 /// A JSON array of messages (2025-03-26 batching): requests run concurrently.
-async fn batch(app: &App, items: Vec<Value>, headers: &HeaderMap, format: Format) -> Response<Body> {
+async fn batch(
+    app: &App,
+    items: Vec<Value>,
+    headers: &HeaderMap,
+    who: &Identity<'_>,
+    format: Format,
+) -> Response<Body> {
     if items.is_empty() {
         return reject(RpcError::invalid_request("empty batch"), None);
     }
-    let session = match resolve(app, headers).await {
+    let session = match resolve(app, headers, who).await {
         Ok(s) => s,
         Err(e) => return reject(e, None),
     };
@@ -367,17 +388,13 @@ async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Val
     }
 }
 
-async fn initialize(app: &App, id: &Value, params: Value, headers: &HeaderMap, format: Format) -> Response<Body> {
+async fn initialize(app: &App, id: &Value, params: Value, who: &Identity<'_>, format: Format) -> Response<Body> {
     let requested = params
         .get("protocolVersion")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let version = mcp::negotiate(requested);
-    let session = match app
-        .manager
-        .create(params, version.to_owned(), header_str(headers, header::AUTHORIZATION))
-        .await
-    {
+    let session = match app.manager.create(params, version.to_owned(), who.caller()).await {
         Ok(s) => s,
         Err(e) => return reject(unavailable(&e), Some(id)),
     };
@@ -401,7 +418,7 @@ fn unavailable(e: &ManagerError) -> RpcError {
     RpcError::internal(e.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE)
 }
 
-async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
+async fn delete(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<Body> {
     let Some(id) = header_str(headers, SESSION) else {
         return reject(RpcError::invalid_request("missing Mcp-Session-Id header"), None);
     };
@@ -409,7 +426,7 @@ async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
     if !session::is_well_formed(id) {
         return reply::empty(StatusCode::NOT_FOUND);
     }
-    match app.manager.delete(id, header_str(headers, header::AUTHORIZATION)).await {
+    match app.manager.delete(id, who.caller()).await {
         Ok(true) => reply::empty(StatusCode::NO_CONTENT),
         Ok(false) => reply::empty(StatusCode::NOT_FOUND),
         Err(e) => reject(
@@ -420,7 +437,7 @@ async fn delete(app: &App, headers: &HeaderMap) -> Response<Body> {
 }
 
 /// `GET /mcp`: the session's stream of server-to-client messages (SSE).
-async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
+async fn stream(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<Body> {
     let accepts_sse = header_str(headers, header::ACCEPT).is_some_and(|a| a.contains("text/event-stream"));
     if !accepts_sse {
         return reject(
@@ -428,7 +445,7 @@ async fn stream(app: &App, headers: &HeaderMap) -> Response<Body> {
             None,
         );
     }
-    match resolve(app, headers).await {
+    match resolve(app, headers, who).await {
         Ok(session) => {
             let last_event_id = header_str(headers, "last-event-id").map(str::trim);
             // A broken call stream, resumed: the rest of it, until the call's response.

@@ -127,6 +127,19 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>, root: &traci
                 }
                 response
             }
+            (&Method::GET, path)
+                if surface == Surface::Main && path.starts_with("/.well-known/oauth-protected-resource") =>
+            {
+                // RFC 9728: what an OAuth client needs to get a token for `/mcp`.
+                match app.auth.metadata() {
+                    Some(doc) => reply::text(
+                        StatusCode::OK,
+                        "application/json",
+                        String::from_utf8_lossy(&doc).into_owned(),
+                    ),
+                    None => reply::empty(StatusCode::NOT_FOUND),
+                }
+            }
             (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => ready(app).await,
             (&Method::GET, "/metrics") => {

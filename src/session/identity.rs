@@ -81,31 +81,62 @@ impl IdentityHasher {
         }
     }
 
-    /// The identity of a request with this `Authorization` header value, or
-    /// `None` for an anonymous request.
+    /// The identity of `caller`, or `None` for an anonymous request.
     pub async fn identify(
         &self,
         store: &dyn SessionStore,
-        authorization: Option<&str>,
+        caller: impl Into<Caller<'_>>,
     ) -> Result<Option<String>, StoreError> {
-        let Some(token) = authorization.map(str::trim).filter(|t| !t.is_empty()) else {
-            return Ok(None);
+        let (kind, parts) = match caller.into() {
+            Caller::Anonymous => return Ok(None),
+            Caller::Credential(token) => match token.trim() {
+                "" => return Ok(None),
+                token => ('t', [token, ""]),
+            },
+            Caller::Subject { issuer, subject } => ('s', [issuer, subject]),
         };
         let key = self.key.get_or_try_init(|| store.identity_salt()).await?;
-        Ok(Some(hash(key, token)))
+        Ok(Some(hash(key, kind, parts)))
     }
 }
 
-/// `t:` + hex HMAC-SHA256 of the credential (the `t` leaves room for other
-/// kinds of identity, such as a validated token's principal).
-fn hash(key: &[u8], credential: &str) -> String {
+/// Who a request comes from, as far as binding sessions goes.
+#[derive(Debug, Clone, Copy)]
+pub enum Caller<'a> {
+    Anonymous,
+    /// Without inbound authentication: the `Authorization` header as sent.
+    Credential(&'a str),
+    /// A validated access token's principal: the session survives token refreshes.
+    Subject {
+        issuer: &'a str,
+        subject: &'a str,
+    },
+}
+
+impl<'a> From<Option<&'a str>> for Caller<'a> {
+    /// An `Authorization` header value, taken as is (no inbound authentication).
+    fn from(authorization: Option<&'a str>) -> Self {
+        authorization.map_or(Caller::Anonymous, Caller::Credential)
+    }
+}
+
+/// `{kind}:` + hex HMAC-SHA256 of the parts (`t`: a credential as sent;
+/// `s`: an issuer and a subject, length-prefixed so no two pairs collide).
+fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         unreachable!("HMAC accepts keys of any length")
     };
-    mac.update(credential.as_bytes());
+    if kind == 't' {
+        mac.update(parts[0].as_bytes());
+    } else {
+        for part in parts {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part.as_bytes());
+        }
+    }
     let digest = mac.finalize().into_bytes();
     let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("t:{hex}")
+    format!("{kind}:{hex}")
 }
 
 #[cfg(test)]
@@ -128,5 +159,45 @@ mod tests {
             other_key.identify(&store, Some("Bearer abc")).await.unwrap().unwrap(),
             a
         );
+    }
+
+    #[tokio::test]
+    async fn a_subject_is_its_issuer_and_subject_whatever_the_token() {
+        let store = MemoryStore::default();
+        let hasher = IdentityHasher::new(Some("k"));
+        let subject = |issuer, subject| Caller::Subject { issuer, subject };
+        let alice = hasher
+            .identify(&store, subject("https://idp", "alice"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(alice.starts_with("s:") && !alice.contains("alice"));
+        assert_eq!(
+            hasher
+                .identify(&store, subject("https://idp", "alice"))
+                .await
+                .unwrap()
+                .unwrap(),
+            alice
+        );
+        assert_ne!(
+            hasher
+                .identify(&store, subject("https://other", "alice"))
+                .await
+                .unwrap()
+                .unwrap(),
+            alice
+        );
+        // Length-prefixed: moving a character from issuer to subject is another identity.
+        assert_ne!(
+            hasher
+                .identify(&store, subject("https://id", "palice"))
+                .await
+                .unwrap()
+                .unwrap(),
+            alice
+        );
+        // Never equal to a credential's identity.
+        assert_ne!(hasher.identify(&store, Some("alice")).await.unwrap().unwrap(), alice);
     }
 }

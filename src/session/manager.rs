@@ -29,7 +29,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{id, IdentityHasher, Session, SessionFactory};
+use super::{id, Caller, IdentityHasher, Session, SessionFactory};
 use crate::affinity::{Membership, Placement};
 use crate::store::{SessionStore, StoreError, Touch};
 use crate::sync::lock;
@@ -172,18 +172,18 @@ impl SessionManager {
         Some(Reservation(&self.reserved, false))
     }
 
-    /// Creates a session bound to the caller (`authorization` header value).
+    /// Creates a session bound to the caller.
     pub async fn create(
         &self,
         client_init: Value,
         protocol_version: String,
-        authorization: Option<&str>,
+        caller: impl Into<Caller<'_>>,
     ) -> Result<Arc<Session>, ManagerError> {
         if self.draining.is_cancelled() {
             return Err(ManagerError::Draining);
         }
         let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
-        let identity = self.identity.identify(self.store.as_ref(), authorization).await?;
+        let identity = self.identity.identify(self.store.as_ref(), caller).await?;
         let id = self.mint_id()?;
         let session = Arc::new(self.factory.create(id, client_init, protocol_version, identity).await);
         if let Err(e) = self.store.put(&session.metadata_now()).await {
@@ -234,11 +234,11 @@ impl SessionManager {
     pub async fn resolve(
         self: &Arc<Self>,
         id: &str,
-        authorization: Option<&str>,
+        caller: impl Into<Caller<'_>>,
     ) -> Result<Arc<Session>, ResolveError> {
         let identity = self
             .identity
-            .identify(self.store.as_ref(), authorization)
+            .identify(self.store.as_ref(), caller)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let session = match self.local(id) {
@@ -378,10 +378,10 @@ impl SessionManager {
     }
 
     /// Ends session `id` for a client DELETE. `false` if unknown to this caller.
-    pub async fn delete(self: &Arc<Self>, id: &str, authorization: Option<&str>) -> Result<bool, ResolveError> {
+    pub async fn delete(self: &Arc<Self>, id: &str, caller: impl Into<Caller<'_>>) -> Result<bool, ResolveError> {
         let identity = self
             .identity
-            .identify(self.store.as_ref(), authorization)
+            .identify(self.store.as_ref(), caller)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let local = self.local(id);

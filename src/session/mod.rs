@@ -37,7 +37,7 @@ pub use calls::CallTicket;
 pub use events::{Event, Subscription};
 pub use factory::SessionFactory;
 pub use id::{is_well_formed, new_session_id};
-pub use identity::IdentityHasher;
+pub use identity::{Caller, IdentityHasher};
 pub use manager::{CloseReason, Limits, ManagerError, ResolveError, SessionManager};
 
 use inflight::{Inflight, InflightGuard};
