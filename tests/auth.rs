@@ -74,12 +74,26 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
     // No token: 401 and where to start (RFC 9728), and nothing else runs.
     let mut anonymous = vmcp.client();
     let reply = anonymous
-        .post_raw(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).to_string(), &[])
+        .post_raw(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).to_string(),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
     let metadata_url = format!("{}/.well-known/oauth-protected-resource/mcp", vmcp.base);
-    assert_eq!(challenge(&reply), format!("Bearer resource_metadata=\"{metadata_url}\""));
-    let metadata: Value = anonymous.http().get(&metadata_url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(
+        challenge(&reply),
+        format!("Bearer resource_metadata=\"{metadata_url}\"")
+    );
+    let metadata: Value = anonymous
+        .http()
+        .get(&metadata_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(metadata["resource"], json!(audience));
     assert_eq!(metadata["authorization_servers"], json!([idp.issuer()]));
     anonymous.session = None;
@@ -98,7 +112,11 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
         ("tampered signature", tampered(&token), "signature"),
         ("alg none", unsigned(&token), "malformed"),
         ("not a JWT", "abc".to_owned(), "malformed"),
-        ("bad header", format!("{}.e30.x", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{")), "malformed"),
+        (
+            "bad header",
+            format!("{}.e30.x", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{")),
+            "malformed",
+        ),
     ];
     for (what, bad, reason) in cases {
         let mut c = with_token(&vmcp, &bad);
@@ -108,15 +126,26 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
         let header = challenge(&reply);
         assert!(header.contains("error=\"invalid_token\""), "{what}: {header}");
         assert!(header.contains(reason), "{what}: {header}");
-        assert!(!header.contains(&bad) && !reply.body.to_string().contains(&bad), "{what}");
+        assert!(
+            !header.contains(&bad) && !reply.body.to_string().contains(&bad),
+            "{what}"
+        );
     }
     // A scheme other than Bearer is no token at all.
-    let reply = client
-        .post_raw(json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}).to_string(), &[("authorization", "Basic eDp5")])
-        .await;
-    assert_eq!(reply.status, StatusCode::UNAUTHORIZED);
+    let mut basic = vmcp.client();
+    basic.session = client.session.clone();
+    let ping = json!({"jsonrpc": "2.0", "id": 9, "method": "ping"}).to_string();
+    let reply = basic.post_raw(ping.clone(), &[("authorization", "Basic eDp5")]).await;
+    assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
+    // Two Authorization headers (the good token and another): 400, not either one.
+    let reply = client.post_raw(ping, &[("authorization", "Basic eDp5")]).await;
+    assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
+    assert!(challenge(&reply).contains("invalid_request"), "{}", challenge(&reply));
     // The good token still works, and its session is untouched.
-    assert_eq!(client.call_tool("t_echo", json!({"message": "again"})).await.status, StatusCode::OK);
+    assert_eq!(
+        client.call_tool("t_echo", json!({"message": "again"})).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
@@ -139,18 +168,27 @@ async fn expired_tokens_and_other_issuers_are_refused() {
     assert!(challenge(&reply).contains("expired"), "{}", challenge(&reply));
     // A fresh token for the same subject carries on with the same session.
     client.token = Some(idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
-    assert_eq!(client.call_tool("t_echo", json!({"message": "fresh"})).await.status, StatusCode::OK);
+    assert_eq!(
+        client.call_tool("t_echo", json!({"message": "fresh"})).await.status,
+        StatusCode::OK
+    );
 }
 
 #[tokio::test]
 async fn required_scopes_are_enforced_with_403() {
     let idp = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "    required_scopes: [\"mcp:tools\"]\n")).await;
+    let vmcp = replica(&backend, |aud| {
+        auth_yaml(&idp, aud, "    required_scopes: [\"mcp:tools\"]\n")
+    })
+    .await;
     let without = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
     let mut c = with_token(&vmcp, &without);
     let reply = c
-        .post_raw(json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).to_string(), &[])
+        .post_raw(
+            json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).to_string(),
+            &[],
+        )
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
     assert!(challenge(&reply).contains("error=\"insufficient_scope\", scope=\"mcp:tools\""));
@@ -190,7 +228,10 @@ async fn a_session_follows_its_subject_across_token_refreshes_and_replicas() {
     let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
     let mut on_a = with_token(&a, &idp.token(CLIENT.0, CLIENT.1, &audience, "").await);
     on_a.initialize().await;
-    assert_eq!(on_a.call_tool("t_echo", json!({"message": "a"})).await.status, StatusCode::OK);
+    assert_eq!(
+        on_a.call_tool("t_echo", json!({"message": "a"})).await.status,
+        StatusCode::OK
+    );
 
     // A new token for the same subject, on the other replica: same session.
     let mut on_b = on_a.via(&b.url);
@@ -209,5 +250,34 @@ async fn a_session_follows_its_subject_across_token_refreshes_and_replicas() {
     let mut intruder_a = intruder.via(&a.url);
     intruder_a.token = intruder.token.clone();
     assert_eq!(intruder_a.delete().await, StatusCode::NOT_FOUND);
-    assert_eq!(on_a.call_tool("t_echo", json!({"message": "still"})).await.status, StatusCode::OK);
+    assert_eq!(
+        on_a.call_tool("t_echo", json!({"message": "still"})).await.status,
+        StatusCode::OK
+    );
+}
+
+#[tokio::test]
+async fn the_python_sdk_oauth_client_connects_from_the_url_alone() {
+    let idp = OidcProvider::start().await;
+    let backend = TestBackend::start("t").await;
+    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "")).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_oauth_client.py");
+    let output = tokio::process::Command::new(support::deps::python())
+        .args([script, &vmcp.url, &idp.issuer(), CLIENT.0, CLIENT.1])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "python OAuth client failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("python client prints JSON");
+    assert_eq!(seen["server"], "vmcp");
+    assert!(seen["tools"].as_array().unwrap().contains(&json!("t_echo")), "{seen}");
+    assert!(seen["echo"].as_str().unwrap().contains("with a token"), "{seen}");
+    assert!(
+        seen["token_type"].as_str().unwrap().eq_ignore_ascii_case("bearer"),
+        "{seen}"
+    );
 }

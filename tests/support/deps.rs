@@ -33,6 +33,20 @@ pub fn conformance_dir() -> PathBuf {
     deps_dir().join("conformance")
 }
 
+/// Node 22 (npm's `node` package, installed with the conformance suite): the
+/// OpenID provider needs it (`oidc-provider` 9 wants Node 22 LTS or later; Debian
+/// 12's `nodejs` is 18, which lacks APIs it calls).
+pub fn node22() -> PathBuf {
+    require(deps_dir().join("conformance/node_modules/.bin/node"))
+}
+
+/// The folder whose `node_modules` holds `oidc-provider` (given to
+/// `tests/support/oidc/provider.mjs` as `NODE_DEPS`).
+pub fn oidc_provider_deps() -> PathBuf {
+    require(deps_dir().join("node_modules/oidc-provider/package.json"));
+    deps_dir()
+}
+
 /// A TCP port that was free a moment ago (for peers that take a port number).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -2,9 +2,11 @@
 #![allow(dead_code)]
 
 pub mod backend;
+pub mod bearer;
 pub mod client;
 pub mod deps;
 pub mod events;
+pub mod oidc;
 pub mod process;
 pub mod proxy;
 pub mod redis;
