@@ -7,13 +7,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use http::Uri;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::DecodingKey;
-use serde::Deserialize;
 
-use crate::backend::client::{self, Client};
+use crate::backend::client::Client;
 use crate::config::InboundAuthConfig;
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -43,12 +41,6 @@ pub struct KeySet {
     held: RwLock<Held>,
     /// One fetch at a time; callers that waited use its result.
     fetching: tokio::sync::Mutex<Option<Uri>>,
-}
-
-#[derive(Deserialize)]
-struct ServerMetadata {
-    issuer: String,
-    jwks_uri: String,
 }
 
 impl KeySet {
@@ -122,7 +114,9 @@ impl KeySet {
                 uri
             }
         };
-        let body = self.get(&uri).await.map_err(KeysError::KeySet)?;
+        let body = super::metadata::get(&self.client, &uri, self.timeout)
+            .await
+            .map_err(KeysError::KeySet)?;
         let set: JwkSet = serde_json::from_slice(&body).map_err(|e| KeysError::KeySet(e.to_string()))?;
         let mut held = Held {
             fetched: Some(Instant::now()),
@@ -147,59 +141,15 @@ impl KeySet {
         Ok(held)
     }
 
-    /// The key set's URL from the issuer's metadata: RFC 8414 first, then
-    /// OpenID Connect discovery; the metadata must name the same issuer.
+    /// The key set's URL from the issuer's metadata.
     async fn discover(&self) -> Result<Uri, KeysError> {
-        let issuer = self.issuer.trim_end_matches('/');
-        let (origin, path) = split_origin(issuer);
-        let candidates = [
-            format!("{origin}/.well-known/oauth-authorization-server{path}"),
-            format!("{issuer}/.well-known/openid-configuration"),
-        ];
-        let mut last = String::new();
-        for url in candidates {
-            let Ok(uri) = url.parse::<Uri>() else {
-                return Err(KeysError::Metadata(format!("issuer `{}` is not a URL", self.issuer)));
-            };
-            match self.get(&uri).await {
-                Ok(body) => {
-                    let meta: ServerMetadata =
-                        serde_json::from_slice(&body).map_err(|e| KeysError::Metadata(format!("{url}: {e}")))?;
-                    if meta.issuer.trim_end_matches('/') != issuer {
-                        return Err(KeysError::Metadata(format!(
-                            "{url} names issuer `{}`, not `{}`",
-                            meta.issuer, self.issuer
-                        )));
-                    }
-                    return meta
-                        .jwks_uri
-                        .parse()
-                        .map_err(|_| KeysError::Metadata(format!("{url}: jwks_uri is not a URL")));
-                }
-                Err(e) => last = format!("{url}: {e}"),
-            }
-        }
-        Err(KeysError::Metadata(last))
-    }
-
-    /// A GET answered 200, its body (bounded by `fetch_timeout`).
-    async fn get(&self, uri: &Uri) -> Result<Bytes, String> {
-        let mut headers = HeaderMap::new();
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
-        let request = async {
-            let response = self
-                .client
-                .send(Method::GET, uri, headers, Bytes::new())
-                .await
-                .map_err(|e| e.to_string())?;
-            if response.status() != StatusCode::OK {
-                return Err(format!("answered {}", response.status()));
-            }
-            client::bytes(response).await.map_err(|e| e.to_string())
-        };
-        tokio::time::timeout(self.timeout, request)
+        let meta = super::metadata::discover(&self.client, &self.issuer, self.timeout)
             .await
-            .unwrap_or_else(|_| Err(format!("no answer within {:?}", self.timeout)))
+            .map_err(KeysError::Metadata)?;
+        meta.jwks_uri
+            .ok_or_else(|| KeysError::Metadata("the issuer's metadata has no jwks_uri".into()))?
+            .parse()
+            .map_err(|_| KeysError::Metadata("jwks_uri is not a URL".into()))
     }
 }
 
@@ -212,27 +162,4 @@ fn find(held: &Held, kid: Option<&str>) -> Option<Arc<DecodingKey>> {
 
 fn lock_write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(|p| p.into_inner())
-}
-
-/// `https://host:port` and the path (with its leading `/`, or empty).
-fn split_origin(url: &str) -> (&str, &str) {
-    let after_scheme = url.find("://").map_or(0, |i| i + 3);
-    match url[after_scheme..].find('/') {
-        Some(i) => url.split_at(after_scheme + i),
-        None => (url, ""),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn metadata_urls_insert_the_well_known_part_before_the_path() {
-        assert_eq!(split_origin("https://idp.example.com"), ("https://idp.example.com", ""));
-        assert_eq!(
-            split_origin("https://idp.example.com/realms/x"),
-            ("https://idp.example.com", "/realms/x")
-        );
-    }
 }

@@ -16,6 +16,8 @@
 //! (RFC 9728) served at `/.well-known/oauth-protected-resource[/mcp]`.
 
 mod keys;
+mod metadata;
+pub mod oauth_client;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,6 +40,9 @@ const REMEMBERED: usize = 10_000;
 pub enum AuthError {
     #[error("an access token is required")]
     Missing,
+    /// More than one `Authorization` header (RFC 6750 §2: one method per request).
+    #[error("more than one Authorization header")]
+    Ambiguous,
     #[error("invalid access token: {0}")]
     Invalid(String),
     #[error("the access token lacks scope `{0}`")]
@@ -53,6 +58,7 @@ impl AuthError {
     pub fn status(&self) -> StatusCode {
         match self {
             Self::Missing | Self::Invalid(_) => StatusCode::UNAUTHORIZED,
+            Self::Ambiguous => StatusCode::BAD_REQUEST,
             Self::InsufficientScope(_) => StatusCode::FORBIDDEN,
             Self::Unavailable(_) | Self::Config(_) => StatusCode::SERVICE_UNAVAILABLE,
         }
@@ -84,14 +90,23 @@ impl Principal {
 #[derive(Debug, Clone)]
 pub enum Identity<'a> {
     Header(Option<&'a str>),
-    Principal(Arc<Principal>),
+    /// A validated token's principal, and the token (for backends that act on it).
+    Principal(Arc<Principal>, &'a str),
 }
 
 impl Identity<'_> {
     pub fn caller(&self) -> Caller<'_> {
         match self {
             Self::Header(h) => Caller::from(*h),
-            Self::Principal(p) => p.caller(),
+            Self::Principal(p, _) => p.caller(),
+        }
+    }
+
+    /// The validated access token, if inbound authentication is on.
+    pub fn bearer(&self) -> Option<&str> {
+        match self {
+            Self::Header(_) => None,
+            Self::Principal(_, token) => Some(token),
         }
     }
 }
@@ -171,13 +186,17 @@ impl Authenticator {
         let Some(inbound) = &self.inbound else {
             return Ok(Identity::Header(header));
         };
+        if headers.get_all(http::header::AUTHORIZATION).iter().nth(1).is_some() {
+            return Err(AuthError::Ambiguous);
+        }
         let token = header
             .and_then(|h| h.split_once(' '))
             .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
-        inbound.validate(token).await.map(Identity::Principal)
+        let principal = inbound.validate(token).await?;
+        Ok(Identity::Principal(principal, token))
     }
 
     /// The `WWW-Authenticate` value answering `error` (RFC 6750 §3, RFC 9728 §5.1).
@@ -192,6 +211,7 @@ impl Authenticator {
                     quoted(why)
                 ));
             }
+            AuthError::Ambiguous => value.push_str(", error=\"invalid_request\""),
             AuthError::InsufficientScope(_) => {
                 value.push_str(&format!(
                     ", error=\"insufficient_scope\", scope=\"{}\"",

@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client::{self, Client, ClientError, Target};
+use super::credentials::{self, CallerToken, Credentials};
 use super::BackendError;
 
 type Response = http::Response<Body>;
@@ -49,6 +50,8 @@ struct Endpoint {
     headers: HeaderMap,
     /// Bound of every message nobody waits for (notices, answers, DELETE).
     notice_timeout: Duration,
+    /// OAuth tokens added to every request (`backends[].auth`).
+    credentials: Option<Credentials>,
 }
 
 /// A JSON-RPC request as sent (borrowing its params: no copy).
@@ -90,7 +93,7 @@ struct RpcErrorBody {
 
 /// A transport failure, described without the URL: backend URLs may carry
 /// credentials, and the message reaches clients (the backend is named instead).
-fn transport(e: ClientError) -> BackendError {
+pub(super) fn transport(e: ClientError) -> BackendError {
     match e {
         ClientError::Transport(text) => BackendError::Transport(text),
         other => BackendError::Protocol(other.to_string()),
@@ -103,6 +106,7 @@ impl HttpBackend {
     pub fn new(
         url: &str,
         headers: &BTreeMap<String, String>,
+        auth: Option<&crate::config::BackendAuthConfig>,
         connect_timeout: Duration,
         notice_timeout: Duration,
     ) -> Result<Self, BackendError> {
@@ -122,7 +126,10 @@ impl HttpBackend {
         if let Some(credentials) = target.authorization {
             prepared.insert(http::header::AUTHORIZATION, credentials);
         }
+        // A token's default audience (RFC 8707): the backend's URL, credentials left out.
+        let credentials = auth.map(|a| Credentials::new(a, target.uri.to_string())).transpose()?;
         let endpoint = Endpoint {
+            credentials,
             url: url.to_owned(),
             uri: target.uri,
             client: Client::new(connect_timeout).map_err(transport)?,
@@ -139,6 +146,14 @@ impl HttpBackend {
         &self.endpoint.url
     }
 
+    /// Whether its requests act on the caller's token (exchange, passthrough).
+    pub fn needs_caller(&self) -> bool {
+        self.endpoint
+            .credentials
+            .as_ref()
+            .is_some_and(Credentials::needs_caller)
+    }
+
     fn session(
         &self,
         session_id: Option<&str>,
@@ -146,6 +161,7 @@ impl HttpBackend {
         init: Value,
         first_id: i64,
         ours: bool,
+        caller: Option<Arc<CallerToken>>,
     ) -> Result<HttpSession, BackendError> {
         let bad = |what: &str| BackendError::Protocol(format!("{what} is not a valid header value"));
         // A known version is a static header value: no allocation per session.
@@ -157,6 +173,7 @@ impl HttpBackend {
             .map(|s| HeaderValue::from_str(s).map_err(|_| bad("Mcp-Session-Id")))
             .transpose()?;
         Ok(HttpSession {
+            caller: caller.filter(|_| self.needs_caller()),
             endpoint: Arc::clone(&self.endpoint),
             session_id,
             version,
@@ -168,7 +185,7 @@ impl HttpBackend {
     }
 
     /// Handshake: `initialize`, then `notifications/initialized` on the new session.
-    pub async fn connect(&self, params: Value) -> Result<HttpSession, BackendError> {
+    pub async fn connect(&self, params: Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(0),
@@ -177,7 +194,7 @@ impl HttpBackend {
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let endpoint = &self.endpoint;
-        let response = post(endpoint, endpoint.headers.clone(), body).await?;
+        let response = post(endpoint, caller.as_deref(), endpoint.headers.clone(), body).await?;
         let session_id = response
             .headers()
             .get("mcp-session-id")
@@ -191,7 +208,7 @@ impl HttpBackend {
             .to_owned();
         // From here on the session exists on the backend: dropped without
         // `close()` (a timeout, a client gone mid-initialize) it is DELETEd.
-        let session = self.session(session_id.as_deref(), &protocol_version, init, 1, true)?;
+        let session = self.session(session_id.as_deref(), &protocol_version, init, 1, true, caller)?;
         session.notify("notifications/initialized", None).await?;
         Ok(session)
     }
@@ -202,10 +219,18 @@ impl HttpBackend {
         session_id: &str,
         protocol_version: String,
         capabilities: Value,
+        caller: Option<Arc<CallerToken>>,
     ) -> Result<HttpSession, BackendError> {
         let init = json!({ "protocolVersion": protocol_version, "capabilities": capabilities });
         // Not ours to end if dropped: another replica may still resume it.
-        self.session(Some(session_id), &protocol_version, init, random_first_id(), false)
+        self.session(
+            Some(session_id),
+            &protocol_version,
+            init,
+            random_first_id(),
+            false,
+            caller,
+        )
     }
 }
 
@@ -214,6 +239,8 @@ impl HttpBackend {
 /// other sessions. Small, as 100k sessions × 10 backends are a million of them.
 pub struct HttpSession {
     endpoint: Arc<Endpoint>,
+    /// The client session's token, if this backend acts on it.
+    caller: Option<Arc<CallerToken>>,
     session_id: Option<HeaderValue>,
     version: HeaderValue,
     next_id: AtomicI64,
@@ -273,7 +300,7 @@ impl HttpSession {
             params,
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.endpoint, self.headers(), body).await?;
+        let response = post(&self.endpoint, self.caller.as_deref(), self.headers(), body).await?;
         let result = read_response(response, id, Some(self), relay).await;
         if matches!(result, Err(BackendError::SessionExpired)) {
             self.delete_on_drop.store(false, Ordering::Relaxed);
@@ -295,11 +322,11 @@ impl HttpSession {
         message: &Value,
     ) -> Result<impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static, BackendError> {
         let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let (endpoint, headers) = (Arc::clone(&self.endpoint), self.headers());
+        let (endpoint, headers, caller) = (Arc::clone(&self.endpoint), self.headers(), self.caller.clone());
         let (timeout, has_session) = (self.endpoint.notice_timeout, self.session_id.is_some());
         Ok(async move {
             let sent = async {
-                let response = post(&endpoint, headers, body).await?;
+                let response = post(&endpoint, caller.as_deref(), headers, body).await?;
                 match response.status() {
                     StatusCode::NOT_FOUND if has_session => Err(BackendError::SessionExpired),
                     s if s.is_success() => Ok(()),
@@ -343,11 +370,16 @@ impl HttpSession {
             headers.insert(HeaderName::from_static("last-event-id"), v);
         }
         let endpoint = &self.endpoint;
-        endpoint
-            .client
-            .send(Method::GET, &endpoint.uri, headers, Bytes::new())
-            .await
-            .map_err(transport)
+        credentials::send(
+            &endpoint.client,
+            &endpoint.uri,
+            endpoint.credentials.as_ref(),
+            self.caller.as_deref(),
+            Method::GET,
+            headers,
+            Bytes::new(),
+        )
+        .await
     }
 
     pub async fn notify(&self, method: &str, params: Option<Value>) -> Result<(), BackendError> {
@@ -379,15 +411,21 @@ impl HttpSession {
     /// The DELETE of this backend session as a future that owns what it needs.
     fn deleter(&self) -> Option<impl std::future::Future<Output = ()> + Send + 'static> {
         self.session_id.as_ref()?;
-        let (endpoint, headers) = (Arc::clone(&self.endpoint), self.headers());
+        let (endpoint, headers, caller) = (Arc::clone(&self.endpoint), self.headers(), self.caller.clone());
         let (timeout, url) = (endpoint.notice_timeout, crate::redact::url(&endpoint.url));
         Some(async move {
-            let request = endpoint
-                .client
-                .send(Method::DELETE, &endpoint.uri, headers, Bytes::new());
+            let request = credentials::send(
+                &endpoint.client,
+                &endpoint.uri,
+                endpoint.credentials.as_ref(),
+                caller.as_deref(),
+                Method::DELETE,
+                headers,
+                Bytes::new(),
+            );
             match tokio::time::timeout(timeout, request).await {
                 Ok(Ok(_)) => {}
-                Ok(Err(e)) => tracing::debug!(%url, error = %transport(e), "backend session DELETE failed"),
+                Ok(Err(e)) => tracing::debug!(%url, error = %e, "backend session DELETE failed"),
                 Err(_) => tracing::debug!(%url, ?timeout, "backend session DELETE not answered in time"),
             }
         })
@@ -408,12 +446,22 @@ impl Drop for HttpSession {
     }
 }
 
-async fn post(endpoint: &Endpoint, headers: HeaderMap, body: Vec<u8>) -> Result<Response, BackendError> {
-    endpoint
-        .client
-        .send(Method::POST, &endpoint.uri, headers, Bytes::from(body))
-        .await
-        .map_err(transport)
+async fn post(
+    endpoint: &Endpoint,
+    caller: Option<&CallerToken>,
+    headers: HeaderMap,
+    body: Vec<u8>,
+) -> Result<Response, BackendError> {
+    credentials::send(
+        &endpoint.client,
+        &endpoint.uri,
+        endpoint.credentials.as_ref(),
+        caller,
+        Method::POST,
+        headers,
+        Bytes::from(body),
+    )
+    .await
 }
 
 /// The result of request `id` from a JSON body or an SSE stream; other

@@ -11,6 +11,7 @@
 //! that a typed round-trip would drop.
 
 pub(crate) mod client;
+mod credentials;
 pub mod health;
 mod http;
 mod reply;
@@ -28,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::BackendConfig;
 use crate::store::{BackendRecord, BackendTarget};
 
+pub use self::credentials::CallerToken;
 use self::health::{Circuit, Tripped};
 pub use self::http::HttpBackend;
 pub use self::reply::Reply;
@@ -52,6 +54,10 @@ pub enum BackendError {
     Transport(String),
     #[error("backend broke the protocol: {0}")]
     Protocol(String),
+    /// The backend refused vmcp's credentials, or none could be had for it
+    /// (`backends[].auth`): the client's error, naming the backend.
+    #[error("cannot authenticate to the backend: {0}")]
+    Credentials(String),
     /// The client cancelled the request; the backend was told.
     #[error("request cancelled by the client")]
     Cancelled,
@@ -67,6 +73,7 @@ impl BackendError {
             Self::Transport(_) => "unreachable",
             Self::Protocol(_) => "protocol_error",
             Self::Cancelled => "cancelled",
+            Self::Credentials(_) => "unauthorized",
         }
     }
 }
@@ -151,6 +158,7 @@ impl Backend {
             (Some(url), _) => Transport::Http(HttpBackend::new(
                 url,
                 &config.headers,
+                config.auth.as_ref(),
                 timeouts.connect,
                 timeouts.notice,
             )?),
@@ -205,6 +213,8 @@ impl Backend {
             Err(e @ (BackendError::Timeout(_) | BackendError::Transport(_) | BackendError::Protocol(_))) => {
                 self.trip(e)
             }
+            // About a caller's token or the authorization server, not the backend's health.
+            Err(BackendError::Credentials(_)) => {}
         }
     }
 
@@ -243,9 +253,14 @@ impl Backend {
                 return; // closed meanwhile (a session got through)
             }
             let limit = self.timeouts.connect;
-            match tokio::time::timeout(limit, self.connect(&hello)).await {
+            match tokio::time::timeout(limit, self.connect(&hello, None)).await {
                 Ok(Ok(session)) => {
                     session.close().await;
+                    self.circuit.succeeded();
+                    return;
+                }
+                // It answered, refusing a probe that has no caller token to act for.
+                Ok(Err(BackendError::Credentials(_))) => {
                     self.circuit.succeeded();
                     return;
                 }
@@ -273,10 +288,20 @@ impl Backend {
         self.target.clone()
     }
 
+    /// Whether its requests act on the caller's token (`backends[].auth`).
+    pub fn needs_caller(&self) -> bool {
+        matches!(&self.transport, Transport::Http(h) if h.needs_caller())
+    }
+
     /// Opens a new backend session: `initialize` + `notifications/initialized`.
-    pub async fn connect(self: &Arc<Self>, client_init: &Value) -> Result<BackendSession, BackendError> {
+    /// `caller`: the client session's token, for a backend that acts on it.
+    pub async fn connect(
+        self: &Arc<Self>,
+        client_init: &Value,
+        caller: Option<&Arc<CallerToken>>,
+    ) -> Result<BackendSession, BackendError> {
         let conn = match &self.transport {
-            Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init)).await?),
+            Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init), caller.cloned()).await?),
             Transport::Stdio(s) => Conn::Stdio(s.connect(backend_init_params(client_init), self.name()).await?),
         };
         Ok(BackendSession {
@@ -290,7 +315,11 @@ impl Backend {
     /// Takes over a stored backend session without a handshake, so the backend
     /// keeps its per-session state. Only Streamable HTTP sessions with an id can
     /// be resumed; `None` means the caller must [`Backend::connect`] afresh.
-    pub fn resume(self: &Arc<Self>, record: &BackendRecord) -> Option<BackendSession> {
+    pub fn resume(
+        self: &Arc<Self>,
+        record: &BackendRecord,
+        caller: Option<&Arc<CallerToken>>,
+    ) -> Option<BackendSession> {
         let (Transport::Http(http), Some(session_id)) = (&self.transport, &record.session_id) else {
             return None;
         };
@@ -303,7 +332,7 @@ impl Backend {
             .as_deref()
             .cloned()
             .unwrap_or_else(|| serde_json::json!({}));
-        let conn = Conn::Http(http.resume(session_id, version, capabilities).ok()?);
+        let conn = Conn::Http(http.resume(session_id, version, capabilities, caller.cloned()).ok()?);
         Some(BackendSession {
             backend: Arc::clone(self),
             conn,

@@ -76,3 +76,75 @@ fn default_jwks_ttl() -> Duration {
 fn default_fetch_timeout() -> Duration {
     Duration::from_secs(5)
 }
+
+/// How vmcp authenticates to one backend (`backends[].auth`). Static headers
+/// (`backends[].headers`) need none of this. The client's own token is never
+/// sent on unless `passthrough` says so for that backend.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum BackendAuthConfig {
+    /// vmcp's own identity toward the backend: an OAuth client credentials
+    /// token (RFC 6749 §4.4), requested for the backend's resource (RFC 8707),
+    /// cached and refreshed before it expires. Every caller's requests carry it.
+    ClientCredentials(TokenClientConfig),
+    /// The caller's access token exchanged (RFC 8693) for one whose audience
+    /// is this backend, cached per caller token until it expires. Needs
+    /// `auth.inbound`, so that the token exchanged is one vmcp validated.
+    TokenExchange(TokenClientConfig),
+    /// The caller's access token sent to the backend unchanged. The MCP
+    /// security guidance forbids this (a token for vmcp is not one for the
+    /// backend): only for a backend that shares vmcp's audience on purpose.
+    Passthrough {},
+}
+
+impl BackendAuthConfig {
+    /// Whether requests need the caller's token (exchange, passthrough).
+    pub fn needs_caller(&self) -> bool {
+        !matches!(self, Self::ClientCredentials(_))
+    }
+}
+
+/// An OAuth client of an authorization server's token endpoint.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenClientConfig {
+    /// The token endpoint; discovered from `issuer`'s metadata when unset.
+    #[serde(default)]
+    pub token_url: Option<String>,
+    /// The authorization server (RFC 8414 or OpenID Connect discovery).
+    #[serde(default)]
+    pub issuer: Option<String>,
+    pub client_id: String,
+    /// `${VAR}` from a Secret; never logged.
+    pub client_secret: String,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// RFC 8707 `resource` asked for: the backend's URL unless set.
+    #[serde(default)]
+    pub resource: Option<String>,
+    /// RFC 8693 `audience` (for servers that name audiences rather than URLs).
+    #[serde(default)]
+    pub audience: Option<String>,
+    /// Scopes asked for, space-separated.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// A token is renewed this long before it expires.
+    #[serde(default = "default_refresh_before", with = "duration")]
+    pub refresh_before: Duration,
+    /// Bound of each request to the authorization server.
+    #[serde(default = "default_fetch_timeout", with = "duration")]
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+fn default_refresh_before() -> Duration {
+    Duration::from_secs(30)
+}

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use auth::{AuthConfig, InboundAuthConfig};
+pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
 pub use expand::{Lookup, ProcessEnv};
 
 /// Everything that can go wrong while loading a configuration file.
@@ -81,6 +81,10 @@ pub struct BackendConfig {
     /// Static HTTP headers sent with every request to this backend (`${VAR}` for secrets).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// How vmcp authenticates to this (HTTP) backend beyond static headers:
+    /// OAuth client credentials, token exchange, or (explicitly) passthrough.
+    #[serde(default)]
+    pub auth: Option<BackendAuthConfig>,
     /// Program and arguments of a stdio backend (one child process per session).
     #[serde(default)]
     pub command: Option<Vec<String>>,

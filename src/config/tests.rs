@@ -228,3 +228,42 @@ fn inbound_auth_is_off_by_default_and_checked_when_on() {
     let (field, _) = field_error("auth:\n  inbound:\n    issuer: https://i\n    audiense: https://m/mcp\n");
     assert!(field.starts_with("auth.inbound"), "{field}");
 }
+
+#[test]
+fn backend_auth_parses_and_is_checked() {
+    let ok = parse(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n      issuer: https://idp\n      client_id: vmcp\n      client_secret: s\n      scope: \"a b\"\n",
+    )
+    .unwrap();
+    let Some(BackendAuthConfig::ClientCredentials(c)) = &ok.backends[0].auth else {
+        panic!("client credentials expected");
+    };
+    assert_eq!((c.client_id.as_str(), c.scope.as_deref()), ("vmcp", Some("a b")));
+    assert_eq!(c.auth_method, ClientAuthMethod::ClientSecretBasic);
+
+    let cc = "      client_id: vmcp\n      client_secret: s\n";
+    let (field, msg) = field_error(&format!(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: token_exchange\n      token_url: https://idp/token\n{cc}"
+    ));
+    assert_eq!(field, "backends.0.auth.kind");
+    assert!(msg.contains("auth.inbound"), "{msg}");
+    let (field, _) =
+        field_error(&format!("backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n{cc}"));
+    assert_eq!(field, "backends.0.auth.token_url");
+    let (field, _) = field_error(&format!(
+        "backends:\n  - name: a\n    command: [x]\n    auth:\n      kind: client_credentials\n      issuer: https://idp\n{cc}"
+    ));
+    assert_eq!(field, "backends.0.auth");
+    let (field, _) = field_error(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    headers: { Authorization: x }\n    auth: { kind: passthrough }\n",
+    );
+    assert_eq!(field, "backends.0.auth");
+    let (field, msg) = field_error("backends:\n  - name: a\n    url: http://x/mcp\n    auth: { kind: magic }\n");
+    assert!(field.contains("auth"), "{field}: {msg}");
+    assert!(msg.contains("magic"), "{msg}");
+    // A typo inside is caught too.
+    let (_, msg) = field_error(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n      issuer: https://idp\n      client_id: v\n      client_secret: s\n      scopes: x\n",
+    );
+    assert!(msg.contains("scopes"), "{msg}");
+}

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{is_vmcp_variable, Config, MembershipKind, StoreKind};
+use super::{is_vmcp_variable, BackendAuthConfig, BackendConfig, Config, MembershipKind, StoreKind};
 
 type Invalid = (String, String);
 
@@ -112,6 +112,48 @@ fn validate_auth(config: &Config) -> Result<(), Invalid> {
     }
     if a.fetch_timeout.is_zero() {
         return Err(invalid("auth.inbound.fetch_timeout", "must be greater than zero"));
+    }
+    Ok(())
+}
+
+/// `backends[].auth`: fields relative to the backend.
+fn validate_backend_auth(config: &Config, b: &BackendConfig, auth: &BackendAuthConfig) -> Result<(), Invalid> {
+    if b.url.is_none() {
+        return Err(invalid("auth", "applies to Streamable HTTP backends (`url`) only"));
+    }
+    if b.headers.keys().any(|k| k.eq_ignore_ascii_case("authorization")) {
+        return Err(invalid("auth", "conflicts with an `Authorization` entry in `headers`"));
+    }
+    if auth.needs_caller() && config.auth.inbound.is_none() {
+        return Err(invalid(
+            "auth.kind",
+            "token_exchange and passthrough need `auth.inbound`: only a token vmcp validated is used on",
+        ));
+    }
+    let (BackendAuthConfig::ClientCredentials(c) | BackendAuthConfig::TokenExchange(c)) = auth else {
+        return Ok(());
+    };
+    let is_url = |u: &str| u.starts_with("https://") || u.starts_with("http://");
+    if c.token_url.is_none() && c.issuer.is_none() {
+        return Err(invalid(
+            "auth.token_url",
+            "or `auth.issuer` (to discover it) is required",
+        ));
+    }
+    for (name, url) in [
+        ("token_url", &c.token_url),
+        ("issuer", &c.issuer),
+        ("resource", &c.resource),
+    ] {
+        if url.as_deref().is_some_and(|u| !is_url(u)) {
+            return Err(invalid(format!("auth.{name}"), "must be an http(s) URL"));
+        }
+    }
+    if c.client_id.is_empty() {
+        return Err(invalid("auth.client_id", "must not be empty"));
+    }
+    if c.timeout.is_zero() {
+        return Err(invalid("auth.timeout", "must be greater than zero"));
     }
     Ok(())
 }
@@ -229,6 +271,9 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
             if http::HeaderValue::from_str(value).is_err() {
                 return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
             }
+        }
+        if let Some(auth) = &b.auth {
+            validate_backend_auth(config, b, auth).map_err(|(f, m)| (field(&f), m))?;
         }
     }
     Ok(())

@@ -226,10 +226,13 @@ async fn resolve(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Result<A
     if !session::is_well_formed(id) {
         return Err(not_found());
     }
-    app.manager.resolve(id, who.caller()).await.map_err(|e| match e {
-        ResolveError::NotFound => not_found(),
-        other => RpcError::internal(other.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
-    })
+    app.manager
+        .resolve(id, who.caller(), who.bearer())
+        .await
+        .map_err(|e| match e {
+            ResolveError::NotFound => not_found(),
+            other => RpcError::internal(other.to_string()).with_status(StatusCode::SERVICE_UNAVAILABLE),
+        })
 }
 
 fn not_found() -> RpcError {
@@ -394,7 +397,11 @@ async fn initialize(app: &App, id: &Value, params: Value, who: &Identity<'_>, fo
         .and_then(Value::as_str)
         .unwrap_or_default();
     let version = mcp::negotiate(requested);
-    let session = match app.manager.create(params, version.to_owned(), who.caller()).await {
+    let session = match app
+        .manager
+        .create(params, version.to_owned(), who.caller(), who.bearer())
+        .await
+    {
         Ok(s) => s,
         Err(e) => return reject(unavailable(&e), Some(id)),
     };

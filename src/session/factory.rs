@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 
 use super::{inflight::Inflight, Session, State};
 use crate::aggregate::{Catalog, Listing};
-use crate::backend::{Backend, BackendError, BackendSession};
+use crate::backend::{Backend, BackendError, BackendSession, CallerToken};
 use crate::config::{AggregationConfig, SessionConfig};
 use crate::store::{unix_ms, BackendRecord, SessionMetadata, SessionStore};
 use crate::telemetry::Metrics;
@@ -87,10 +87,15 @@ impl SessionFactory {
         client_init: Value,
         protocol_version: String,
         identity: Option<String>,
+        caller: Option<Arc<CallerToken>>,
     ) -> Session {
         let started = Instant::now();
         let recoveries = self.recoveries();
-        let opens: Vec<_> = self.backends.iter().map(|b| self.open(b, &client_init, None)).collect();
+        let opens: Vec<_> = self
+            .backends
+            .iter()
+            .map(|b| self.open(b, &client_init, None, caller.as_ref()))
+            .collect();
         let (healthy, failed) = self.open_all(opens).await;
         self.metrics
             .session_create_duration
@@ -109,12 +114,21 @@ impl SessionFactory {
             client_init: Arc::new(client_init),
             backends: Vec::new(),
         };
-        self.assemble(meta, healthy, instructions, recoveries)
+        self.assemble(meta, healthy, instructions, recoveries, caller)
+    }
+
+    /// The holder of a client session's access token, if a backend acts on it.
+    pub fn caller_token(&self, bearer: Option<&str>) -> Option<Arc<CallerToken>> {
+        let bearer = bearer?;
+        self.backends
+            .iter()
+            .any(|b| b.needs_caller())
+            .then(|| Arc::new(CallerToken::new(bearer)))
     }
 
     /// Rebuilds a session from its stored metadata: every configured backend
     /// is resumed from its record where possible, else opened afresh.
-    pub async fn restore(self: &Arc<Self>, meta: SessionMetadata) -> Session {
+    pub async fn restore(self: &Arc<Self>, meta: SessionMetadata, caller: Option<Arc<CallerToken>>) -> Session {
         let recoveries = self.recoveries();
         let opens: Vec<_> = self
             .backends
@@ -124,16 +138,22 @@ impl SessionFactory {
                     b,
                     &meta.client_init,
                     meta.backends.iter().find(|r| &*r.name == b.name()),
+                    caller.as_ref(),
                 )
             })
             .collect();
         let (healthy, _) = self.open_all(opens).await;
-        self.assemble(meta, healthy, Arc::default(), recoveries)
+        self.assemble(meta, healthy, Arc::default(), recoveries, caller)
     }
 
     /// Re-initializes one backend for an existing session (self-heal).
-    pub(crate) async fn reopen(&self, backend: &Arc<Backend>, client_init: &Value) -> Result<Opened, BackendError> {
-        self.open(backend, client_init, None)
+    pub(crate) async fn reopen(
+        &self,
+        backend: &Arc<Backend>,
+        client_init: &Value,
+        caller: Option<&Arc<CallerToken>>,
+    ) -> Result<Opened, BackendError> {
+        self.open(backend, client_init, None, caller)
             .await
             .map_err(|f| BackendError::Transport(f.reason))
     }
@@ -161,6 +181,7 @@ impl SessionFactory {
         healthy: Vec<Opened>,
         instructions: Arc<String>,
         recoveries: u64,
+        caller: Option<Arc<CallerToken>>,
     ) -> Session {
         // The live backend sessions are the truth (`Session::metadata_now`
         // reads them); a copy of their records here would cost ~0.6 KB per
@@ -194,6 +215,7 @@ impl SessionFactory {
             call_streams: Default::default(),
             listening: super::listen::ListenSlot::default(),
             seen_recoveries: AtomicU64::new(recoveries),
+            caller,
         }
     }
 
@@ -203,6 +225,7 @@ impl SessionFactory {
         backend: &'a Arc<Backend>,
         client_init: &'a Value,
         record: Option<&'a BackendRecord>,
+        caller: Option<&'a Arc<CallerToken>>,
     ) -> BoxFuture<'a, Result<Opened, Failure>> {
         Box::pin(async move {
             if backend.circuit().is_open() {
@@ -217,7 +240,7 @@ impl SessionFactory {
             }
             let started = Instant::now();
             let timeout = self.session.init_timeout;
-            let result = tokio::time::timeout(timeout, open_or_resume(backend, client_init, record))
+            let result = tokio::time::timeout(timeout, open_or_resume(backend, client_init, record, caller))
                 .await
                 .unwrap_or(Err(BackendError::Timeout(timeout)));
             backend.opened(&result);
@@ -261,7 +284,7 @@ impl SessionFactory {
     pub(crate) async fn close_stored(&self, records: &[BackendRecord]) {
         let closes = records.iter().filter_map(|record| {
             let backend = self.backends.iter().find(|b| b.name() == &*record.name)?;
-            let session = backend.resume(record)?;
+            let session = backend.resume(record, None)?;
             Some(async move { session.close().await })
         });
         futures_util::future::join_all(closes).await;
@@ -313,17 +336,18 @@ async fn open_or_resume(
     backend: &Arc<Backend>,
     client_init: &Value,
     record: Option<&BackendRecord>,
+    caller: Option<&Arc<CallerToken>>,
 ) -> Result<(Opened, Outcome), BackendError> {
     // A pod-local backend's sessions live in that pod's server only: never resumed elsewhere.
     let resumable = record.filter(|_| !backend.config.local);
-    if let Some(resumed) = resumable.and_then(|r| backend.resume(r)) {
+    if let Some(resumed) = resumable.and_then(|r| backend.resume(r, caller)) {
         match list_everything(&resumed).await {
             Ok(listing) => return Ok(((resumed, listing), Outcome::Resumed)),
             Err(BackendError::SessionExpired) => {} // the backend forgot it: start over
             Err(e) => return Err(e),
         }
     }
-    let session = backend.connect(client_init).await?;
+    let session = backend.connect(client_init, caller).await?;
     match list_everything(&session).await {
         Ok(listing) => Ok((
             (session, listing),

@@ -35,7 +35,11 @@ impl Session {
             }
         }
         let metrics = self.factory.metrics();
-        let (fresh, listing) = match self.factory.reopen(failed.backend(), &self.meta.client_init).await {
+        let (fresh, listing) = match self
+            .factory
+            .reopen(failed.backend(), &self.meta.client_init, self.caller())
+            .await
+        {
             Ok(opened) => opened,
             Err(error) => {
                 metrics.backend_rebuilds.with_label_values(&[name, "failed"]).inc();
@@ -96,7 +100,11 @@ impl Session {
         };
         let (mut before, mut after) = (None, None);
         for backend in missing {
-            let Ok((fresh, listing)) = self.factory.reopen(&backend, &self.meta.client_init).await else {
+            let Ok((fresh, listing)) = self
+                .factory
+                .reopen(&backend, &self.meta.client_init, self.caller())
+                .await
+            else {
                 continue; // logged and counted by the factory
             };
             let fresh = Arc::new(fresh);

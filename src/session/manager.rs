@@ -178,6 +178,7 @@ impl SessionManager {
         client_init: Value,
         protocol_version: String,
         caller: impl Into<Caller<'_>>,
+        bearer: Option<&str>,
     ) -> Result<Arc<Session>, ManagerError> {
         if self.draining.is_cancelled() {
             return Err(ManagerError::Draining);
@@ -185,7 +186,12 @@ impl SessionManager {
         let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
         let identity = self.identity.identify(self.store.as_ref(), caller).await?;
         let id = self.mint_id()?;
-        let session = Arc::new(self.factory.create(id, client_init, protocol_version, identity).await);
+        let token = self.factory.caller_token(bearer);
+        let session = Arc::new(
+            self.factory
+                .create(id, client_init, protocol_version, identity, token)
+                .await,
+        );
         if let Err(e) = self.store.put(&session.metadata_now()).await {
             self.close_later(session, CloseReason::Delete);
             return Err(e.into());
@@ -231,10 +237,12 @@ impl SessionManager {
 
     /// The session a request names, if the caller may use it: the live one
     /// here, or one rebuilt from the store if another replica created it.
+    /// `bearer`: the request's access token, kept for backends that act on it.
     pub async fn resolve(
         self: &Arc<Self>,
         id: &str,
         caller: impl Into<Caller<'_>>,
+        bearer: Option<&str>,
     ) -> Result<Arc<Session>, ResolveError> {
         let identity = self
             .identity
@@ -243,13 +251,14 @@ impl SessionManager {
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let session = match self.local(id) {
             Some(s) => s,
-            None => self.rebuild_once(id, identity.as_deref()).await?,
+            None => self.rebuild_once(id, identity.as_deref(), bearer).await?,
         };
         if session.identity() != identity.as_deref() {
             // Not a warning: any client that knows an id could flood the log with it.
             tracing::debug!(session.id = %id, "request for a session bound to another identity");
             return Err(ResolveError::NotFound);
         }
+        session.refresh_caller(bearer);
         session.touch(self.now_ms());
         self.touch_store(&session);
         session.regain_if_recovered();
@@ -259,10 +268,15 @@ impl SessionManager {
     /// Rebuilds foreign session `id` for a caller with `identity` once,
     /// however many such requests ask at once. Callers with another identity
     /// do not share the rebuild (they get their own `NotFound`).
-    async fn rebuild_once(&self, id: &str, identity: Option<&str>) -> Result<Arc<Session>, ResolveError> {
+    async fn rebuild_once(
+        &self,
+        id: &str,
+        identity: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Session>, ResolveError> {
         let key = format!("{id}\n{}", identity.unwrap_or_default());
         let cell: Rebuild = Arc::clone(lock(&self.rebuilding).entry(key.clone()).or_default());
-        let result = cell.get_or_init(|| self.rebuild(id, identity)).await.clone();
+        let result = cell.get_or_init(|| self.rebuild(id, identity, bearer)).await.clone();
         let mut rebuilding = lock(&self.rebuilding);
         if rebuilding.get(&key).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
             rebuilding.remove(&key);
@@ -270,7 +284,12 @@ impl SessionManager {
         result
     }
 
-    async fn rebuild(&self, id: &str, identity: Option<&str>) -> Result<Arc<Session>, ResolveError> {
+    async fn rebuild(
+        &self,
+        id: &str,
+        identity: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Session>, ResolveError> {
         if let Some(session) = self.local(id) {
             return Ok(session); // a rebuild that just finished
         }
@@ -289,7 +308,7 @@ impl SessionManager {
             tracing::debug!(session.id = %id, "request for a session bound to another identity");
             return Err(ResolveError::NotFound);
         }
-        let result = self.restore(meta).await;
+        let result = self.restore(meta, bearer).await;
         let outcome = match &result {
             Ok(_) => "ok",
             Err(ResolveError::NotFound) => "not_found",
@@ -305,11 +324,16 @@ impl SessionManager {
         result
     }
 
-    async fn restore(&self, meta: crate::store::SessionMetadata) -> Result<Arc<Session>, ResolveError> {
+    async fn restore(
+        &self,
+        meta: crate::store::SessionMetadata,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Session>, ResolveError> {
         let id = meta.id.clone();
         let mut reservation = self.reserve().ok_or(ResolveError::Full(self.limits.max_sessions))?;
         let stored = meta.backends.clone();
-        let session = Arc::new(self.factory.restore(meta).await);
+        let token = self.factory.caller_token(bearer);
+        let session = Arc::new(self.factory.restore(meta, token).await);
         if session.backend_sessions() != stored {
             match self.store.update(&session.metadata_now()).await {
                 Ok(true) => {}

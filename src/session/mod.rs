@@ -103,6 +103,8 @@ pub struct Session {
     /// The replica's circuit recoveries this session has caught up with:
     /// when more have happened, it opens the backends it lacks.
     seen_recoveries: AtomicU64,
+    /// The caller's latest access token, if a backend acts on it (`backends[].auth`).
+    caller: Option<Arc<crate::backend::CallerToken>>,
 }
 
 /// What a call needs, copied out from under the lock.
@@ -115,6 +117,18 @@ struct View<'a> {
 impl Session {
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// Keeps the access token of the caller's latest request (a refreshed
+    /// one replaces the old) for the backends that act on it.
+    pub fn refresh_caller(&self, bearer: Option<&str>) {
+        if let (Some(held), Some(bearer)) = (&self.caller, bearer) {
+            held.refresh(bearer);
+        }
+    }
+
+    pub(crate) fn caller(&self) -> Option<&Arc<crate::backend::CallerToken>> {
+        self.caller.as_ref()
     }
 
     /// The metadata as it is now: current backend session ids, last use now.

@@ -55,11 +55,17 @@ async fn reaper_closes_at_the_deadline_and_spares_used_sessions() {
     let (manager, metrics) = manager(Duration::from_secs(60));
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(Arc::clone(&manager).run_background(stop.clone()));
-    let idle = manager.create(json!({}), "2025-06-18".into(), None).await.unwrap();
-    let used = manager.create(json!({}), "2025-06-18".into(), None).await.unwrap();
+    let idle = manager
+        .create(json!({}), "2025-06-18".into(), None, None)
+        .await
+        .unwrap();
+    let used = manager
+        .create(json!({}), "2025-06-18".into(), None, None)
+        .await
+        .unwrap();
 
     tokio::time::sleep(Duration::from_secs(45)).await;
-    manager.resolve(used.id(), None).await.unwrap();
+    manager.resolve(used.id(), None, None).await.unwrap();
     tokio::time::sleep(Duration::from_secs(14)).await;
     assert_eq!(idle_closed(&metrics), 0, "nothing is due before 60 s");
 
@@ -80,7 +86,10 @@ async fn a_session_with_a_call_in_flight_is_not_idle() {
     let (manager, metrics) = manager(Duration::from_secs(10));
     let stop = tokio_util::sync::CancellationToken::new();
     tokio::spawn(Arc::clone(&manager).run_background(stop.clone()));
-    let session = manager.create(json!({}), "2025-06-18".into(), None).await.unwrap();
+    let session = manager
+        .create(json!({}), "2025-06-18".into(), None, None)
+        .await
+        .unwrap();
     let guard = session.inflight.enter();
     tokio::time::sleep(Duration::from_secs(15)).await;
     assert_eq!(idle_closed(&metrics), 0, "busy at its deadline: rescheduled");
@@ -94,8 +103,11 @@ async fn a_session_with_a_call_in_flight_is_not_idle() {
 async fn the_session_cap_counts_sessions_being_created() {
     let (manager, _) = manager(Duration::from_secs(10));
     for _ in 0..10 {
-        manager.create(json!({}), "2025-06-18".into(), None).await.unwrap();
+        manager
+            .create(json!({}), "2025-06-18".into(), None, None)
+            .await
+            .unwrap();
     }
-    let refused = manager.create(json!({}), "2025-06-18".into(), None).await;
+    let refused = manager.create(json!({}), "2025-06-18".into(), None, None).await;
     assert!(matches!(refused, Err(super::ManagerError::Full(10))));
 }

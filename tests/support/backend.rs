@@ -41,6 +41,8 @@ pub struct Options {
     pub extra_tools: usize,
     /// `tools/list` answers after this long (a backend slow to list).
     pub list_delay: Option<Duration>,
+    /// Requests need a bearer JWT for this backend's URL (an OAuth resource server).
+    pub bearer: Option<Arc<super::bearer::BearerRule>>,
 }
 
 struct Handler {
@@ -314,6 +316,7 @@ impl TestBackend {
         let mut config = StreamableHttpServerConfig::default();
         config.cancellation_token = stop.child_token();
         let (name, factory_stats) = (name.to_owned(), Arc::clone(&stats));
+        let bearer = options.bearer.clone();
         let service = StreamableHttpService::new(
             move || {
                 factory_stats.sessions_opened.fetch_add(1, Ordering::SeqCst);
@@ -328,7 +331,18 @@ impl TestBackend {
             Arc::new(LocalSessionManager::default()),
             config,
         );
-        tokio::spawn(super::serve_tower(listener, service, stop.clone()));
+        match bearer {
+            Some(rule) => {
+                let audience = Arc::from(url.as_str());
+                let guarded = super::bearer::Guarded {
+                    inner: service,
+                    rule,
+                    audience,
+                };
+                tokio::spawn(super::serve_tower(listener, guarded, stop.clone()))
+            }
+            None => tokio::spawn(super::serve_tower(listener, service, stop.clone())),
+        };
         Self { url, addr, stats, stop }
     }
 }
