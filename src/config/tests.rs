@@ -247,8 +247,9 @@ fn backend_auth_parses_and_is_checked() {
     ));
     assert_eq!(field, "backends.0.auth.kind");
     assert!(msg.contains("auth.inbound"), "{msg}");
-    let (field, _) =
-        field_error(&format!("backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n{cc}"));
+    let (field, _) = field_error(&format!(
+        "backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n{cc}"
+    ));
     assert_eq!(field, "backends.0.auth.token_url");
     let (field, _) = field_error(&format!(
         "backends:\n  - name: a\n    command: [x]\n    auth:\n      kind: client_credentials\n      issuer: https://idp\n{cc}"
