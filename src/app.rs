@@ -48,6 +48,8 @@ pub struct App {
     pub identity: IdentityHasher,
     /// Who is calling (`auth.inbound`).
     pub auth: crate::auth::Authenticator,
+    /// Who may call the admin API (`admin`).
+    pub admin: crate::admin::AdminAuth,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
     pub replica_header: Option<http::HeaderValue>,
 }
@@ -148,8 +150,10 @@ impl App {
         let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
         let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
         let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref())?;
+        let admin = crate::admin::AdminAuth::new(&config.admin);
         Ok(Arc::new(Self {
             auth,
+            admin,
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -254,6 +258,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     };
     let admin = async {
         let Some(addr) = app.config.admin_listen else { return };
+        if !app.admin.is_on() {
+            tracing::info!("admin API off: no admin.token or admin.scope configured");
+        }
         match TcpListener::bind(addr).await {
             Ok(admin) => crate::http::serve(admin, Arc::clone(&app), Surface::Admin, stop_accepting.clone()).await,
             Err(e) => {

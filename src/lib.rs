@@ -3,8 +3,10 @@
 //! Data flow: `http` (front door, which asks `auth` who is calling) → `mcp` (JSON-RPC + method dispatch) →
 //! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
-//! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica.
+//! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica;
+//! `admin` is the operators' API on the admin listener.
 
+pub mod admin;
 pub mod affinity;
 pub mod aggregate;
 pub mod app;

@@ -1,5 +1,8 @@
 //! `vmcp serve --config FILE` runs a replica; `vmcp validate --config FILE`
-//! checks a configuration and exits non-zero naming the bad field.
+//! checks a configuration and exits non-zero naming the bad field;
+//! `vmcp sessions ...` calls a replica's admin API.
+
+mod cli;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -34,10 +37,13 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// List, show, delete or revoke sessions through a replica's admin API.
+    Sessions(cli::Sessions),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
+        Command::Sessions(args) => cli::run(args),
         Command::Validate { config } => {
             Config::load(&config, &ProcessEnv)?;
             println!("{}: ok", config.display());

@@ -6,6 +6,7 @@
 //! then deserialize into [`Config`] with the field path tracked, and validate.
 //! The key names are an interface (DESIGN.md §7): operators' tooling writes them.
 
+mod admin;
 mod auth;
 mod expand;
 mod validate;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use admin::AdminConfig;
 pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
 pub use expand::{Lookup, ProcessEnv};
 
@@ -42,7 +44,8 @@ pub struct Config {
     /// Address of the MCP endpoint (and of health and metrics unless `admin_listen` is set).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// Optional separate address for `/healthz`, `/readyz` and `/metrics`.
+    /// Optional separate address for `/healthz`, `/readyz`, `/metrics` and
+    /// the admin API (`/admin/...`, served there only).
     #[serde(default)]
     pub admin_listen: Option<SocketAddr>,
     /// This replica's id; `VMCP_REPLICA_ID` overrides it.
@@ -67,6 +70,9 @@ pub struct Config {
     pub log: LogConfig,
     #[serde(default)]
     pub auth: AuthConfig,
+    /// The admin API's credential (the API is off without one).
+    #[serde(default)]
+    pub admin: AdminConfig,
 }
 
 /// One backend MCP server: exactly one of `url` (Streamable HTTP) or `command` (stdio).

@@ -268,3 +268,26 @@ fn backend_auth_parses_and_is_checked() {
     );
     assert!(msg.contains("scopes"), "{msg}");
 }
+
+#[test]
+fn admin_api_is_off_by_default_and_its_credential_is_checked() {
+    let c = parse("").unwrap();
+    assert!(!c.admin.is_on());
+    let on = parse("admin_listen: 127.0.0.1:9090\nadmin:\n  token: \"${ALPHA_KEY}-0123456789\"\n").unwrap();
+    assert!(on.admin.is_on());
+    assert!(
+        !format!("{:?}", on.admin).contains("k-123"),
+        "Debug never prints the token"
+    );
+    let (field, message) = field_error("admin_listen: 127.0.0.1:9090\nadmin:\n  token: \"${ALPHA_KEY}\"\n");
+    assert_eq!(field, "admin.token");
+    assert!(!message.contains("k-123"), "{message}");
+    let (field, _) = field_error("admin:\n  token: 0123456789abcdef\n");
+    assert_eq!(field, "admin", "needs admin_listen");
+    let (field, _) = field_error("admin_listen: 127.0.0.1:9090\nadmin:\n  scope: vmcp:admin\n");
+    assert_eq!(field, "admin.scope", "needs auth.inbound");
+    let scoped = "admin_listen: 127.0.0.1:9090\nadmin:\n  scope: vmcp:admin\nauth:\n  inbound:\n    issuer: https://i\n    audience: https://m/mcp\n";
+    assert!(parse(scoped).unwrap().admin.is_on());
+    let (field, _) = field_error("admin_listen: 127.0.0.1:9090\nadmin:\n  tokn: x\n");
+    assert_eq!(field, "admin.tokn");
+}

@@ -84,7 +84,40 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         }
     }
     validate_auth(config)?;
+    validate_admin(config)?;
     validate_membership(config)
+}
+
+/// The shortest static admin token accepted.
+const MIN_ADMIN_TOKEN: usize = 16;
+
+fn validate_admin(config: &Config) -> Result<(), Invalid> {
+    let a = &config.admin;
+    if a.token.as_deref().is_some_and(|t| t.trim().len() < MIN_ADMIN_TOKEN) {
+        // The length only: the value is a secret.
+        return Err(invalid(
+            "admin.token",
+            format!("must be at least {MIN_ADMIN_TOKEN} characters (use ${{VMCP_ADMIN_TOKEN}})"),
+        ));
+    }
+    if let Some(scope) = &a.scope {
+        if scope.is_empty() || scope.contains(char::is_whitespace) {
+            return Err(invalid("admin.scope", "must be one scope, without spaces"));
+        }
+        if config.auth.inbound.is_none() {
+            return Err(invalid(
+                "admin.scope",
+                "needs auth.inbound (the access tokens carrying it are validated there)",
+            ));
+        }
+    }
+    if a.is_on() && config.admin_listen.is_none() {
+        return Err(invalid(
+            "admin",
+            "the admin API is served on admin_listen only: set admin_listen",
+        ));
+    }
+    Ok(())
 }
 
 fn validate_auth(config: &Config) -> Result<(), Invalid> {

@@ -30,7 +30,7 @@ pub use origin::HostGuard;
 use reply::Body;
 
 /// Serves HTTP on `listener` until `shutdown` fires, then drains.
-/// What a listener serves: everything, or only health and metrics (`admin_listen`).
+/// What a listener serves: everything, or only health, metrics and the admin API (`admin_listen`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Surface {
     Main,
@@ -139,6 +139,9 @@ async fn route(app: &App, surface: Surface, req: Request<Incoming>, root: &traci
                     ),
                     None => reply::empty(StatusCode::NOT_FOUND),
                 }
+            }
+            (_, path) if surface == Surface::Admin && (path == "/admin" || path.starts_with("/admin/")) => {
+                crate::admin::handle(app, req).await
             }
             (&Method::GET, "/healthz") => reply::text(StatusCode::OK, "text/plain", "ok\n".into()),
             (&Method::GET, "/readyz") => ready(app).await,

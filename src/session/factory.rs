@@ -21,7 +21,7 @@ use super::{inflight::Inflight, Session, State};
 use crate::aggregate::{Catalog, Listing};
 use crate::backend::{Backend, BackendError, BackendSession, CallerToken};
 use crate::config::{AggregationConfig, SessionConfig};
-use crate::store::{unix_ms, BackendRecord, SessionMetadata, SessionStore};
+use crate::store::{unix_ms, BackendRecord, Owner, SessionMetadata, SessionStore};
 use crate::telemetry::Metrics;
 
 /// Backend pages followed at most per list, against a backend that never ends its cursor chain.
@@ -86,7 +86,7 @@ impl SessionFactory {
         id: String,
         client_init: Value,
         protocol_version: String,
-        identity: Option<String>,
+        owner: Owner,
         caller: Option<Arc<CallerToken>>,
     ) -> Session {
         let started = Instant::now();
@@ -109,7 +109,9 @@ impl SessionFactory {
             id,
             created_at_ms: now,
             last_seen_ms: now,
-            identity,
+            identity: owner.identity,
+            subject: owner.subject,
+            replica: owner.replica,
             protocol_version,
             client_init: Arc::new(client_init),
             backends: Vec::new(),

@@ -31,7 +31,7 @@ use tokio_util::task::TaskTracker;
 
 use super::{id, Caller, IdentityHasher, Session, SessionFactory};
 use crate::affinity::{Membership, Placement};
-use crate::store::{SessionStore, StoreError, Touch};
+use crate::store::{BackendRecord, Owner, SessionStore, StoreError, SubjectRef, Touch};
 use crate::sync::lock;
 use crate::telemetry::Metrics;
 
@@ -184,12 +184,23 @@ impl SessionManager {
             return Err(ManagerError::Draining);
         }
         let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
-        let identity = self.identity.identify(self.store.as_ref(), caller).await?;
+        let caller = caller.into();
+        let owner = Owner {
+            identity: self.identity.identify(self.store.as_ref(), caller).await?,
+            subject: match caller {
+                Caller::Subject { issuer, subject } => Some(SubjectRef {
+                    issuer: issuer.to_owned(),
+                    subject: subject.to_owned(),
+                }),
+                _ => None,
+            },
+            replica: Some(self.membership.self_id().to_owned()),
+        };
         let id = self.mint_id()?;
         let token = self.factory.caller_token(bearer);
         let session = Arc::new(
             self.factory
-                .create(id, client_init, protocol_version, identity, token)
+                .create(id, client_init, protocol_version, owner, token)
                 .await,
         );
         if let Err(e) = self.store.put(&session.metadata_now()).await {
@@ -381,7 +392,7 @@ impl SessionManager {
 
     async fn refresh(&self, session: &Session) {
         let id = session.id();
-        let found = match self.store.touch(id).await {
+        let found = match self.store.touch(id, session.subject()).await {
             Ok(Touch::Missing) => match self.store.update(&session.metadata_now()).await {
                 Ok(true) => {
                     tracing::info!(session.id = %id, "session metadata was missing from the store; written again");
@@ -428,15 +439,34 @@ impl SessionManager {
             .delete(id)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
-        if !self.remove(id, CloseReason::Delete) {
-            if let Some(records) = stored {
-                // No runtime here: end the backend sessions the metadata lists.
-                // (A replica that still holds a runtime closes it from the feed.)
-                let factory = Arc::clone(&self.factory);
-                self.closing.spawn(async move { factory.close_stored(&records).await });
-            }
-        }
+        self.end_here(id, stored);
         Ok(true)
+    }
+
+    /// Ends session `id` whoever it is bound to (the admin API): the
+    /// tombstone first, as for a client DELETE, so every replica drops it.
+    /// `false` if neither this replica nor the store knew it.
+    pub async fn delete_any(self: &Arc<Self>, id: &str) -> Result<bool, StoreError> {
+        let stored = match self.local(id) {
+            Some(_) => None,
+            None => self.store.get(id).await?.map(|meta| meta.backends),
+        };
+        let existed = self.store.delete(id).await?;
+        Ok(self.end_here(id, stored) || existed)
+    }
+
+    /// Drops the runtime of a deleted session, or (when this replica has
+    /// none) ends the backend sessions its metadata lists; `true` if it was live here.
+    /// (A replica that still holds a runtime closes it from the deletion feed.)
+    fn end_here(self: &Arc<Self>, id: &str, stored: Option<Vec<BackendRecord>>) -> bool {
+        if self.remove(id, CloseReason::Delete) {
+            return true;
+        }
+        if let Some(records) = stored {
+            let factory = Arc::clone(&self.factory);
+            self.closing.spawn(async move { factory.close_stored(&records).await });
+        }
+        false
     }
 
     /// Removes `id` if it is live here, at once; it is closed (or only its

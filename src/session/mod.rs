@@ -139,6 +139,11 @@ impl Session {
         meta
     }
 
+    /// The subject that created this session, if inbound authentication named one.
+    pub fn subject(&self) -> Option<&crate::store::SubjectRef> {
+        self.meta.subject.as_ref()
+    }
+
     /// The identity hash this session is bound to (`None`: anonymous).
     pub fn identity(&self) -> Option<&str> {
         self.meta.identity.as_deref()

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use futures_util::future::{ready, BoxFuture, FutureExt};
 use futures_util::stream::{self, BoxStream, StreamExt};
 
-use super::{SessionMetadata, SessionStore, StoreError, Touch};
+use super::{Page, SessionMetadata, SessionStore, StoreError, SubjectRef, Touch, MAX_PAGE};
 
 pub struct MemoryStore {
     sessions: Mutex<HashMap<String, SessionMetadata>>,
@@ -61,7 +61,7 @@ impl SessionStore for MemoryStore {
         ready(self.with(|m| m.get(id).cloned())).boxed()
     }
 
-    fn touch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Touch, StoreError>> {
+    fn touch<'a>(&'a self, id: &'a str, _subject: Option<&'a SubjectRef>) -> BoxFuture<'a, Result<Touch, StoreError>> {
         let result = self.with(|m| match m.get_mut(id) {
             Some(meta) => {
                 meta.last_seen_ms = super::unix_ms();
@@ -74,6 +74,38 @@ impl SessionStore for MemoryStore {
 
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>> {
         ready(self.with(|m| m.remove(id).is_some())).boxed()
+    }
+
+    fn list<'a>(&'a self, cursor: Option<&'a str>, limit: usize) -> BoxFuture<'a, Result<Page, StoreError>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        let result = self.with(|m| {
+            // Id order: a cursor is the last id of the previous page.
+            let mut ids: Vec<&String> = m.keys().filter(|id| cursor.is_none_or(|c| id.as_str() > c)).collect();
+            ids.sort_unstable();
+            let more = ids.len() > limit;
+            let sessions: Vec<SessionMetadata> = ids
+                .into_iter()
+                .take(limit)
+                .filter_map(|id| m.get(id).cloned())
+                .collect();
+            let next_cursor = more.then(|| sessions.last().map(|s| s.id.clone())).flatten();
+            Page { sessions, next_cursor }
+        });
+        ready(result).boxed()
+    }
+
+    fn sessions_of<'a>(&'a self, issuer: &'a str, subject: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        let result = self.with(|m| {
+            m.values()
+                .filter(|s| {
+                    s.subject
+                        .as_ref()
+                        .is_some_and(|r| r.issuer == issuer && r.subject == subject)
+                })
+                .map(|s| s.id.clone())
+                .collect()
+        });
+        ready(result).boxed()
     }
 
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>> {
@@ -101,6 +133,8 @@ mod tests {
             created_at_ms: 1,
             last_seen_ms: 1,
             identity: None,
+            subject: None,
+            replica: None,
             protocol_version: "2025-06-18".into(),
             client_init: std::sync::Arc::new(serde_json::json!({})),
             backends: vec![BackendRecord {
@@ -119,14 +153,40 @@ mod tests {
     async fn put_get_update_touch_delete() {
         let store = MemoryStore::default();
         store.put(&meta("s1")).await.unwrap();
-        assert_eq!(store.touch("s1").await.unwrap(), Touch::Alive);
+        assert_eq!(store.touch("s1", None).await.unwrap(), Touch::Alive);
         assert!(store.get("s1").await.unwrap().unwrap().last_seen_ms > 1);
         assert!(store.update(&meta("s1")).await.unwrap());
         assert!(store.delete("s1").await.unwrap());
         assert!(!store.delete("s1").await.unwrap());
         assert!(!store.update(&meta("s1")).await.unwrap(), "no resurrection");
         assert!(store.get("s1").await.unwrap().is_none());
-        assert_eq!(store.touch("s1").await.unwrap(), Touch::Deleted);
+        assert_eq!(store.touch("s1", None).await.unwrap(), Touch::Deleted);
+    }
+
+    #[tokio::test]
+    async fn list_pages_in_id_order_and_sessions_of_finds_a_subject() {
+        let store = MemoryStore::default();
+        for id in ["s3", "s1", "s2"] {
+            let mut m = meta(id);
+            if id != "s2" {
+                m.subject = Some(SubjectRef {
+                    issuer: "https://idp".into(),
+                    subject: "alice".into(),
+                });
+            }
+            store.put(&m).await.unwrap();
+        }
+        let first = store.list(None, 2).await.unwrap();
+        let ids: Vec<_> = first.sessions.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["s1", "s2"]);
+        let cursor = first.next_cursor.unwrap();
+        let second = store.list(Some(&cursor), 2).await.unwrap();
+        assert_eq!(second.sessions.len(), 1);
+        assert_eq!(second.next_cursor, None);
+        let mut alice = store.sessions_of("https://idp", "alice").await.unwrap();
+        alice.sort();
+        assert_eq!(alice, ["s1", "s3"]);
+        assert!(store.sessions_of("https://other", "alice").await.unwrap().is_empty());
     }
 
     #[test]

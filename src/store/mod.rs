@@ -55,6 +55,13 @@ pub struct SessionMetadata {
     /// Keyed hash of the caller's identity; `None` for anonymous sessions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<String>,
+    /// Who created it, when inbound authentication named a subject (for the
+    /// admin API's listing and revocation); never a token or a header value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<SubjectRef>,
+    /// The replica that created it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replica: Option<String>,
     /// Protocol version negotiated with the client.
     pub protocol_version: String,
     /// The client's `initialize` params, replayed to backends on rebuild.
@@ -64,12 +71,41 @@ pub struct SessionMetadata {
     pub backends: Vec<BackendRecord>,
 }
 
+/// A validated token's issuer and subject, as the session records them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SubjectRef {
+    pub issuer: String,
+    pub subject: String,
+}
+
+/// Who a new session belongs to, as its metadata records it.
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    /// Keyed hash of the caller (see [`SessionMetadata::identity`]).
+    pub identity: Option<String>,
+    pub subject: Option<SubjectRef>,
+    pub replica: Option<String>,
+}
+
+/// One page of [`SessionStore::list`].
+#[derive(Debug, Default)]
+pub struct Page {
+    pub sessions: Vec<SessionMetadata>,
+    /// Where the next page starts (opaque); `None` after the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Most sessions one [`SessionStore::list`] call returns.
+pub const MAX_PAGE: usize = 500;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("session store unavailable: {0}")]
     Unavailable(String),
     #[error("stored session metadata is corrupt: {0}")]
     Corrupt(String),
+    #[error("invalid cursor")]
+    Cursor,
 }
 
 /// What a touch found.
@@ -96,10 +132,17 @@ pub trait SessionStore: Send + Sync + 'static {
     fn update(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<bool, StoreError>>;
     /// Loads a session, `None` if absent, expired or deleted.
     fn get<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<SessionMetadata>, StoreError>>;
-    /// Extends the session's lifetime (sliding idle timeout).
-    fn touch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Touch, StoreError>>;
+    /// Extends the session's lifetime (sliding idle timeout), and its
+    /// subject's index entry with it.
+    fn touch<'a>(&'a self, id: &'a str, subject: Option<&'a SubjectRef>) -> BoxFuture<'a, Result<Touch, StoreError>>;
     /// Removes a session and leaves a tombstone; `true` if it existed.
     fn delete<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<bool, StoreError>>;
+    /// Up to `limit` (at most [`MAX_PAGE`]) live sessions after `cursor`
+    /// (`None`: from the start), in a stable order. A session touched while
+    /// the pages are read may show up twice, none is skipped.
+    fn list<'a>(&'a self, cursor: Option<&'a str>, limit: usize) -> BoxFuture<'a, Result<Page, StoreError>>;
+    /// The ids of the live sessions created by `subject` of `issuer`.
+    fn sessions_of<'a>(&'a self, issuer: &'a str, subject: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>>;
     /// Checks that the store answers (for `/readyz`).
     fn ping(&self) -> BoxFuture<'_, Result<(), StoreError>>;
     /// Ids of sessions deleted anywhere (other replicas included), as they happen.

@@ -11,10 +11,18 @@
 //!   `Last-Event-ID` on another replica: a sorted set scored by event id
 //!   (microsecond-based, below 2^53, so exact as a score), members
 //!   `{id}:{message}`, capped in count and expiring with the session;
+//! - `P` + `sessions`: the index of live sessions (for the admin API's
+//!   listing), a sorted set of ids scored by when each expires (Unix ms),
+//!   refreshed by touches and pruned of expired members on every write and
+//!   listing, so it never grows beyond the live sessions;
+//! - `P` + `subject:{H}`: the same for the sessions of one subject (`H`: a
+//!   hash of issuer and subject), expiring with its newest session;
 //! - channel `P` + `closed`: the ids of deleted sessions, for other replicas.
 //!
 //! The `{ID}` hash tag keeps a session's keys in one Redis Cluster slot, so
-//! each multi-key write is one atomic Lua script. No command scans keys.
+//! each multi-key write is one atomic Lua script. The indexes are hints
+//! written next to it (one slot each): a listing reads each session's own
+//! key, the truth. No command scans keys.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,7 +33,7 @@ use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
 use tokio::sync::{mpsc, OnceCell};
 
-use super::{SessionMetadata, SessionStore, StoreError, StoredEvent, Touch};
+use super::{unix_ms, Page, SessionMetadata, SessionStore, StoreError, StoredEvent, SubjectRef, Touch, MAX_PAGE};
 use crate::telemetry::Metrics;
 
 /// How long one Redis command may take before the store counts as unavailable.
@@ -105,6 +113,77 @@ impl RedisStore {
         format!("{}events:{{{id}}}", self.prefix)
     }
 
+    fn index_key(&self) -> String {
+        format!("{}sessions", self.prefix)
+    }
+
+    fn subject_key(&self, issuer: &str, subject: &str) -> String {
+        format!("{}subject:{{{}}}", self.prefix, subject_hash(issuer, subject))
+    }
+
+    /// Records (or refreshes) a live session in the indexes, and drops the
+    /// index entries of sessions that expired.
+    async fn index(
+        &self,
+        conn: &mut ConnectionManager,
+        id: &str,
+        subject: Option<&SubjectRef>,
+    ) -> Result<(), StoreError> {
+        let now = unix_ms();
+        let mut pipe = redis::pipe();
+        pipe.zadd(self.index_key(), id, now + self.ttl_ms)
+            .ignore()
+            .zrembyscore(self.index_key(), "-inf", format!("({now}"))
+            .ignore();
+        if let Some(s) = subject {
+            let key = self.subject_key(&s.issuer, &s.subject);
+            pipe.zadd(&key, id, now + self.ttl_ms)
+                .ignore()
+                .pexpire(&key, self.ttl_ms as i64)
+                .ignore();
+        }
+        pipe.query_async::<()>(conn).await.map_err(unavailable)
+    }
+
+    /// Index entries after `cursor` (`score:id`), `limit` + 1 at most.
+    async fn index_after(
+        &self,
+        conn: &mut ConnectionManager,
+        cursor: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<(String, f64)>, StoreError> {
+        let key = self.index_key();
+        let want = limit as isize + 1;
+        let Some(cursor) = cursor else {
+            let now = unix_ms();
+            return conn
+                .zrangebyscore_limit_withscores(&key, now, "+inf", 0, want)
+                .await
+                .map_err(unavailable);
+        };
+        let (score, after) = cursor
+            .split_once(':')
+            .and_then(|(s, id)| Some((s.parse::<u64>().ok()?, id)))
+            .ok_or(StoreError::Cursor)?;
+        // Members of equal score come in byte order of the member.
+        let ties: Vec<String> = conn
+            .zrangebyscore_limit(&key, score, score, 0, MAX_PAGE as isize * 4)
+            .await
+            .map_err(unavailable)?;
+        let mut found: Vec<(String, f64)> = ties
+            .into_iter()
+            .filter(|id| id.as_str() > after)
+            .map(|id| (id, score as f64))
+            .collect();
+        let rest: Vec<(String, f64)> = conn
+            .zrangebyscore_limit_withscores(&key, format!("({score}"), "+inf", 0, want)
+            .await
+            .map_err(unavailable)?;
+        found.extend(rest);
+        found.truncate(limit + 1);
+        Ok(found)
+    }
+
     fn salt_key(&self) -> String {
         format!("{}identity-salt", self.prefix)
     }
@@ -147,6 +226,21 @@ impl RedisStore {
     }
 }
 
+/// Hex of the first 16 bytes of SHA-256 over the length-prefixed pair.
+fn subject_hash(issuer: &str, subject: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for part in [issuer, subject] {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode(json: &str) -> Result<SessionMetadata, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
 fn encode(meta: &SessionMetadata) -> Result<String, StoreError> {
     serde_json::to_string(meta).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
@@ -154,22 +248,28 @@ fn encode(meta: &SessionMetadata) -> Result<String, StoreError> {
 impl SessionStore for RedisStore {
     fn put(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<(), StoreError>> {
         let (key, json) = (self.session_key(&meta.id), encode(meta));
+        let (id, subject) = (meta.id.clone(), meta.subject.clone());
         self.timed("put", async move {
             let mut conn = self.conn().await?;
             conn.pset_ex::<_, _, ()>(key, json?, self.ttl_ms)
                 .await
-                .map_err(unavailable)
+                .map_err(unavailable)?;
+            self.index(&mut conn, &id, subject.as_ref()).await
         })
         .boxed()
     }
 
     fn update(&self, meta: &SessionMetadata) -> BoxFuture<'_, Result<bool, StoreError>> {
         let (key, tomb, json) = (self.session_key(&meta.id), self.tombstone_key(&meta.id), encode(meta));
+        let (id, subject) = (meta.id.clone(), meta.subject.clone());
         self.timed("update", async move {
             let mut conn = self.conn().await?;
             let mut call = self.scripts.update.key(key);
             call.key(tomb).arg(json?).arg(self.ttl_ms);
             let written: i64 = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+            if written == 1 {
+                self.index(&mut conn, &id, subject.as_ref()).await?;
+            }
             Ok(written == 1)
         })
         .boxed()
@@ -179,23 +279,26 @@ impl SessionStore for RedisStore {
         self.timed("get", async move {
             let mut conn = self.conn().await?;
             let json: Option<String> = conn.get(self.session_key(id)).await.map_err(unavailable)?;
-            json.map(|j| serde_json::from_str(&j).map_err(|e| StoreError::Corrupt(e.to_string())))
-                .transpose()
+            json.as_deref().map(decode).transpose()
         })
         .boxed()
     }
 
-    fn touch<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Touch, StoreError>> {
+    fn touch<'a>(&'a self, id: &'a str, subject: Option<&'a SubjectRef>) -> BoxFuture<'a, Result<Touch, StoreError>> {
         self.timed("touch", async move {
             let mut conn = self.conn().await?;
             let mut call = self.scripts.touch.key(self.session_key(id));
             call.key(self.tombstone_key(id)).arg(self.ttl_ms);
             let found: i64 = call.invoke_async(&mut conn).await.map_err(unavailable)?;
-            Ok(match found {
+            let touch = match found {
                 0 => Touch::Alive,
                 2 => Touch::Deleted,
                 _ => Touch::Missing,
-            })
+            };
+            if touch == Touch::Alive {
+                self.index(&mut conn, id, subject).await?;
+            }
+            Ok(touch)
         })
         .boxed()
     }
@@ -210,7 +313,56 @@ impl SessionStore for RedisStore {
                 .arg(self.channel())
                 .arg(id);
             let removed: i64 = call.invoke_async(&mut conn).await.map_err(unavailable)?;
+            // The tombstone is what counts; a stale index entry is skipped and pruned.
+            if let Err(e) = conn.zrem::<_, _, ()>(self.index_key(), id).await {
+                tracing::debug!(session.id = %id, error = %e, "session left in the index");
+            }
             Ok(removed > 0)
+        })
+        .boxed()
+    }
+
+    fn list<'a>(&'a self, cursor: Option<&'a str>, limit: usize) -> BoxFuture<'a, Result<Page, StoreError>> {
+        let limit = limit.clamp(1, MAX_PAGE);
+        self.timed("list", async move {
+            let mut conn = self.conn().await?;
+            let mut entries = self.index_after(&mut conn, cursor, limit).await?;
+            let more = entries.len() > limit;
+            entries.truncate(limit);
+            let next_cursor = entries
+                .last()
+                .filter(|_| more)
+                .map(|(id, score)| format!("{}:{id}", *score as u64));
+            let mut pipe = redis::pipe();
+            for (id, _) in &entries {
+                pipe.get(self.session_key(id));
+            }
+            let found: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let mut sessions = Vec::with_capacity(found.len());
+            for json in found.iter().flatten() {
+                match decode(json) {
+                    Ok(meta) => sessions.push(meta),
+                    Err(e) => tracing::warn!(error = %e, "a stored session does not decode; not listed"),
+                }
+            }
+            Ok(Page { sessions, next_cursor })
+        })
+        .boxed()
+    }
+
+    fn sessions_of<'a>(&'a self, issuer: &'a str, subject: &'a str) -> BoxFuture<'a, Result<Vec<String>, StoreError>> {
+        self.timed("sessions_of", async move {
+            let mut conn = self.conn().await?;
+            let key = self.subject_key(issuer, subject);
+            let now = unix_ms();
+            let (ids,): (Vec<String>,) = redis::pipe()
+                .zrembyscore(&key, "-inf", format!("({now}"))
+                .ignore()
+                .zrange(&key, 0, -1)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            Ok(ids)
         })
         .boxed()
     }
@@ -331,6 +483,14 @@ async fn follow_deletions(client: redis::Client, channel: String, tx: mpsc::Send
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subject_hashes_separate_issuer_from_subject() {
+        let a = subject_hash("https://idp", "alice");
+        assert_eq!(a.len(), 32);
+        assert_eq!(a, subject_hash("https://idp", "alice"));
+        assert_ne!(a, subject_hash("https://id", "palice"));
+    }
 
     #[test]
     fn event_members_decode() {

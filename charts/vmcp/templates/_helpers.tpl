@@ -84,6 +84,9 @@ app.kubernetes.io/part-of: vmcp
 {{- fail (printf "sidecar.port %d is vmcp's own port: the two containers share the pod's network" (int .Values.sidecar.port)) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.admin.enabled (eq (int .Values.admin.port) (int .Values.port)) }}
+{{- fail (printf "admin.port %d is the MCP port: the admin API needs a port of its own" (int .Values.admin.port)) }}
+{{- end }}
 {{- if and (not (include "vmcp.replicated" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
 {{- fail "more than one replica (or autoscaling) needs Redis: set redis.url, or redis.bundled.enabled=true to try it out" }}
 {{- end }}
