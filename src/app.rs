@@ -26,6 +26,8 @@ pub enum AppError {
     Store(#[from] StoreError),
     #[error("{0}")]
     Auth(#[from] crate::auth::AuthError),
+    #[error("{0}")]
+    Policy(#[from] crate::policy::PolicyError),
 }
 
 /// Everything one replica shares between requests.
@@ -50,6 +52,8 @@ pub struct App {
     pub auth: crate::auth::Authenticator,
     /// Who may call the admin API (`admin`).
     pub admin: crate::admin::AdminAuth,
+    /// What callers may do (`policy.file`); `None`: everything.
+    pub policies: Option<Arc<crate::policy::Policies>>,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
     pub replica_header: Option<http::HeaderValue>,
 }
@@ -151,9 +155,11 @@ impl App {
         let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
         let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref())?;
         let admin = crate::admin::AdminAuth::new(&config.admin);
+        let policies = crate::policy::Policies::load(&config.policy, &config.replica_id, metrics.registry())?;
         Ok(Arc::new(Self {
             auth,
             admin,
+            policies,
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -239,6 +245,9 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
         );
         tokio::spawn(async move { identity.keep_salt(store, stop).await })
     };
+    if let Some(policies) = &app.policies {
+        tokio::spawn(Arc::clone(policies).watch(background_stop.clone()));
+    }
     let discovery = start_discovery(&app).await;
     let stop_accepting = CancellationToken::new();
     let (deadline_tx, deadline_rx) = tokio::sync::watch::channel(None);

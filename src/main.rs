@@ -45,7 +45,9 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Sessions(args) => cli::run(args),
         Command::Validate { config } => {
-            Config::load(&config, &ProcessEnv)?;
+            let loaded = Config::load(&config, &ProcessEnv)?;
+            // The policy file too: parsed and checked against the schema.
+            vmcp::policy::Policies::load(&loaded.policy, &loaded.replica_id, &prometheus::Registry::new())?;
             println!("{}: ok", config.display());
             Ok(())
         }
@@ -102,6 +104,14 @@ async fn reload_on_hangup(app: std::sync::Arc<vmcp::app::App>, path: PathBuf) {
             return;
         };
         while hangups.recv().await.is_some() {
+            if let Some(policies) = &app.policies {
+                match policies.reload() {
+                    Ok(changed) => tracing::info!(changed, "SIGHUP: policies checked"),
+                    Err(e) => {
+                        tracing::error!(error = %e, "SIGHUP: policies not reloaded; the previous ones stay in force")
+                    }
+                }
+            }
             match Config::load(&path, &ProcessEnv) {
                 Ok(fresh) if fresh.membership.kind == vmcp::config::MembershipKind::Static => {
                     app.membership.set_static(&fresh.membership.members);

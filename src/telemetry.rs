@@ -126,6 +126,11 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// The registry every metric is in (for modules that register their own).
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// Creates every metric and registers it into `registry`.
     pub fn new(registry: Registry) -> Result<Self, prometheus::Error> {
         let hist = |name: &str, help: &str, labels: &[&str]| {

@@ -30,6 +30,8 @@ pub struct Route {
     pub backend: Arc<str>,
     /// The name (or URI) the backend knows.
     pub name: String,
+    /// Where the item is in its list (`Catalog::tools` or `::prompts`).
+    pub index: usize,
 }
 
 /// The aggregated view of one session's backends.
@@ -102,6 +104,7 @@ impl Catalog {
                     Route {
                         backend: id.clone(),
                         name: original.to_owned(),
+                        index: out.len() - 1,
                     },
                 );
             }
@@ -136,6 +139,11 @@ impl Catalog {
         self.tool_routes.get(name)
     }
 
+    /// The backend serving `uri` (see [`Catalog::resource`]), borrowed.
+    pub fn resource_backend(&self, uri: &str) -> Option<&str> {
+        self.resource_route(uri).map(|b| &**b)
+    }
+
     pub fn prompt(&self, name: &str) -> Option<&Route> {
         self.prompt_routes.get(name)
     }
@@ -143,15 +151,19 @@ impl Catalog {
     /// The backend serving `uri`: the one that listed it, else the template
     /// with the longest matching literal prefix.
     pub fn resource(&self, uri: &str) -> Option<Arc<str>> {
+        self.resource_route(uri).cloned()
+    }
+
+    fn resource_route(&self, uri: &str) -> Option<&Arc<str>> {
         if let Some(b) = self.resource_routes.get(uri) {
-            return Some(b.clone());
+            return Some(b);
         }
         self.template_routes
             .iter()
             .filter(|(prefix, _)| !prefix.is_empty() && uri.starts_with(prefix.as_str()))
             // The longest prefix wins; among equals the first (priority order).
             .min_by_key(|(prefix, _)| std::cmp::Reverse(prefix.len()))
-            .map(|(_, b)| b.clone())
+            .map(|(_, b)| b)
     }
 }
 

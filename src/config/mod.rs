@@ -9,6 +9,7 @@
 mod admin;
 mod auth;
 mod expand;
+mod policy;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ use serde::Deserialize;
 pub use admin::AdminConfig;
 pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
 pub use expand::{Lookup, ProcessEnv};
+pub use policy::PolicyConfig;
 
 /// Everything that can go wrong while loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +75,9 @@ pub struct Config {
     /// The admin API's credential (the API is off without one).
     #[serde(default)]
     pub admin: AdminConfig,
+    /// Cedar policies over what callers may list and call.
+    #[serde(default)]
+    pub policy: PolicyConfig,
 }
 
 /// One backend MCP server: exactly one of `url` (Streamable HTTP) or `command` (stdio).

@@ -84,6 +84,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         }
     }
     validate_auth(config)?;
+    if config.policy.file.is_some() && config.policy.reload_interval.is_zero() {
+        return Err(invalid("policy.reload_interval", "must be greater than zero"));
+    }
     validate_admin(config)?;
     validate_membership(config)
 }

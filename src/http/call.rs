@@ -23,10 +23,18 @@ use tracing::Instrument;
 use super::reply::{self, Body, Format};
 use crate::backend::{CallContext, FromBackend};
 use crate::mcp::{self, Command, Reply, RpcError};
+use crate::session::guard::Guard;
 use crate::session::Session;
 use crate::telemetry::Metrics;
 
 type Outcome = Result<Reply, RpcError>;
+
+/// How the client takes its answer: JSON or SSE, and whether it accepts a stream.
+#[derive(Debug, Clone, Copy)]
+pub struct Answering {
+    pub format: Format,
+    pub accepts_sse: bool,
+}
 
 /// Runs `command` for request `id`, relaying the backend's messages.
 pub async fn respond(
@@ -35,11 +43,12 @@ pub async fn respond(
     id: Value,
     method: &str,
     command: Command,
-    format: Format,
-    accepts_sse: bool,
+    answering: Answering,
+    guard: Option<Arc<dyn Guard>>,
 ) -> Response<Body> {
+    let Answering { format, accepts_sse } = answering;
     let (relay, mut relayed) = mpsc::unbounded_channel();
-    let mut call = boxed_call(metrics, &session, &id, method, command, relay);
+    let mut call = boxed_call(metrics, &session, &id, method, command, relay, guard);
     let mut relay_open = true;
     let outcome = loop {
         tokio::select! {
@@ -82,6 +91,7 @@ fn boxed_call(
     method: &str,
     command: Command,
     relay: mpsc::UnboundedSender<FromBackend>,
+    guard: Option<Arc<dyn Guard>>,
 ) -> BoxFuture<'static, Outcome> {
     let ticket = session.track_call(id);
     let ctx = CallContext::new(relay, ticket.token());
@@ -90,7 +100,7 @@ fn boxed_call(
     Box::pin(
         async move {
             let _ticket = ticket;
-            super::mcp::measured(&metrics, label, command.apply(&running, &ctx)).await
+            super::mcp::measured(&metrics, label, command.apply(&running, &ctx, guard.as_deref())).await
         }
         .in_current_span(),
     )

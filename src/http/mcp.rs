@@ -22,6 +22,7 @@ use crate::backend::CallContext;
 use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, Reply, RpcError};
+use crate::session::guard::Guard;
 use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
 use crate::telemetry::{Meter, Metrics};
 
@@ -255,14 +256,18 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, f
                 Ok(s) => s,
                 Err(e) => return reject(e, Some(&id)),
             };
+            let guard = crate::policy::guard_for(app.policies.as_ref(), who);
             if command.reaches_backend() {
-                let sse = format == Format::Sse || accepts(headers, "text/event-stream");
-                return super::call::respond(&app.metrics, session, id, &method, command, format, sse).await;
+                let answering = super::call::Answering {
+                    format,
+                    accepts_sse: format == Format::Sse || accepts(headers, "text/event-stream"),
+                };
+                return super::call::respond(&app.metrics, session, id, &method, command, answering, guard).await;
             }
             // Boxed, like the rarer branches below: their futures (~9 KB for
             // `apply`) would otherwise be part of every `tools/call`'s state,
             // which hyper moves into place per request.
-            let outcome = Box::pin(apply_here(app, &session, &method, command)).await;
+            let outcome = Box::pin(apply_here(app, &session, &method, command, guard.as_deref())).await;
             answer(&id, outcome, format)
         }
         Ok(Message::Notification { method, params }) => {
@@ -295,12 +300,18 @@ fn answer_error(e: SessionError) -> RpcError {
 }
 
 /// Runs a command that relays nothing (a batch item, or one the gateway answers itself).
-async fn apply_here(app: &App, session: &Session, method: &str, command: Command) -> Result<Reply, RpcError> {
+async fn apply_here(
+    app: &App,
+    session: &Session,
+    method: &str,
+    command: Command,
+    guard: Option<&dyn Guard>,
+) -> Result<Reply, RpcError> {
     let ctx = CallContext::default();
     measured(
         &app.metrics,
         Command::method_label(method),
-        command.apply(session, &ctx),
+        command.apply(session, &ctx, guard),
     )
     .await
 }
@@ -360,9 +371,10 @@ async fn batch(
     };
     // Boxed so the batch future stays `Send` for any lifetime (rustc cannot
     // prove that for a `join_all` over closures that borrow `app`).
+    let guard = crate::policy::guard_for(app.policies.as_ref(), who);
     let answers: Vec<futures_util::future::BoxFuture<'_, Option<Value>>> = items
         .into_iter()
-        .map(|item| Box::pin(batch_item(app, Arc::clone(&session), item)) as _)
+        .map(|item| Box::pin(batch_item(app, Arc::clone(&session), item, guard.clone())) as _)
         .collect();
     let bodies: Vec<Value> = futures_util::future::join_all(answers)
         .await
@@ -376,13 +388,13 @@ async fn batch(
 }
 
 /// One message of a batch; `None` for notifications and responses.
-async fn batch_item(app: &App, session: Arc<Session>, item: Value) -> Option<Value> {
+async fn batch_item(app: &App, session: Arc<Session>, item: Value, guard: Option<Arc<dyn Guard>>) -> Option<Value> {
     match Message::classify(item) {
         Err((id, e)) => Some(e.to_body(id.as_ref())),
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
                 Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
-                Ok(command) => apply_here(app, &session, &method, command).await,
+                Ok(command) => apply_here(app, &session, &method, command, guard.as_deref()).await,
                 Err(e) => Err(e),
             };
             Some(mcp::jsonrpc::response_body(&id, outcome))

@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::RpcError;
 use crate::backend::{BackendError, CallContext, Reply};
+use crate::session::guard::{Guard, Refusal};
 use crate::session::{ListKind, Session, SessionError};
 
 /// An MCP request, validated.
@@ -119,22 +120,33 @@ impl Command {
 
     /// Runs the command against `session` (everything but `initialize`);
     /// `ctx` carries what the backend relays and the client's cancellation.
-    pub async fn apply(self, session: &Session, ctx: &CallContext) -> Result<Reply, RpcError> {
+    /// `guard` judges what the request does to an item (policies, limits).
+    pub async fn apply(
+        self,
+        session: &Session,
+        ctx: &CallContext,
+        guard: Option<&dyn Guard>,
+    ) -> Result<Reply, RpcError> {
         let result = match self {
             Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
             Self::Ping => Ok(Reply::Tree(json!({}))),
-            Self::List(kind, cursor) => session.list(kind, cursor.as_deref()).map(Reply::Tree),
-            Self::CallTool(p) => session.call_tool(p, ctx).await,
-            Self::GetPrompt(p) => session.get_prompt(p, ctx).await,
-            Self::ReadResource(p) => session.by_uri("resources/read", p, ctx).await,
-            Self::Complete(p) => session.complete(p, ctx).await,
+            Self::List(kind, cursor) => session.list(kind, cursor.as_deref(), guard).map(Reply::Tree),
+            Self::CallTool(p) => session.call_tool(p, ctx, guard).await,
+            Self::GetPrompt(p) => session.get_prompt(p, ctx, guard).await,
+            Self::ReadResource(p) => session.by_uri("resources/read", p, ctx, guard).await,
+            Self::Complete(p) => session.complete(p, ctx, guard).await,
             Self::SetLogLevel(p) => session.set_log_level(p).await.map(Reply::Tree),
-            Self::Subscribe(p) => session.by_uri("resources/subscribe", p, ctx).await,
-            Self::Unsubscribe(p) => session.by_uri("resources/unsubscribe", p, ctx).await,
+            Self::Subscribe(p) => session.by_uri("resources/subscribe", p, ctx, guard).await,
+            Self::Unsubscribe(p) => session.by_uri("resources/unsubscribe", p, ctx, guard).await,
         };
         result.map_err(to_rpc)
     }
 }
+
+/// A request a policy forbids (README "Authorization").
+pub const FORBIDDEN: i32 = -32003;
+/// A request over a rate limit (README "Rate limits"); `data.retryAfterMs` says when to retry.
+pub const RATE_LIMITED: i32 = -32029;
 
 /// Resource not found, as the MCP spec defines it.
 const RESOURCE_NOT_FOUND: i32 = -32002;
@@ -158,6 +170,18 @@ pub fn to_rpc(e: SessionError) -> RpcError {
             e.to_string(),
             StatusCode::TOO_MANY_REQUESTS,
         ),
+        SessionError::Refused(denied @ Refusal::Denied(_)) => {
+            RpcError::new(FORBIDDEN, denied.to_string(), StatusCode::OK)
+        }
+        SessionError::Refused(Refusal::Limited { rule, retry_after }) => {
+            let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+            RpcError {
+                code: RATE_LIMITED,
+                message: format!("rate limit `{rule}` exceeded; retry in {millis} ms"),
+                data: Some(json!({ "rule": rule, "retryAfterMs": millis })),
+                status: StatusCode::TOO_MANY_REQUESTS,
+            }
+        }
         SessionError::Backend { backend, error } => match error {
             BackendError::Rpc { code, message, data } => RpcError {
                 code,

@@ -11,6 +11,7 @@ mod call_streams;
 mod calls;
 mod events;
 mod factory;
+pub mod guard;
 mod heal;
 mod id;
 mod identity;
@@ -18,6 +19,7 @@ mod inflight;
 mod listen;
 mod manager;
 mod relay;
+mod requests;
 mod shared;
 
 use std::collections::HashMap;
@@ -27,7 +29,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::aggregate::{page, Catalog};
+use crate::aggregate::Catalog;
 use crate::backend::{BackendError, BackendSession, CallContext, Reply};
 use crate::store::{unix_ms, SessionMetadata};
 use crate::telemetry::Meter;
@@ -64,6 +66,9 @@ pub enum SessionError {
     Busy(usize),
     #[error("backend `{backend}`: {error}")]
     Backend { backend: String, error: BackendError },
+    /// The request's guard refused it (policy, rate limit): no backend traffic.
+    #[error(transparent)]
+    Refused(#[from] guard::Refusal),
 }
 
 type Backends = Arc<HashMap<Arc<str>, Arc<BackendSession>>>;
@@ -266,90 +271,6 @@ impl Session {
         self.read().closed
     }
 
-    /// One page of a list (`tools`, `prompts`, `resources`, `resourceTemplates`).
-    pub fn list(&self, kind: ListKind, cursor: Option<&str>) -> Result<Value, SessionError> {
-        let view = self.enter_bounded(false)?;
-        let items = match kind {
-            ListKind::Tools => &view.catalog.tools,
-            ListKind::Prompts => &view.catalog.prompts,
-            ListKind::Resources => &view.catalog.resources,
-            ListKind::ResourceTemplates => &view.catalog.resource_templates,
-        };
-        let (chunk, next) = page::page(items, cursor, self.factory.aggregation().page_size)
-            .map_err(|e| SessionError::InvalidParams(e.to_string()))?;
-        let mut result = json!({ kind.key(): chunk });
-        if let Some(next) = next {
-            result["nextCursor"] = Value::String(next);
-        }
-        Ok(result)
-    }
-
-    /// `tools/call`: routes by client-facing name, sends the backend's name.
-    pub async fn call_tool(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
-        let view = self.enter()?;
-        let name = str_param(&params, "name")?;
-        let route = view
-            .catalog
-            .tool(name)
-            .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
-        params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "tools/call", params, ctx).await
-    }
-
-    /// `prompts/get`: like `call_tool`, for prompts.
-    pub async fn get_prompt(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
-        let view = self.enter()?;
-        let name = str_param(&params, "name")?;
-        let route = view
-            .catalog
-            .prompt(name)
-            .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
-        params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "prompts/get", params, ctx).await
-    }
-
-    /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`:
-    /// routed by URI, which is passed through unchanged (so the backend's
-    /// `notifications/resources/updated` already carries the client's URI).
-    pub async fn by_uri(&self, method: &'static str, params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
-        let view = self.enter()?;
-        let uri = str_param(&params, "uri")?;
-        let backend = view
-            .catalog
-            .resource(uri)
-            .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
-        self.forward(&view, &backend, method, params, ctx).await
-    }
-
-    /// `completion/complete`: routes by the prompt or resource it refers to.
-    pub async fn complete(&self, mut params: Value, ctx: &CallContext) -> Result<Reply, SessionError> {
-        let view = self.enter()?;
-        let reference = params.get("ref").cloned().unwrap_or(Value::Null);
-        let backend = match reference.get("type").and_then(Value::as_str) {
-            Some("ref/prompt") => {
-                let name = str_param(&reference, "name")?;
-                let route = view
-                    .catalog
-                    .prompt(name)
-                    .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
-                params["ref"]["name"] = Value::String(route.name.clone());
-                route.backend.clone()
-            }
-            Some("ref/resource") => {
-                let uri = str_param(&reference, "uri")?;
-                view.catalog
-                    .resource(uri)
-                    .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?
-            }
-            _ => {
-                return Err(SessionError::InvalidParams(
-                    "ref.type must be ref/prompt or ref/resource".into(),
-                ))
-            }
-        };
-        self.forward(&view, &backend, "completion/complete", params, ctx).await
-    }
-
     /// `logging/setLevel`: applied to every backend that supports logging.
     pub async fn set_log_level(&self, params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
@@ -506,6 +427,16 @@ impl ListKind {
             Self::Prompts => "prompts",
             Self::Resources => "resources",
             Self::ResourceTemplates => "resourceTemplates",
+        }
+    }
+
+    /// The list's id in policies (`Vmcp::List::"tools"`).
+    fn list_name(self) -> &'static str {
+        match self {
+            Self::Tools => "tools",
+            Self::Prompts => "prompts",
+            Self::Resources => "resources",
+            Self::ResourceTemplates => "resource_templates",
         }
     }
 }

@@ -41,6 +41,8 @@ pub struct Options {
     pub extra_tools: usize,
     /// `tools/list` answers after this long (a backend slow to list).
     pub list_delay: Option<Duration>,
+    /// Tools listed with `annotations: {readOnlyHint: true, destructiveHint: false}`.
+    pub read_only: Vec<&'static str>,
     /// Requests need a bearer JWT for this backend's URL (an OAuth resource server).
     pub bearer: Option<Arc<super::bearer::BearerRule>>,
 }
@@ -80,6 +82,11 @@ impl Handler {
             .iter()
             .map(|t| json!({"name": t, "description": format!("{t} of {}", self.name), "inputSchema": schema}))
             .collect();
+        for tool in &mut tools {
+            if self.options.read_only.iter().any(|r| tool["name"] == *r) {
+                tool["annotations"] = json!({"readOnlyHint": true, "destructiveHint": false});
+            }
+        }
         tools.extend(
             (0..self.options.extra_tools)
                 .map(|i| json!({"name": format!("tool-{i}"), "inputSchema": {"type": "object"}})),
