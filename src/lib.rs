@@ -4,7 +4,8 @@
 //! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
 //! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica;
-//! `admin` is the operators' API on the admin listener.
+//! `admin` is the operators' API on the admin listener; `limits` (rate limits)
+//! is a standalone part the call path uses.
 
 pub mod admin;
 pub mod affinity;
@@ -14,6 +15,7 @@ pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod mcp;
 pub mod redact;
 pub mod session;
