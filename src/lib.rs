@@ -5,12 +5,13 @@
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
 //! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica;
 //! `admin` is the operators' API on the admin listener; `limits` (rate limits)
-//! is a standalone part the call path uses.
+//! and `audit` (the audit log) are standalone parts the call path uses.
 
 pub mod admin;
 pub mod affinity;
 pub mod aggregate;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
