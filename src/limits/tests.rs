@@ -246,3 +246,24 @@ fn limited_renders_its_error() {
     );
     assert!(l.message().contains("`r`"));
 }
+
+#[test]
+fn the_backend_follows_the_session_store() {
+    use crate::config::{RedisConfig, StoreConfig, StoreKind};
+    assert_eq!(LimitBackend::from_store(&StoreConfig::default()), LimitBackend::Memory);
+    let redis = StoreConfig {
+        kind: StoreKind::Redis,
+        redis: Some(RedisConfig {
+            url: "redis://r:6379/0".into(),
+            key_prefix: "p:".into(),
+        }),
+        ..Default::default()
+    };
+    assert_eq!(
+        LimitBackend::from_store(&redis),
+        LimitBackend::Redis {
+            url: "redis://r:6379/0".into(),
+            prefix: "p:".into()
+        }
+    );
+}
