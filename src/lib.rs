@@ -4,8 +4,9 @@
 //! `session` (runtime: backend sessions, routing) → `aggregate` (catalog) →
 //! `backend` (HTTP / stdio clients); `store` keeps the metadata half of each
 //! session; `config`, `telemetry` and `redact` serve all of them; `app` wires a replica;
-//! `admin` is the operators' API on the admin listener; `policy` judges what
-//! a caller may do to an item (the session asks it through `session::guard`).
+//! `admin` is the operators' API on the admin listener; `policy` (Cedar),
+//! `limits` (rate limits) and `audit` (the audit log) guard calls: the session
+//! asks them through `session::guard`.
 
 // cedar-policy turns on serde_json's `preserve_order`, which makes a `Value`
 // 72 bytes (32 before): the error types that carry one (JSON-RPC `data`) are
@@ -16,10 +17,12 @@ pub mod admin;
 pub mod affinity;
 pub mod aggregate;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod backend;
 pub mod config;
 pub mod http;
+pub mod limits;
 pub mod mcp;
 pub mod policy;
 pub mod redact;

@@ -7,9 +7,11 @@
 //! The key names are an interface (DESIGN.md §7): operators' tooling writes them.
 
 mod admin;
+mod audit;
 mod auth;
 mod expand;
 mod policy;
+mod limits;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -20,9 +22,11 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use admin::AdminConfig;
+pub use audit::{AuditConfig, AuditSink};
 pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
 pub use expand::{Lookup, ProcessEnv};
 pub use policy::PolicyConfig;
+pub use limits::{CallKind, LimitMatch, LimitRule, LimitScope, LimitsConfig, OnStoreError};
 
 /// Everything that can go wrong while loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +82,12 @@ pub struct Config {
     /// Cedar policies over what callers may list and call.
     #[serde(default)]
     pub policy: PolicyConfig,
+    /// Token-bucket rate limits on calls (none by default).
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// The audit log of calls and refusals (off by default).
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// One backend MCP server: exactly one of `url` (Streamable HTTP) or `command` (stdio).

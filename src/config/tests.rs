@@ -291,3 +291,69 @@ fn admin_api_is_off_by_default_and_its_credential_is_checked() {
     let (field, _) = field_error("admin_listen: 127.0.0.1:9090\nadmin:\n  tokn: x\n");
     assert_eq!(field, "admin.tokn");
 }
+
+#[test]
+fn limits_parse_with_defaults_and_are_checked() {
+    let c = parse("").unwrap();
+    assert!(c.limits.rules.is_empty());
+    assert_eq!(c.limits.on_store_error, OnStoreError::Allow);
+    let backends = "backends:\n  - name: alpha\n    url: http://x/mcp\n";
+    let c = parse(&format!(
+        "{backends}limits:\n  on_store_error: deny\n  rules:\n    - name: per-caller\n      per: principal\n      match: {{ backends: [alpha], tools: [\"search*\"], kinds: [tool] }}\n      rate: 60\n      per_interval: 1m\n    - name: all\n      per: global\n      rate: 1000\n      per_interval: 1s\n      burst: 50\n"
+    ))
+    .unwrap();
+    assert_eq!(c.limits.on_store_error, OnStoreError::Deny);
+    let r = &c.limits.rules[0];
+    assert_eq!((r.per, r.rate, r.capacity()), (LimitScope::Principal, 60, 60));
+    assert_eq!(r.per_interval, Duration::from_secs(60));
+    assert_eq!(r.matches.tools, ["search*"]);
+    assert_eq!(r.matches.kinds, [CallKind::Tool]);
+    assert_eq!(
+        (c.limits.rules[1].per, c.limits.rules[1].capacity()),
+        (LimitScope::Global, 50)
+    );
+
+    let rule = |extra: &str| {
+        format!("{backends}limits:\n  rules:\n    - name: r\n      per: global\n      rate: 1\n      per_interval: 1s\n{extra}")
+    };
+    let (field, _) = field_error(&rule("      burst: 0\n"));
+    assert_eq!(field, "limits.rules.0.burst");
+    let (field, msg) = field_error(&rule("      match: { backends: [beta] }\n"));
+    assert_eq!(field, "limits.rules.0.match.backends.0");
+    assert!(msg.contains("beta"), "{msg}");
+    let (field, _) = field_error(&rule("      match: { tools: [\"a*b\"] }\n"));
+    assert_eq!(field, "limits.rules.0.match.tools.0");
+    let (field, _) = field_error(&rule("      match: { tool: [x] }\n"));
+    assert_eq!(field, "limits.rules[0].match.tool");
+    let (field, _) = field_error("limits:\n  rules:\n    - { name: Bad, per: global, rate: 1, per_interval: 1s }\n");
+    assert_eq!(field, "limits.rules.0.name");
+    let (field, _) = field_error(
+        "limits:\n  rules:\n    - { name: a, per: global, rate: 1, per_interval: 1s }\n    - { name: a, per: principal, rate: 1, per_interval: 1s }\n",
+    );
+    assert_eq!(field, "limits.rules.1.name");
+    let (field, _) = field_error("limits:\n  rules:\n    - { name: a, per: global, rate: 0, per_interval: 1s }\n");
+    assert_eq!(field, "limits.rules.0.rate");
+    let (field, _) = field_error("limits:\n  rules:\n    - { name: a, per: everyone, rate: 1, per_interval: 1s }\n");
+    assert_eq!(field, "limits.rules[0].per");
+    let (field, _) = field_error("limits:\n  on_store_error: maybe\n");
+    assert_eq!(field, "limits.on_store_error");
+}
+
+#[test]
+fn audit_is_off_by_default_and_checked() {
+    let c = parse("").unwrap();
+    assert!(!c.audit.enabled && !c.audit.include_arguments);
+    assert_eq!(c.audit.sink, AuditSink::Stdout);
+    let c = parse("audit: { enabled: true, sink: file, path: /tmp/a.jsonl, include_arguments: true }\n").unwrap();
+    assert_eq!(
+        (c.audit.sink, c.audit.path.to_str()),
+        (AuditSink::File, Some("/tmp/a.jsonl"))
+    );
+    assert!(c.audit.include_arguments);
+    let (field, _) = field_error("audit: { enabled: true, sink: file, path: \"\" }\n");
+    assert_eq!(field, "audit.path");
+    let (field, _) = field_error("audit: { sink: syslog }\n");
+    assert_eq!(field, "audit.sink");
+    let (field, _) = field_error("audit: { enable: true }\n");
+    assert_eq!(field, "audit.enable");
+}

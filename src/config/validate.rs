@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::{is_vmcp_variable, BackendAuthConfig, BackendConfig, Config, MembershipKind, StoreKind};
+use super::{is_vmcp_variable, AuditSink, BackendAuthConfig, BackendConfig, Config, MembershipKind, StoreKind};
 
 type Invalid = (String, String);
 
@@ -88,7 +88,71 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("policy.reload_interval", "must be greater than zero"));
     }
     validate_admin(config)?;
+    validate_limits(config)?;
+    validate_audit(config)?;
     validate_membership(config)
+}
+
+/// `[a-z0-9-]+`: backend and limit rule names (metric labels, key parts).
+fn name_ok(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// Exact names or `prefix*`: a `*` only at the end.
+fn pattern_ok(pattern: &str) -> bool {
+    let body = pattern.strip_suffix('*').unwrap_or(pattern);
+    !pattern.is_empty() && !body.contains('*')
+}
+
+fn validate_limits(config: &Config) -> Result<(), Invalid> {
+    let mut seen = HashSet::new();
+    let backends: HashSet<&str> = config.backends.iter().map(|b| b.name.as_str()).collect();
+    for (i, rule) in config.limits.rules.iter().enumerate() {
+        let field = |f: &str| format!("limits.rules.{i}.{f}");
+        if !name_ok(&rule.name) {
+            return Err(invalid(field("name"), format!("`{}` must match [a-z0-9-]+", rule.name)));
+        }
+        if !seen.insert(rule.name.as_str()) {
+            return Err(invalid(field("name"), format!("`{}` is used by two rules", rule.name)));
+        }
+        if rule.rate == 0 {
+            return Err(invalid(field("rate"), "must be at least 1"));
+        }
+        if rule.per_interval < std::time::Duration::from_millis(1) {
+            return Err(invalid(field("per_interval"), "must be at least 1ms"));
+        }
+        if rule.burst == Some(0) {
+            return Err(invalid(field("burst"), "must be at least 1"));
+        }
+        for (j, name) in rule.matches.backends.iter().enumerate() {
+            if !backends.contains(name.as_str()) {
+                return Err(invalid(
+                    field(&format!("match.backends.{j}")),
+                    format!("no backend is named `{name}`"),
+                ));
+            }
+        }
+        for (j, pattern) in rule.matches.tools.iter().enumerate() {
+            if !pattern_ok(pattern) {
+                return Err(invalid(
+                    field(&format!("match.tools.{j}")),
+                    format!("`{pattern}` must be a name or end with a single `*` (a prefix)"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn validate_audit(config: &Config) -> Result<(), Invalid> {
+    let a = &config.audit;
+    if a.enabled && a.sink == AuditSink::File && a.path.as_os_str().is_empty() {
+        return Err(invalid("audit.path", "sink file needs a path"));
+    }
+    Ok(())
 }
 
 /// The shortest static admin token accepted.
@@ -243,11 +307,7 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
     let mut seen = HashSet::new();
     for (i, b) in config.backends.iter().enumerate() {
         let field = |f: &str| format!("backends.{i}.{f}");
-        let name_ok = !b.name.is_empty()
-            && b.name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-        if !name_ok {
+        if !name_ok(&b.name) {
             return Err(invalid(field("name"), format!("`{}` must match [a-z0-9-]+", b.name)));
         }
         if !seen.insert(b.name.as_str()) {
