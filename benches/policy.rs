@@ -58,7 +58,9 @@ fn decide(c: &mut Criterion) {
         ..item
     };
     c.bench_function("policy/call_tool (deny, 5 policies)", |b| {
-        b.iter(|| std::hint::black_box(policies.decide(&caller, Action::CallTool, std::hint::black_box(&denied), false)))
+        b.iter(|| {
+            std::hint::black_box(policies.decide(&caller, Action::CallTool, std::hint::black_box(&denied), false))
+        })
     });
     let _ = std::fs::remove_file(&path);
 }

@@ -28,6 +28,28 @@ pub enum AppError {
     Auth(#[from] crate::auth::AuthError),
     #[error("{0}")]
     Policy(#[from] crate::policy::PolicyError),
+    #[error("limits: {0}")]
+    Limits(#[from] crate::limits::LimitsError),
+    #[error("audit: {0}")]
+    Audit(#[from] crate::audit::AuditError),
+}
+
+/// Policies, rate limits (shared through Redis when the store is) and the audit log.
+fn guards(config: &Config, metrics: &Metrics) -> Result<crate::policy::Guards, AppError> {
+    let registry = metrics.registry();
+    let policies = crate::policy::Policies::load(&config.policy, &config.replica_id, registry)?;
+    let limiter = crate::limits::Limiter::new(
+        &config.limits,
+        crate::limits::LimitBackend::from_store(&config.store),
+        registry,
+    )?;
+    let auditor = crate::audit::Auditor::new(&config.audit)?;
+    Ok(crate::policy::Guards {
+        policies,
+        limiter: (!limiter.is_empty()).then(|| Arc::new(limiter)),
+        auditor: auditor.is_enabled().then(|| Arc::new(auditor)),
+        replica: Arc::from(config.replica_id.as_str()),
+    })
 }
 
 /// Everything one replica shares between requests.
@@ -52,8 +74,8 @@ pub struct App {
     pub auth: crate::auth::Authenticator,
     /// Who may call the admin API (`admin`).
     pub admin: crate::admin::AdminAuth,
-    /// What callers may do (`policy.file`); `None`: everything.
-    pub policies: Option<Arc<crate::policy::Policies>>,
+    /// What guards calls: policies, rate limits, the audit log.
+    pub guards: crate::policy::Guards,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
     pub replica_header: Option<http::HeaderValue>,
 }
@@ -155,11 +177,11 @@ impl App {
         let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
         let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref())?;
         let admin = crate::admin::AdminAuth::new(&config.admin);
-        let policies = crate::policy::Policies::load(&config.policy, &config.replica_id, metrics.registry())?;
+        let guards = guards(&config, &metrics)?;
         Ok(Arc::new(Self {
             auth,
             admin,
-            policies,
+            guards,
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),
@@ -245,7 +267,7 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
         );
         tokio::spawn(async move { identity.keep_salt(store, stop).await })
     };
-    if let Some(policies) = &app.policies {
+    if let Some(policies) = &app.guards.policies {
         tokio::spawn(Arc::clone(policies).watch(background_stop.clone()));
     }
     let discovery = start_discovery(&app).await;

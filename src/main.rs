@@ -104,7 +104,7 @@ async fn reload_on_hangup(app: std::sync::Arc<vmcp::app::App>, path: PathBuf) {
             return;
         };
         while hangups.recv().await.is_some() {
-            if let Some(policies) = &app.policies {
+            if let Some(policies) = &app.guards.policies {
                 match policies.reload() {
                     Ok(changed) => tracing::info!(changed, "SIGHUP: policies checked"),
                     Err(e) => {

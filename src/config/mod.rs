@@ -10,8 +10,8 @@ mod admin;
 mod audit;
 mod auth;
 mod expand;
-mod policy;
 mod limits;
+mod policy;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -25,8 +25,8 @@ pub use admin::AdminConfig;
 pub use audit::{AuditConfig, AuditSink};
 pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
 pub use expand::{Lookup, ProcessEnv};
-pub use policy::PolicyConfig;
 pub use limits::{CallKind, LimitMatch, LimitRule, LimitScope, LimitsConfig, OnStoreError};
+pub use policy::PolicyConfig;
 
 /// Everything that can go wrong while loading a configuration file.
 #[derive(Debug, thiserror::Error)]

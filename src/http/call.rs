@@ -23,6 +23,7 @@ use tracing::Instrument;
 use super::reply::{self, Body, Format};
 use crate::backend::{CallContext, FromBackend};
 use crate::mcp::{self, Command, Reply, RpcError};
+use crate::policy::RequestGuard;
 use crate::session::guard::Guard;
 use crate::session::Session;
 use crate::telemetry::Metrics;
@@ -44,7 +45,7 @@ pub async fn respond(
     method: &str,
     command: Command,
     answering: Answering,
-    guard: Option<Arc<dyn Guard>>,
+    guard: Option<Arc<RequestGuard>>,
 ) -> Response<Body> {
     let Answering { format, accepts_sse } = answering;
     let (relay, mut relayed) = mpsc::unbounded_channel();
@@ -91,7 +92,7 @@ fn boxed_call(
     method: &str,
     command: Command,
     relay: mpsc::UnboundedSender<FromBackend>,
-    guard: Option<Arc<dyn Guard>>,
+    guard: Option<Arc<RequestGuard>>,
 ) -> BoxFuture<'static, Outcome> {
     let ticket = session.track_call(id);
     let ctx = CallContext::new(relay, ticket.token());
@@ -100,7 +101,18 @@ fn boxed_call(
     Box::pin(
         async move {
             let _ticket = ticket;
-            super::mcp::measured(&metrics, label, command.apply(&running, &ctx, guard.as_deref())).await
+            let judge = guard.as_deref().map(|g| g as &dyn Guard);
+            let started = std::time::Instant::now();
+            let outcome = super::mcp::measured(&metrics, label, command.apply(&running, &ctx, judge)).await;
+            if let Some(g) = &guard {
+                g.audit(
+                    label,
+                    running.id(),
+                    outcome.as_ref().err().map(|e| e.code),
+                    started.elapsed(),
+                );
+            }
+            outcome
         }
         .in_current_span(),
     )

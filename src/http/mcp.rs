@@ -22,6 +22,7 @@ use crate::backend::CallContext;
 use crate::config::HttpConfig;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, Reply, RpcError};
+use crate::policy::RequestGuard;
 use crate::session::guard::Guard;
 use crate::session::{self, ManagerError, ResolveError, Session, SessionError};
 use crate::telemetry::{Meter, Metrics};
@@ -256,7 +257,7 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, f
                 Ok(s) => s,
                 Err(e) => return reject(e, Some(&id)),
             };
-            let guard = crate::policy::guard_for(app.policies.as_ref(), who);
+            let guard = app.guards.for_request(who);
             if command.reaches_backend() {
                 let answering = super::call::Answering {
                     format,
@@ -267,7 +268,7 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, f
             // Boxed, like the rarer branches below: their futures (~9 KB for
             // `apply`) would otherwise be part of every `tools/call`'s state,
             // which hyper moves into place per request.
-            let outcome = Box::pin(apply_here(app, &session, &method, command, guard.as_deref())).await;
+            let outcome = Box::pin(apply_here(app, &session, &method, command, guard.as_ref())).await;
             answer(&id, outcome, format)
         }
         Ok(Message::Notification { method, params }) => {
@@ -305,15 +306,26 @@ async fn apply_here(
     session: &Session,
     method: &str,
     command: Command,
-    guard: Option<&dyn Guard>,
+    guard: Option<&Arc<RequestGuard>>,
 ) -> Result<Reply, RpcError> {
     let ctx = CallContext::default();
-    measured(
+    let judge = guard.map(|g| &**g as &dyn Guard);
+    let started = Instant::now();
+    let outcome = measured(
         &app.metrics,
         Command::method_label(method),
-        command.apply(session, &ctx, guard),
+        command.apply(session, &ctx, judge),
     )
-    .await
+    .await;
+    if let Some(g) = guard {
+        g.audit(
+            method,
+            session.id(),
+            outcome.as_ref().err().map(|e| e.code),
+            started.elapsed(),
+        );
+    }
+    outcome
 }
 
 /// The answer to request `id`: its result, or its error (logged, with its status).
@@ -371,7 +383,7 @@ async fn batch(
     };
     // Boxed so the batch future stays `Send` for any lifetime (rustc cannot
     // prove that for a `join_all` over closures that borrow `app`).
-    let guard = crate::policy::guard_for(app.policies.as_ref(), who);
+    let guard = app.guards.for_request(who);
     let answers: Vec<futures_util::future::BoxFuture<'_, Option<Value>>> = items
         .into_iter()
         .map(|item| Box::pin(batch_item(app, Arc::clone(&session), item, guard.clone())) as _)
@@ -388,13 +400,13 @@ async fn batch(
 }
 
 /// One message of a batch; `None` for notifications and responses.
-async fn batch_item(app: &App, session: Arc<Session>, item: Value, guard: Option<Arc<dyn Guard>>) -> Option<Value> {
+async fn batch_item(app: &App, session: Arc<Session>, item: Value, guard: Option<Arc<RequestGuard>>) -> Option<Value> {
     match Message::classify(item) {
         Err((id, e)) => Some(e.to_body(id.as_ref())),
         Ok(Message::Request { id, method, params }) => {
             let outcome = match Command::parse(&method, params) {
                 Ok(Command::Initialize(_)) => Err(RpcError::invalid_request("initialize cannot be batched")),
-                Ok(command) => apply_here(app, &session, &method, command, guard.as_deref()).await,
+                Ok(command) => apply_here(app, &session, &method, command, guard.as_ref()).await,
                 Err(e) => Err(e),
             };
             Some(mcp::jsonrpc::response_body(&id, outcome))

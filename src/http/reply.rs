@@ -61,9 +61,15 @@ pub fn message(status: StatusCode, format: Format, payload: &impl serde::Seriali
 pub fn error(err: &RpcError, id: Option<&Value>) -> Response<Body> {
     let mut response = message(err.status, Format::Json, &err.to_body(id));
     if err.status == StatusCode::SERVICE_UNAVAILABLE || err.status == StatusCode::TOO_MANY_REQUESTS {
-        response
-            .headers_mut()
-            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        // A rate limit says when (`data.retry_after`, seconds); else one second.
+        let after = err
+            .data
+            .as_ref()
+            .and_then(|d| d.get("retry_after"))
+            .and_then(Value::as_u64)
+            .and_then(|s| HeaderValue::from_str(&s.to_string()).ok())
+            .unwrap_or(HeaderValue::from_static("1"));
+        response.headers_mut().insert(header::RETRY_AFTER, after);
     }
     response
 }

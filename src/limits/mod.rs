@@ -32,9 +32,8 @@ use serde_json::{json, Value};
 pub use crate::config::CallKind;
 use crate::config::{LimitScope, LimitsConfig, OnStoreError, StoreConfig, StoreKind};
 
-/// The JSON-RPC error code of a refused call (vmcp's own, in the range
-/// JSON-RPC reserves for implementations); HTTP 429 with `Retry-After`.
-pub const RATE_LIMITED: i32 = -32052;
+/// A refused call is answered with `crate::mcp::jsonrpc::RATE_LIMITED`
+/// (-32052), HTTP 429 and `Retry-After`.
 
 /// How long a caller refused because the store is down is told to wait.
 const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);

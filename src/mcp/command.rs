@@ -145,8 +145,6 @@ impl Command {
 
 /// A request a policy forbids (README "Authorization").
 pub const FORBIDDEN: i32 = -32003;
-/// A request over a rate limit (README "Rate limits"); `data.retryAfterMs` says when to retry.
-pub const RATE_LIMITED: i32 = -32029;
 
 /// Resource not found, as the MCP spec defines it.
 const RESOURCE_NOT_FOUND: i32 = -32002;
@@ -173,12 +171,19 @@ pub fn to_rpc(e: SessionError) -> RpcError {
         SessionError::Refused(denied @ Refusal::Denied(_)) => {
             RpcError::new(FORBIDDEN, denied.to_string(), StatusCode::OK)
         }
-        SessionError::Refused(Refusal::Limited { rule, retry_after }) => {
+        SessionError::Refused(Refusal::Limited {
+            rule,
+            retry_after,
+            message,
+        }) => {
             let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
             RpcError {
-                code: RATE_LIMITED,
-                message: format!("rate limit `{rule}` exceeded; retry in {millis} ms"),
-                data: Some(json!({ "rule": rule, "retryAfterMs": millis })),
+                code: super::jsonrpc::RATE_LIMITED,
+                message,
+                // `retry_after` in whole seconds, as the `Retry-After` header says it.
+                data: Some(
+                    json!({ "rule": rule, "retry_after_ms": millis, "retry_after": millis.div_ceil(1000).max(1) }),
+                ),
                 status: StatusCode::TOO_MANY_REQUESTS,
             }
         }

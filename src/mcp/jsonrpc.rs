@@ -13,6 +13,9 @@ use crate::backend::{codes, Reply};
 pub const OUTCOME_UNKNOWN: i32 = -32050;
 /// A session already has `session.max_calls` requests at its backends (HTTP 429).
 pub const SESSION_BUSY: i32 = -32051;
+/// A call over a rate limit (README "Rate limits"), with HTTP 429 and
+/// `Retry-After`; `data` says which rule and when to retry.
+pub const RATE_LIMITED: i32 = -32052;
 
 /// An error answered to the client.
 #[derive(Debug, Clone)]

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 pub use entities::Principal;
-pub use request::{guard_for, RequestGuard};
+pub use request::{Guards, RequestGuard};
 
 use crate::config::PolicyConfig;
 use crate::session::guard::{Action, Item, Refusal};

@@ -64,8 +64,13 @@ pub struct Item<'a> {
 pub enum Refusal {
     #[error("forbidden by policy: {0}")]
     Denied(String),
-    #[error("rate limit `{rule}` exceeded; retry in {retry_after:?}")]
-    Limited { rule: String, retry_after: Duration },
+    /// A rate limit: the rule, when to retry, and what to tell the client.
+    #[error("{message}")]
+    Limited {
+        rule: String,
+        retry_after: Duration,
+        message: String,
+    },
 }
 
 pub trait Guard: Send + Sync {
