@@ -137,6 +137,11 @@ def main(path, vmcp, sidecar=None, replicated=False):
             stop = seconds(http.get("drain_delay"), 5) + seconds(http.get("shutdown_timeout"), 20)
             longest_stop = max(longest_stop, stop)
             configs[doc["metadata"]["name"]] = (config, stop)
+            policy = (doc.get("data") or {}).get("policy.cedar")
+            if policy is not None:
+                with tempfile.NamedTemporaryFile("w", suffix=".cedar", delete=False) as cedar:
+                    cedar.write(policy)
+                text = text.replace("/etc/vmcp/policy.cedar", cedar.name)
             with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as tmp:
                 tmp.write(text)
             try:

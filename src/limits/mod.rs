@@ -32,8 +32,8 @@ use serde_json::{json, Value};
 pub use crate::config::CallKind;
 use crate::config::{LimitScope, LimitsConfig, OnStoreError, StoreConfig, StoreKind};
 
-/// A refused call is answered with `crate::mcp::jsonrpc::RATE_LIMITED`
-/// (-32052), HTTP 429 and `Retry-After`.
+// A refused call is answered with `crate::mcp::jsonrpc::RATE_LIMITED`
+// (-32052), HTTP 429 and `Retry-After`.
 
 /// How long a caller refused because the store is down is told to wait.
 const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
