@@ -44,6 +44,7 @@ struct Setup {
 impl Drop for Setup {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.policy_file);
+        let _ = std::fs::remove_file(self.policy_file.with_extension("audit.jsonl"));
     }
 }
 
@@ -63,9 +64,11 @@ async fn setup(name: &str) -> Setup {
         &format!(
             "auth:\n  inbound:\n    issuer: {}\n    audience: {audience}\n    groups_claim: scope\n\
              policy:\n  file: {}\n  reload_interval: 100ms\n\
+             audit:\n  enabled: true\n  sink: file\n  path: {}\n\
              store:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n",
             idp.issuer(),
             policy_file.display(),
+            policy_file.with_extension("audit.jsonl").display(),
             redis.url()
         ),
     );
@@ -152,6 +155,29 @@ async fn policies_gate_calls_and_lists_the_same_way_on_every_replica() {
         "{no:?}"
     );
     assert_eq!(admin.call_tool("t_slow", json!({"ms": 1})).await.status, StatusCode::OK);
+
+    // Every denial is in the audit log (both replicas append to one file here).
+    let audit = s.policy_file.with_extension("audit.jsonl");
+    support::eventually("the denials are audited", || async {
+        std::fs::read_to_string(&audit)
+            .unwrap_or_default()
+            .matches("\"denied\"")
+            .count()
+            >= 2 * 5
+    })
+    .await;
+    let text = std::fs::read_to_string(&audit).unwrap();
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let denial = lines
+        .iter()
+        .find(|l| l["event"] == "denied" && l["rule"] == "no-counter-for-other-client")
+        .unwrap_or_else(|| panic!("{text}"));
+    assert_eq!(
+        (denial["sub"].as_str(), denial["name"].as_str()),
+        (Some("other-client"), Some("t_counter"))
+    );
+    assert_eq!(denial["code"], -32003);
+    assert!(!text.contains("my secret"), "argument values stay out of the audit log");
 }
 
 #[tokio::test]

@@ -168,7 +168,7 @@ pub fn to_rpc(e: SessionError) -> RpcError {
             e.to_string(),
             StatusCode::TOO_MANY_REQUESTS,
         ),
-        SessionError::Refused(denied @ Refusal::Denied(_)) => {
+        SessionError::Refused(denied @ Refusal::Denied { .. }) => {
             RpcError::new(FORBIDDEN, denied.to_string(), StatusCode::OK)
         }
         SessionError::Refused(Refusal::Limited {

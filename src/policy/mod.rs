@@ -143,9 +143,15 @@ impl Policies {
             .map(|(request, entities)| self.authorizer.is_authorized(&request, &set, &entities));
         let outcome = match decided {
             Ok(response) if response.decision() == Decision::Allow => Ok(()),
-            Ok(response) => Err(Refusal::Denied(reason(&set, &response, action, item))),
+            Ok(response) => {
+                let (message, policies) = reason(&set, &response, action, item);
+                Err(Refusal::Denied { message, policies })
+            }
             // An item that cannot be described is not allowed.
-            Err(e) => Err(Refusal::Denied(format!("{} cannot be judged: {e}", describe(item)))),
+            Err(e) => Err(Refusal::Denied {
+                message: format!("{} cannot be judged: {e}", describe(item)),
+                policies: None,
+            }),
         };
         let label = if outcome.is_ok() { "allow" } else { "deny" };
         self.decisions.with_label_values(&[action.as_str(), label]).inc();
@@ -199,7 +205,12 @@ fn describe(item: &Item<'_>) -> String {
 
 /// Why a request was denied: the forbidding policies by `@id` (or Cedar's
 /// id), or that none permits it.
-fn reason(set: &PolicySet, response: &cedar_policy::Response, action: Action, item: &Item<'_>) -> String {
+fn reason(
+    set: &PolicySet,
+    response: &cedar_policy::Response,
+    action: Action,
+    item: &Item<'_>,
+) -> (String, Option<String>) {
     let named: Vec<String> = response
         .diagnostics()
         .reason()
@@ -210,15 +221,14 @@ fn reason(set: &PolicySet, response: &cedar_policy::Response, action: Action, it
         })
         .collect();
     if named.is_empty() {
-        format!("no policy permits {} on {}", action.as_str(), describe(item))
-    } else {
-        format!(
-            "{} on {} is forbidden by {}",
-            action.as_str(),
-            describe(item),
-            named.join(", ")
-        )
+        return (
+            format!("no policy permits {} on {}", action.as_str(), describe(item)),
+            None,
+        );
     }
+    let named = named.join(", ");
+    let message = format!("{} on {} is forbidden by {named}", action.as_str(), describe(item));
+    (message, Some(named))
 }
 
 #[cfg(test)]

@@ -139,7 +139,7 @@ impl RequestGuard {
         };
         let is_call = matches!(method, "tools/call" | "prompts/get" | "resources/read");
         let (event, outcome, rule) = match &seen.refusal {
-            Some(Refusal::Denied(_)) => (AuditEvent::Denied, AuditOutcome::Denied, None),
+            Some(Refusal::Denied { policies, .. }) => (AuditEvent::Denied, AuditOutcome::Denied, policies.as_deref()),
             Some(Refusal::Limited { rule, .. }) => (AuditEvent::Limited, AuditOutcome::Limited, Some(rule.as_str())),
             None if !is_call => return,
             None if code.is_some() => (AuditEvent::Call, AuditOutcome::Error, None),

@@ -72,7 +72,8 @@ fn decisions_follow_groups_annotations_and_arguments() {
         .decide(&alice, Action::CallTool, &tool("gh_get", Some(&read_only)), false)
         .is_ok());
     // No annotations: the spec's defaults (not read-only, destructive).
-    let Err(Refusal::Denied(why)) = p.decide(&alice, Action::CallTool, &tool("gh_push", None), false) else {
+    let Err(Refusal::Denied { message: why, .. }) = p.decide(&alice, Action::CallTool, &tool("gh_push", None), false)
+    else {
         panic!("denied expected");
     };
     assert_eq!(why, "no policy permits call_tool on tool `gh_push`");
@@ -81,7 +82,8 @@ fn decisions_follow_groups_annotations_and_arguments() {
     assert!(p
         .decide(&bob, Action::CallTool, &tool("gh_get", Some(&read_only)), false)
         .is_ok());
-    let Err(Refusal::Denied(why)) = p.decide(&bob, Action::CallTool, &tool("gh_push", None), false) else {
+    let Err(Refusal::Denied { message: why, .. }) = p.decide(&bob, Action::CallTool, &tool("gh_push", None), false)
+    else {
         panic!("denied expected");
     };
     assert!(why.contains("forbidden by no-destruction-for-bob"), "{why}");
@@ -90,7 +92,7 @@ fn decisions_follow_groups_annotations_and_arguments() {
     let args = json!({"path": "/etc/passwd", "n": 3});
     let mut call = tool("gh_get", Some(&read_only));
     call.arguments = Some(&args);
-    let Err(Refusal::Denied(why)) = p.decide(&alice, Action::CallTool, &call, false) else {
+    let Err(Refusal::Denied { message: why, .. }) = p.decide(&alice, Action::CallTool, &call, false) else {
         panic!("denied expected");
     };
     assert!(why.contains("no-etc"), "{why}");

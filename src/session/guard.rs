@@ -62,8 +62,9 @@ pub struct Item<'a> {
 /// Why a request was refused before any backend traffic.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
-    #[error("forbidden by policy: {0}")]
-    Denied(String),
+    /// A policy decision: why, and the forbidding policies' ids (none: no permit).
+    #[error("forbidden by policy: {message}")]
+    Denied { message: String, policies: Option<String> },
     /// A rate limit: the rule, when to retry, and what to tell the client.
     #[error("{message}")]
     Limited {
