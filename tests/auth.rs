@@ -57,6 +57,14 @@ fn tampered(token: &str) -> String {
     format!("{head}.{}", sig.into_iter().collect::<String>())
 }
 
+/// The same token with another `kid` in its header.
+fn with_kid(token: &str, kid: &str) -> String {
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (_, rest) = token.split_once('.').expect("a JWT");
+    let header = format!(r#"{{"alg":"RS256","typ":"at+jwt","kid":"{kid}"}}"#);
+    format!("{}.{rest}", b64.encode(header))
+}
+
 /// An unsigned token (`alg: none`) with the claims of `token`.
 fn unsigned(token: &str) -> String {
     let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -112,6 +120,11 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
         ("tampered signature", tampered(&token), "signature"),
         ("alg none", unsigned(&token), "malformed"),
         ("not a JWT", "abc".to_owned(), "malformed"),
+        (
+            "unknown kid",
+            with_kid(&token, "not-a-key-of-the-issuer"),
+            "key the issuer does not publish",
+        ),
         (
             "bad header",
             format!("{}.e30.x", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode("{")),

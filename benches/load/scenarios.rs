@@ -115,7 +115,11 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
     );
 
     let (redis, a, b) = replicated_pair(&backend_url).await;
+    let (policed, limited, _policy_file) = guarded_replicas(&backend_url, &redis).await;
     let pids = Pids {
+        policed: policed.pid().expect("pid"),
+        redis: redis.pid().expect("pid"),
+        limited: limited.pid().expect("pid"),
         backend: fast.pid(),
         hop1: hop1.pid(),
         hop2: hop2.pid(),
@@ -132,9 +136,11 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         &guarded.url,
         &a.url,
         &b.url,
+        &policed.url,
+        &limited.url,
     ];
     throughput(plan, urls.map(String::as_str), &a, pids).await;
-    drop((a, b, hop1, hop2, floor, guarded, fast));
+    drop((a, b, hop1, hop2, floor, guarded, fast, policed, limited));
     if only_throughput {
         return;
     }
@@ -165,6 +171,43 @@ async fn replicated_pair(backend_url: &str) -> (RedisServer, VmcpProcess, VmcpPr
     (redis, a, b)
 }
 
+/// Two single replicas on the same backend and Redis: one judging every call
+/// by five Cedar policies (that permit it), one also counting every call
+/// against a rate limit on Redis (that never runs out): what a guarded call
+/// costs at the owner.
+async fn guarded_replicas(backend_url: &str, redis: &RedisServer) -> (VmcpProcess, VmcpProcess, TempFile) {
+    let policy = TempFile(std::env::temp_dir().join(format!("vmcp-bench-{}.cedar", std::process::id())));
+    std::fs::write(&policy.0, POLICIES).expect("write the bench's policies");
+    let common = format!(
+        "{}{}policy:\n  file: {}\nlog:\n  format: json\n",
+        backends_yaml(backend_url, 1, &[]),
+        redis_yaml(redis),
+        policy.0.display()
+    );
+    let limit = "limits:\n  rules:\n    - { name: bench, per: principal, rate: 1000000000, per_interval: 1s }\n";
+    let policed = VmcpProcess::start(&format!("replica_id: p\n{common}")).await;
+    let limited = VmcpProcess::start(&format!("replica_id: l\n{common}{limit}")).await;
+    (policed, limited, policy)
+}
+
+/// Five policies as a small deployment writes them; the bench's calls are permitted.
+const POLICIES: &str = r#"
+permit(principal, action == Vmcp::Action::"list", resource);
+permit(principal, action == Vmcp::Action::"call_tool", resource) unless { resource.annotations.destructiveHint && principal.authenticated };
+permit(principal in Vmcp::Group::"admins", action, resource);
+forbid(principal == Vmcp::Caller::"mallory", action, resource);
+forbid(principal, action == Vmcp::Action::"call_tool", resource) when { resource.hasTag("path") && resource.getTag("path") like "/etc/*" };
+"#;
+
+/// A file removed when dropped.
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 fn secs(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -178,6 +221,9 @@ struct Pids {
     guarded: u32,
     a: u32,
     b: u32,
+    policed: u32,
+    limited: u32,
+    redis: u32,
 }
 
 /// The median of one figure over a cell's rounds.
@@ -229,8 +275,8 @@ impl Cell {
     }
 }
 
-async fn throughput(plan: &Plan, urls: [&str; 7], a: &VmcpProcess, pids: Pids) {
-    let [backend, hop1, hop2, floor, guarded, a_url, b_url] = urls;
+async fn throughput(plan: &Plan, urls: [&str; 9], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, floor, guarded, a_url, b_url, policed_url, limited_url] = urls;
     let me = std::process::id();
     println!("## tools/call throughput, latency and CPU per call\n");
     println!(
@@ -241,7 +287,7 @@ async fn throughput(plan: &Plan, urls: [&str; 7], a: &VmcpProcess, pids: Pids) {
     for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each figure is the median of its rounds.
-        let mut cells: [Cell; 7] = Default::default();
+        let mut cells: [Cell; 9] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
@@ -269,8 +315,11 @@ async fn throughput(plan: &Plan, urls: [&str; 7], a: &VmcpProcess, pids: Pids) {
             store_per_call.push((store_ops(a).await - store_before) / calls);
             cells[4].push(owner);
             cells[5].push(run(a_url, b_url, "fast_echo", &[pids.a, pids.b]).await);
+            cells[7].push(run(policed_url, policed_url, "fast_echo", &[pids.policed]).await);
+            // The limit's Redis works for every call: its CPU is the gateway's too.
+            cells[8].push(run(limited_url, limited_url, "fast_echo", &[pids.limited, pids.redis]).await);
         }
-        let [direct, bare1, bare2, floor, owner, non_owner, guarded] = &cells;
+        let [direct, bare1, bare2, floor, owner, non_owner, guarded, policed, limited] = &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
@@ -292,6 +341,19 @@ async fn throughput(plan: &Plan, urls: [&str; 7], a: &VmcpProcess, pids: Pids) {
             "{}",
             non_owner.row("**vmcp, entering at a non-owner (1 hop)**", Some(bare2))
         );
+        println!(
+            "{}",
+            policed.row("vmcp at the owner, every call judged by 5 Cedar policies", Some(bare1))
+        );
+        println!(
+            "{}",
+            limited.row(
+                "vmcp at the owner, policies + a rate limit on Redis (CPU: vmcp + Redis)",
+                Some(bare1)
+            )
+        );
+        let (o, p, l) = (owner.cpu(0), policed.cpu(0), limited.cpu(0));
+        println!("| what a guard costs at the owner: policies {:+.1} µs CPU/call, policies + limit {:+.1} µs CPU/call (with the limit: vmcp's and Redis's) | | | | | | | | | |", p - o, l - o);
         println!("| store operations per call at the owner (worst round): {store_per_call:.4} | | | | | | | | | |");
         for (name, base) in [("the floor", floor), ("the guarded floor", guarded)] {
             let (o, f) = (Stats::median(&owner.stats), Stats::median(&base.stats));

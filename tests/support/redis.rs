@@ -32,6 +32,11 @@ impl RedisServer {
         server
     }
 
+    /// The server's process id (to read its CPU time), while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
     pub fn url(&self) -> String {
         match &self.password {
             Some(pw) => format!("redis://:{pw}@127.0.0.1:{}/0", self.port),
