@@ -81,6 +81,11 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
         Ok(who) => who,
         Err(e) => return refuse(app, &e),
     };
+    // A stateless-era request (2026-07-28) goes to its own front, which
+    // places it by its caller's pooled session.
+    if let (Some(format), true) = (format, super::era::is_stateless(&parts.method, &parts.headers)) {
+        return super::stateless::serve(app, &parts, &bytes, &who, format).await;
+    }
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
         return response;
     }
@@ -155,7 +160,9 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
         return Err(RpcError::invalid_request("Content-Type must be application/json")
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
-    if let Some(version) = headers.get(PROTOCOL_HEADER) {
+    // A stateless-era request's version is its front's to check (-32022).
+    let stateless = super::era::is_stateless(&http::Method::POST, headers);
+    if let Some(version) = headers.get(PROTOCOL_HEADER).filter(|_| !stateless) {
         let version = version.to_str().unwrap_or_default();
         if !mcp::is_supported(version) {
             return Err(RpcError::invalid_request(format!(
@@ -301,7 +308,7 @@ fn answer_error(e: SessionError) -> RpcError {
 }
 
 /// Runs a command that relays nothing (a batch item, or one the gateway answers itself).
-async fn apply_here(
+pub(super) async fn apply_here(
     app: &App,
     session: &Session,
     method: &str,

@@ -6,11 +6,13 @@
 //! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
 
 mod call;
+mod era;
 pub mod health;
 mod mcp;
 mod origin;
 mod placement;
 pub mod reply;
+mod stateless;
 
 use std::convert::Infallible;
 use std::sync::Arc;

@@ -20,6 +20,11 @@ use crate::mcp::RpcError;
 /// (`initialize`), the owner provably never got it, or it is a read.
 pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response<Body>> {
     let session = header_str(&parts.headers, SESSION)?;
+    to_owner_of(app, parts, body, session).await
+}
+
+/// [`to_owner`] for the session `session` (a stateless request's pooled session).
+pub async fn to_owner_of(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Response<Body>> {
     if let Some(hop) = parts.headers.get(HOP_HEADER) {
         let target = HopTarget {
             to: &app.config.replica_id,

@@ -122,6 +122,19 @@ impl<'a> From<Option<&'a str>> for Caller<'a> {
 
 /// `{kind}:` + hex HMAC-SHA256 of the parts (`t`: a credential as sent;
 /// `s`: an issuer and a subject, length-prefixed so no two pairs collide).
+impl IdentityHasher {
+    /// The id of `caller`'s pooled session (stateless-era requests): a keyed
+    /// hash of its identity, the same on every replica, that nobody else can
+    /// compute. Anonymous callers share one.
+    pub async fn pool_id(&self, store: &dyn SessionStore, caller: Caller<'_>) -> Result<String, StoreError> {
+        let identity = self.identify(store, caller).await?;
+        let key = self.key.get_or_try_init(|| store.identity_salt()).await?;
+        let tagged = hash(key, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
+        // `p:` + 64 hex digits: a well-formed session id no client is given.
+        Ok(tagged.replacen(':', "-", 1))
+    }
+}
+
 fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         unreachable!("HMAC accepts keys of any length")

@@ -180,11 +180,23 @@ impl SessionManager {
         caller: impl Into<Caller<'_>>,
         bearer: Option<&str>,
     ) -> Result<Arc<Session>, ManagerError> {
+        self.create_as(None, client_init, protocol_version, caller.into(), bearer)
+            .await
+    }
+
+    /// [`Self::create`] with a given id (a pooled session), else a new one.
+    async fn create_as(
+        &self,
+        id: Option<String>,
+        client_init: Value,
+        protocol_version: String,
+        caller: Caller<'_>,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Session>, ManagerError> {
         if self.draining.is_cancelled() {
             return Err(ManagerError::Draining);
         }
         let mut reservation = self.reserve().ok_or(ManagerError::Full(self.limits.max_sessions))?;
-        let caller = caller.into();
         let owner = Owner {
             identity: self.identity.identify(self.store.as_ref(), caller).await?,
             subject: match caller {
@@ -196,7 +208,10 @@ impl SessionManager {
             },
             replica: Some(self.membership.self_id().to_owned()),
         };
-        let id = self.mint_id()?;
+        let id = match id {
+            Some(id) => id,
+            None => self.mint_id()?,
+        };
         let token = self.factory.caller_token(bearer);
         let session = Arc::new(
             self.factory
@@ -662,3 +677,5 @@ impl SessionManager {
         self.closing.wait().await;
     }
 }
+
+mod pool;

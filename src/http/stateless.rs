@@ -1,0 +1,257 @@
+//! The stateless era's front (MCP 2026-07-28): self-contained POSTs, no
+//! session id, `server/discover` instead of `initialize`.
+//!
+//! Each request runs on its caller's pooled session
+//! ([`crate::session::SessionManager::pooled`]): the backends (today's are
+//! handshake-era servers) keep one backend session per caller, opened on the
+//! first request, resumed by any replica, idling out like any session. The
+//! pool has an owner like any session: a request entering elsewhere is
+//! forwarded there. The shared call path (command, guard, audit) is the
+//! handshake era's; only the envelope and the results' stateless fields are
+//! this module's.
+//!
+//! Not yet: `subscriptions/listen`, input requests (a backend's elicitation
+//! or sampling during a call: the pooled session declares neither, so
+//! backends do not ask), modern backends called statelessly.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{Response, StatusCode};
+use serde_json::value::RawValue;
+use serde_json::{json, Value};
+
+use super::era::{self, Envelope};
+use super::mcp::{answer, apply_here, reject};
+use super::reply::{self, Body, Format};
+use crate::app::App;
+use crate::auth::Identity;
+use crate::backend::Reply;
+use crate::mcp::Incoming as Message;
+use crate::mcp::{Command, RpcError};
+use crate::session::{ResolveError, Session};
+
+/// Methods of the stateless era that vmcp serves.
+const SERVED: &[&str] = &[
+    "server/discover",
+    "tools/list",
+    "tools/call",
+    "prompts/list",
+    "prompts/get",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+    "completion/complete",
+];
+
+/// Results that carry cache hints (`cacheScope`, `ttlMs`).
+const CACHEABLE: &[&str] = &[
+    "server/discover",
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, format: Format) -> Response<Body> {
+    let value: Value = match serde_json::from_slice(body) {
+        Ok(v) => v,
+        Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
+    };
+    if value.is_array() {
+        return reject(RpcError::invalid_request("2026-07-28 has no batches"), None);
+    }
+    let (id, method, params) = match Message::classify(value) {
+        Err((id, e)) => return reject(e, id.as_ref()),
+        Ok(Message::Request { id, method, params }) => (id, method, params),
+        // A cancellation or another notice: nothing runs that it could reach.
+        Ok(Message::Notification { .. }) => return reply::empty(StatusCode::ACCEPTED),
+        Ok(Message::Response { .. }) => {
+            return reject(RpcError::invalid_request("2026-07-28 clients answer nothing"), None)
+        }
+    };
+    tracing::Span::current().record("mcp.method", method.as_str());
+    let envelope = match era::check(&parts.headers, &method, params.as_ref()) {
+        Ok(e) => e,
+        Err(e) => return reject(e, Some(&id)),
+    };
+    if !SERVED.contains(&method.as_str()) {
+        let e = RpcError::method_not_found(&method).with_status(StatusCode::NOT_FOUND);
+        return reject(e, Some(&id));
+    }
+    let caller = who.caller();
+    let pool = match app.manager.pool_id(caller).await {
+        Ok(pool) => pool,
+        Err(e) => return reject(unavailable(&e), Some(&id)),
+    };
+    if let Some(response) = super::placement::to_owner_of(app, parts, body, &pool).await {
+        return response;
+    }
+    tracing::Span::current().record("session.id", pool.as_str());
+    let session = match app
+        .manager
+        .pooled(&pool, caller, who.bearer(), || client_init(&envelope))
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => return reject(unavailable(&e), Some(&id)),
+    };
+    let outcome = if method == "server/discover" {
+        Ok(Reply::Tree(discover(&session)))
+    } else {
+        run(app, &session, &method, params, who).await
+    };
+    let cacheable = CACHEABLE.contains(&method.as_str());
+    answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format)
+}
+
+async fn run(
+    app: &App,
+    session: &Arc<Session>,
+    method: &str,
+    mut params: Option<Value>,
+    who: &Identity<'_>,
+) -> Result<Reply, RpcError> {
+    if let Some(p) = params.as_mut() {
+        strip_envelope(p);
+    }
+    let command = Command::parse(method, params)?;
+    let guard = app.guards.for_request(who);
+    apply_here(app, session, method, command, guard.as_ref()).await
+}
+
+/// What the backends are told about the client: its capabilities without
+/// those that let a server ask the client something mid-call (2026-07-28
+/// has no server-to-client requests; bridging them is not built yet).
+fn client_init(envelope: &Envelope) -> (Value, String) {
+    let mut capabilities = envelope.capabilities.clone();
+    if let Some(caps) = capabilities.as_object_mut() {
+        for asks in ["elicitation", "sampling", "roots"] {
+            caps.remove(asks);
+        }
+    }
+    let client = envelope
+        .client
+        .clone()
+        .unwrap_or_else(|| json!({ "name": "2026-07-28 client (via vmcp)", "version": "0" }));
+    let version = crate::mcp::LATEST_VERSION;
+    let init = json!({ "protocolVersion": version, "capabilities": capabilities, "clientInfo": client });
+    (init, version.to_owned())
+}
+
+/// `server/discover`: the aggregated capabilities, and every version vmcp speaks.
+fn discover(session: &Session) -> Value {
+    json!({
+        "supportedVersions": era::supported_versions(),
+        "capabilities": session.capabilities(),
+        "instructions": session.instructions(),
+        "_meta": { "io.modelcontextprotocol/serverInfo": { "name": "vmcp", "version": env!("CARGO_PKG_VERSION") } },
+    })
+}
+
+/// The request's envelope keys are the front's business, not the backends'.
+fn strip_envelope(params: &mut Value) {
+    let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) else {
+        return;
+    };
+    meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+    if meta.is_empty() {
+        if let Some(p) = params.as_object_mut() {
+            p.remove("_meta");
+        }
+    }
+}
+
+/// A result as 2026-07-28 shapes it: `resultType`, and cache hints where they
+/// apply (private to the caller, not to be reused: today's backends give none).
+fn stateless_result(reply: Reply, cacheable: bool) -> Reply {
+    let mut extra: Vec<(&str, Value)> = vec![("resultType", json!("complete"))];
+    if cacheable {
+        extra.push(("cacheScope", json!("private")));
+        extra.push(("ttlMs", json!(0)));
+    }
+    match reply {
+        Reply::Tree(Value::Object(mut map)) => {
+            for (k, v) in extra {
+                map.entry(k).or_insert(v);
+            }
+            Reply::Tree(Value::Object(map))
+        }
+        Reply::Raw(raw) => Reply::Raw(with_fields(raw, &extra)),
+        other => other,
+    }
+}
+
+/// `raw` (a backend's object, kept as its bytes) with `extra` fields in front
+/// of its own, unless it has them already.
+fn with_fields(raw: Box<RawValue>, extra: &[(&str, Value)]) -> Box<RawValue> {
+    let text = raw.get().trim_start();
+    let Some(rest) = text.strip_prefix('{') else {
+        return raw;
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    out.push('{');
+    for (key, value) in extra {
+        if !text.contains(&format!("\"{key}\"")) {
+            out.push_str(&format!("\"{key}\":{value},"));
+        }
+    }
+    if rest.trim_start().starts_with('}') && out.ends_with(',') {
+        out.pop();
+    }
+    out.push_str(rest);
+    RawValue::from_string(out).unwrap_or(raw)
+}
+
+fn unavailable(e: &ResolveError) -> RpcError {
+    let status = match e {
+        ResolveError::NotFound => StatusCode::NOT_FOUND,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    RpcError::internal(e.to_string()).with_status(status)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_gain_the_stateless_fields_without_losing_their_own() {
+        let raw = RawValue::from_string(r#"{"content":[{"type":"text","text":"x"}],"isError":false}"#.into()).unwrap();
+        let Reply::Raw(out) = stateless_result(Reply::Raw(raw), false) else {
+            panic!("raw stays raw");
+        };
+        let v: Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(v["resultType"], "complete");
+        assert_eq!(v["content"][0]["text"], "x");
+        assert!(v.get("ttlMs").is_none());
+
+        let empty = RawValue::from_string("{ }".into()).unwrap();
+        let Reply::Raw(out) = stateless_result(Reply::Raw(empty), true) else {
+            panic!("raw stays raw");
+        };
+        let v: Value = serde_json::from_str(out.get()).unwrap();
+        assert_eq!(
+            (v["cacheScope"].as_str(), v["ttlMs"].as_i64()),
+            (Some("private"), Some(0))
+        );
+
+        let Reply::Tree(v) = stateless_result(Reply::Tree(json!({"tools": [], "resultType": "x"})), true) else {
+            panic!("tree stays tree");
+        };
+        assert_eq!(v["resultType"], "x", "a backend's own field wins");
+        assert_eq!(v["ttlMs"], 0);
+    }
+
+    #[test]
+    fn the_envelope_stays_at_the_front() {
+        let mut p = json!({"name": "t", "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "progressToken": 3}});
+        strip_envelope(&mut p);
+        assert_eq!(p, json!({"name": "t", "_meta": {"progressToken": 3}}));
+        let mut p = json!({"_meta": {"io.modelcontextprotocol/clientCapabilities": {}}});
+        strip_envelope(&mut p);
+        assert_eq!(p, json!({}));
+    }
+}

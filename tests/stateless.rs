@@ -1,0 +1,155 @@
+//! The stateless era on vmcp's front (MCP 2026-07-28, issue 15): the
+//! official Python SDK 2.3.0 client in `auto` mode settles on 2026-07-28
+//! through vmcp, and in `legacy` mode on the handshake, against a
+//! handshake-only backend whose per-session counter shows the pooled backend
+//! session; through two replicas, the request entering at the one that does
+//! not own the caller's pool. Plus the envelope's refusals on raw HTTP.
+
+mod support;
+
+use http::StatusCode;
+use serde_json::{json, Value};
+use support::redis::RedisServer;
+use support::{Replica, TestBackend};
+
+async fn python(url: &str, mode: &str, token: Option<&str>) -> Value {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_modern_client.py");
+    let mut args = vec![script, url, mode];
+    args.extend(token);
+    let output = tokio::process::Command::new(support::deps::python())
+        .args(&args)
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "python client ({mode}) failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("python client prints JSON")
+}
+
+#[tokio::test]
+async fn the_python_sdk_settles_on_2026_07_28_through_two_replicas() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let config = support::config_yaml(
+        &[("t", &backend.url)],
+        &format!("store:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n", redis.url()),
+    );
+    let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
+
+    let modern = python(&a.url, "auto", Some("caller-one")).await;
+    assert_eq!(modern["version"], "2026-07-28", "{modern}");
+    assert!(
+        modern["tools"].as_array().unwrap().contains(&json!("t_echo")),
+        "{modern}"
+    );
+    assert_eq!(modern["echo"], "t:hello from auto");
+    assert_eq!(
+        modern["counter"],
+        json!(["1", "2"]),
+        "one backend session for the caller's requests"
+    );
+
+    // The same caller through the other replica: its pool (and the backend
+    // session's counter) carries on, whichever replica owns it.
+    let again = python(&b.url, "auto", Some("caller-one")).await;
+    assert_eq!(again["version"], "2026-07-28");
+    assert_eq!(again["counter"], json!(["3", "4"]), "{again}");
+
+    // Another caller has its own pool.
+    let other = python(&b.url, "auto", Some("caller-two")).await;
+    assert_eq!(other["counter"], json!(["1", "2"]), "{other}");
+
+    // The handshake era, on the same /mcp, as before.
+    let legacy = python(&b.url, "legacy", Some("caller-one")).await;
+    assert_eq!(legacy["version"], "2025-11-25", "{legacy}");
+    assert_eq!(legacy["counter"], json!(["1", "2"]), "a session of its own");
+}
+
+/// One raw stateless request.
+async fn post(url: &str, method: &str, name: Option<&str>, version: &str, params: Value) -> (StatusCode, Value) {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let mut req = support::http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", method);
+    if let Some(n) = name {
+        req = req.header("mcp-name", n);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    let response = req.body(body.to_string()).send().await.expect("sent");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn the_envelope_is_checked_and_results_are_shaped() {
+    let backend = TestBackend::start("t").await;
+    let vmcp = Replica::start(&support::config_yaml(&[("t", &backend.url)], "")).await;
+
+    let (status, discover) = post(&vmcp.url, "server/discover", None, "2026-07-28", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{discover}");
+    let result = &discover["result"];
+    assert_eq!(result["supportedVersions"][0], "2026-07-28");
+    assert!(result["supportedVersions"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("2025-06-18")));
+    assert_eq!(result["resultType"], "complete");
+    assert!(result["capabilities"]["tools"].is_object(), "{discover}");
+
+    let (_, listed) = post(&vmcp.url, "tools/list", None, "2026-07-28", json!({})).await;
+    assert_eq!(
+        (
+            listed["result"]["cacheScope"].as_str(),
+            listed["result"]["ttlMs"].as_i64()
+        ),
+        (Some("private"), Some(0))
+    );
+    let (_, called) = post(
+        &vmcp.url,
+        "tools/call",
+        Some("t_echo"),
+        "2026-07-28",
+        json!({"name": "t_echo", "arguments": {"message": "m"}}),
+    )
+    .await;
+    assert_eq!(called["result"]["resultType"], "complete", "{called}");
+    assert!(called["result"].get("ttlMs").is_none());
+
+    // Refusals, each before anything runs.
+    let (status, e) = post(
+        &vmcp.url,
+        "tools/call",
+        Some("other"),
+        "2026-07-28",
+        json!({"name": "t_echo"}),
+    )
+    .await;
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (StatusCode::BAD_REQUEST, Some(-32020)),
+        "{e}"
+    );
+    let (status, e) = post(&vmcp.url, "tools/list", None, "2027-01-01", json!({})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (StatusCode::BAD_REQUEST, Some(-32022)),
+        "{e}"
+    );
+    assert_eq!(e["error"]["data"]["supported"][0], "2026-07-28");
+    let (status, e) = post(&vmcp.url, "ping", None, "2026-07-28", json!({})).await;
+    assert_eq!(
+        (status, e["error"]["code"].as_i64()),
+        (StatusCode::NOT_FOUND, Some(-32601)),
+        "{e}"
+    );
+}
