@@ -12,6 +12,27 @@ use serde_json::{json, Value};
 use support::redis::RedisServer;
 use support::{Replica, TestBackend};
 
+/// Two replicas on one Redis that know each other: each pool has one owner,
+/// and a request entering at the other is forwarded there.
+async fn pair(backend: &TestBackend, redis: &RedisServer) -> (Replica, Replica) {
+    let ports = (support::deps::free_port(), support::deps::free_port());
+    let config = |me: &str| {
+        support::config_yaml(
+            &[("t", &backend.url)],
+            &format!(
+                "replica_id: {me}\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\nmembership:\n  members: {{ a: \"127.0.0.1:{}\", b: \"127.0.0.1:{}\" }}\naffinity:\n  hop_key: stateless-test-hop-key-01\n",
+                redis.url(),
+                ports.0,
+                ports.1
+            ),
+        )
+    };
+    (
+        Replica::start_on(ports.0, &config("a")).await,
+        Replica::start_on(ports.1, &config("b")).await,
+    )
+}
+
 async fn python(url: &str, mode: &str, token: Option<&str>) -> Value {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_modern_client.py");
     let mut args = vec![script, url, mode];
@@ -33,11 +54,7 @@ async fn python(url: &str, mode: &str, token: Option<&str>) -> Value {
 async fn the_python_sdk_settles_on_2026_07_28_through_two_replicas() {
     let redis = RedisServer::start().await;
     let backend = TestBackend::start("t").await;
-    let config = support::config_yaml(
-        &[("t", &backend.url)],
-        &format!("store:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n", redis.url()),
-    );
-    let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
+    let (a, b) = pair(&backend, &redis).await;
 
     let modern = python(&a.url, "auto", Some("caller-one")).await;
     assert_eq!(modern["version"], "2026-07-28", "{modern}");
@@ -66,6 +83,34 @@ async fn the_python_sdk_settles_on_2026_07_28_through_two_replicas() {
     let legacy = python(&b.url, "legacy", Some("caller-one")).await;
     assert_eq!(legacy["version"], "2025-11-25", "{legacy}");
     assert_eq!(legacy["counter"], json!(["1", "2"]), "a session of its own");
+}
+
+/// One raw stateless request, its response not yet read.
+async fn send(
+    url: &str,
+    method: &str,
+    name: Option<&str>,
+    version: &str,
+    params: Value,
+    token: &str,
+) -> reqwest::Response {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let mut req = support::http()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", method);
+    if let Some(n) = name {
+        req = req.header("mcp-name", n);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    req.body(body.to_string()).send().await.expect("sent")
 }
 
 /// One raw stateless request.
@@ -152,4 +197,47 @@ async fn the_envelope_is_checked_and_results_are_shaped() {
         (StatusCode::NOT_FOUND, Some(-32601)),
         "{e}"
     );
+}
+
+#[tokio::test]
+async fn subscriptions_listen_streams_the_list_changes_asked_for() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let (a, b) = pair(&backend, &redis).await;
+    let filter = json!({"notifications": {"toolsListChanged": true, "promptsListChanged": true}});
+    let response = send(&a.url, "subscriptions/listen", None, "2026-07-28", filter, "listener").await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let mut events = support::events::Events::of(response);
+    let ack = events.next_message().await.expect("the acknowledgement").data;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    assert_eq!(ack["params"]["notifications"]["toolsListChanged"], true);
+    assert_eq!(ack["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7);
+
+    // The same caller grows the backend's tool list (entering at the other replica).
+    let grown = send(
+        &b.url,
+        "tools/call",
+        Some("t_grow"),
+        "2026-07-28",
+        json!({"name": "t_grow"}),
+        "listener",
+    )
+    .await;
+    assert_eq!(grown.status(), StatusCode::OK);
+    let grown: Value = grown.json().await.unwrap_or(Value::Null);
+    assert_eq!(grown["result"]["content"][0]["text"], "grown", "{grown}");
+    let note = events.next_message().await.expect("a list change").data;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    assert_eq!(note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7);
+    support::eventually("the grown tool is listed", || async {
+        let (_, listed) = post_as(&b.url, "tools/list", "listener").await;
+        listed["result"]["tools"].to_string().contains("t_grown")
+    })
+    .await;
+}
+
+async fn post_as(url: &str, method: &str, token: &str) -> (StatusCode, Value) {
+    let response = send(url, method, None, "2026-07-28", json!({}), token).await;
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
 }

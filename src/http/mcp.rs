@@ -308,20 +308,31 @@ fn answer_error(e: SessionError) -> RpcError {
 }
 
 /// Runs a command that relays nothing (a batch item, or one the gateway answers itself).
-pub(super) async fn apply_here(
+async fn apply_here(
     app: &App,
     session: &Session,
     method: &str,
     command: Command,
     guard: Option<&Arc<RequestGuard>>,
 ) -> Result<Reply, RpcError> {
-    let ctx = CallContext::default();
+    apply_with(app, session, method, command, guard, &CallContext::default()).await
+}
+
+/// [`apply_here`] with the call's context (where the backend's messages go).
+pub(super) async fn apply_with(
+    app: &App,
+    session: &Session,
+    method: &str,
+    command: Command,
+    guard: Option<&Arc<RequestGuard>>,
+    ctx: &CallContext,
+) -> Result<Reply, RpcError> {
     let judge = guard.map(|g| &**g as &dyn Guard);
     let started = Instant::now();
     let outcome = measured(
         &app.metrics,
         Command::method_label(method),
-        command.apply(session, &ctx, judge),
+        command.apply(session, ctx, judge),
     )
     .await;
     if let Some(g) = guard {

@@ -186,6 +186,24 @@ fn message_event(id: Option<&dyn std::fmt::Display>, data: &str) -> String {
     }
 }
 
+/// An SSE response of ready-made frames (`text`: whole SSE events or comments).
+pub fn sse(frames: impl Stream<Item = String> + Send + 'static) -> Response<Body> {
+    let mut response = Response::new(BodyExt::boxed_unsync(StreamBody::new(frames.map(sse_frame).boxed())));
+    sse_headers(&mut response);
+    response
+}
+
+/// One SSE event carrying a JSON-RPC message, without an id (nothing resumes it).
+pub fn unnumbered_event(data: &str) -> String {
+    message_event(None, data)
+}
+
+/// An SSE comment that keeps an idle stream open through proxies.
+pub const KEEP_ALIVE_COMMENT: &str = ": keep-alive\n\n";
+
+/// How long an idle event stream waits before a keep-alive comment.
+pub const KEEP_ALIVE_EVERY: std::time::Duration = KEEP_ALIVE;
+
 /// A priming event (2025-11-25): an id to resume from, and no message.
 fn priming_event(id: &dyn std::fmt::Display) -> String {
     format!("id: {id}\ndata: \n\n")

@@ -23,6 +23,11 @@ pub struct Events {
 }
 
 impl Events {
+    /// The events of any SSE response.
+    pub fn of(response: reqwest::Response) -> Self {
+        Self::from(response)
+    }
+
     fn from(response: reqwest::Response) -> Self {
         let status = response.status();
         let content_type = response

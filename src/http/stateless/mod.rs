@@ -10,9 +10,11 @@
 //! handshake era's; only the envelope and the results' stateless fields are
 //! this module's.
 //!
-//! Not yet: `subscriptions/listen`, input requests (a backend's elicitation
+//! `subscriptions/listen` is [`listen`]'s. Not yet: input requests (a backend's elicitation
 //! or sampling during a call: the pooled session declares neither, so
 //! backends do not ask), modern backends called statelessly.
+
+mod listen;
 
 use std::sync::Arc;
 
@@ -21,13 +23,14 @@ use http::request::Parts;
 use http::{Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::era::{self, Envelope};
-use super::mcp::{answer, apply_here, reject};
+use super::mcp::{answer, apply_with, reject};
 use super::reply::{self, Body, Format};
 use crate::app::App;
 use crate::auth::Identity;
-use crate::backend::Reply;
+use crate::backend::{CallContext, Reply};
 use crate::mcp::Incoming as Message;
 use crate::mcp::{Command, RpcError};
 use crate::session::{ResolveError, Session};
@@ -43,6 +46,7 @@ const SERVED: &[&str] = &[
     "resources/templates/list",
     "resources/read",
     "completion/complete",
+    "subscriptions/listen",
 ];
 
 /// Results that carry cache hints (`cacheScope`, `ttlMs`).
@@ -98,6 +102,21 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         Ok(s) => s,
         Err(e) => return reject(unavailable(&e), Some(&id)),
     };
+    if method == "subscriptions/listen" {
+        if format != Format::Sse && !accepts_sse(parts) {
+            let e = RpcError::invalid_request(
+                "subscriptions/listen answers with an event stream: Accept text/event-stream",
+            )
+            .with_status(StatusCode::NOT_ACCEPTABLE);
+            return reject(e, Some(&id));
+        }
+        let guard = app.guards.for_request(who);
+        let judge = guard.as_deref().map(|g| g as &dyn crate::session::guard::Guard);
+        return match listen::listen(session, id.clone(), params.as_ref(), judge, app.streams_stop.clone()).await {
+            Ok(response) => response,
+            Err(e) => reject(e, Some(&id)),
+        };
+    }
     let outcome = if method == "server/discover" {
         Ok(Reply::Tree(discover(&session)))
     } else {
@@ -119,7 +138,16 @@ async fn run(
     }
     let command = Command::parse(method, params)?;
     let guard = app.guards.for_request(who);
-    apply_here(app, session, method, command, guard.as_ref()).await
+    // What the backend says during the call has no stream to go to in this
+    // era; a list change in it still refreshes the pool's catalog.
+    let (relay, mut relayed) = tokio::sync::mpsc::unbounded_channel();
+    let ctx = CallContext::new(relay, CancellationToken::new());
+    let outcome = apply_with(app, session, method, command, guard.as_ref(), &ctx).await;
+    drop(ctx);
+    while let Ok(message) = relayed.try_recv() {
+        let _ = Box::pin(session.outward(message)).await;
+    }
+    outcome
 }
 
 /// What the backends are told about the client: its capabilities without
@@ -203,6 +231,14 @@ fn with_fields(raw: Box<RawValue>, extra: &[(&str, Value)]) -> Box<RawValue> {
     }
     out.push_str(rest);
     RawValue::from_string(out).unwrap_or(raw)
+}
+
+fn accepts_sse(parts: &Parts) -> bool {
+    parts
+        .headers
+        .get(http::header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"))
 }
 
 fn unavailable(e: &ResolveError) -> RpcError {
