@@ -122,6 +122,28 @@ impl Conn {
         sid
     }
 
+    /// A 2026-07-28 `tools/call` as `caller` (its bearer token; vmcp keeps
+    /// one pooled session per caller): no session, the envelope in headers and `_meta`.
+    pub async fn call_stateless(&mut self, caller: &str, tool: &str, id: u64) {
+        let body = format!(
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"hi"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}"#
+        );
+        let req = Request::post(self.path.as_str())
+            .header(http::header::HOST, self.host.clone())
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .header(http::header::ACCEPT, "application/json, text/event-stream")
+            .header(http::header::AUTHORIZATION, format!("Bearer {caller}"))
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", "tools/call")
+            .header("mcp-name", tool)
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        self.tx.ready().await.expect("connection ready");
+        let resp = self.tx.send_request(req).await.expect("response");
+        let answer = resp.into_body().collect().await.expect("body").to_bytes();
+        assert!(has_result(&answer), "call failed: {}", String::from_utf8_lossy(&answer));
+    }
+
     pub async fn call(&mut self, session: &str, tool: &str, id: u64) {
         let body = format!(
             r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"hi"}}}}}}"#
@@ -176,6 +198,15 @@ pub struct Run {
     pub cpu_us: Vec<f64>,
 }
 
+/// Which era the load generator speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Era {
+    /// `initialize`, then calls on the session.
+    Handshake,
+    /// 2026-07-28: each "session" is a caller (a bearer token) with its pool.
+    Stateless,
+}
+
 /// `sessions` sessions created at `init_url`, calling `tool` at `call_url`,
 /// each on its own connection; `cpu_of` are groups of pids whose CPU per call
 /// is reported.
@@ -184,12 +215,28 @@ pub async fn load(
     call_url: &str,
     tool: &str,
     sessions: usize,
+    window: (Duration, Duration),
+    cpu_of: &[&[u32]],
+) -> Run {
+    load_in(Era::Handshake, init_url, call_url, tool, sessions, window, cpu_of).await
+}
+
+/// [`load`] in either era.
+pub async fn load_in(
+    era: Era,
+    init_url: &str,
+    call_url: &str,
+    tool: &str,
+    sessions: usize,
     (warmup, measure): (Duration, Duration),
     cpu_of: &[&[u32]],
 ) -> Run {
     let mut ready = Vec::new();
-    for _ in 0..sessions {
-        let sid = Conn::open(init_url).await.initialize().await;
+    for i in 0..sessions {
+        let sid = match era {
+            Era::Handshake => Conn::open(init_url).await.initialize().await,
+            Era::Stateless => format!("bench-caller-{i}-{}", std::process::id()),
+        };
         ready.push((sid, Conn::open(call_url).await));
     }
     let start = Instant::now();
@@ -206,7 +253,10 @@ pub async fn load(
                     if began >= until {
                         return samples;
                     }
-                    conn.call(&sid, &tool, id).await;
+                    match era {
+                        Era::Handshake => conn.call(&sid, &tool, id).await,
+                        Era::Stateless => conn.call_stateless(&sid, &tool, id).await,
+                    }
                     id += 1;
                     if began >= measure_from {
                         samples.push(began.elapsed().as_secs_f64() * 1e6);

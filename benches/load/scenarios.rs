@@ -116,10 +116,18 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
 
     let (redis, a, b) = replicated_pair(&backend_url).await;
     let (policed, limited, _policy_file) = guarded_replicas(&backend_url, &redis).await;
+    // A replica of its own, so that every caller's pool is owned where it enters.
+    let single = VmcpProcess::start(&format!(
+        "replica_id: s\n{}{}log:\n  format: json\n",
+        backends_yaml(&backend_url, 1, &[]),
+        redis_yaml(&redis)
+    ))
+    .await;
     let pids = Pids {
         policed: policed.pid().expect("pid"),
         redis: redis.pid().expect("pid"),
         limited: limited.pid().expect("pid"),
+        single: single.pid().expect("pid"),
         backend: fast.pid(),
         hop1: hop1.pid(),
         hop2: hop2.pid(),
@@ -138,9 +146,10 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         &b.url,
         &policed.url,
         &limited.url,
+        &single.url,
     ];
     throughput(plan, urls.map(String::as_str), &a, pids).await;
-    drop((a, b, hop1, hop2, floor, guarded, fast, policed, limited));
+    drop((a, b, hop1, hop2, floor, guarded, fast, policed, limited, single));
     if only_throughput {
         return;
     }
@@ -224,6 +233,7 @@ struct Pids {
     policed: u32,
     limited: u32,
     redis: u32,
+    single: u32,
 }
 
 /// The median of one figure over a cell's rounds.
@@ -275,8 +285,8 @@ impl Cell {
     }
 }
 
-async fn throughput(plan: &Plan, urls: [&str; 9], a: &VmcpProcess, pids: Pids) {
-    let [backend, hop1, hop2, floor, guarded, a_url, b_url, policed_url, limited_url] = urls;
+async fn throughput(plan: &Plan, urls: [&str; 10], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, floor, guarded, a_url, b_url, policed_url, limited_url, single_url] = urls;
     let me = std::process::id();
     println!("## tools/call throughput, latency and CPU per call\n");
     println!(
@@ -287,7 +297,7 @@ async fn throughput(plan: &Plan, urls: [&str; 9], a: &VmcpProcess, pids: Pids) {
     for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each figure is the median of its rounds.
-        let mut cells: [Cell; 9] = Default::default();
+        let mut cells: [Cell; 11] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
@@ -318,8 +328,20 @@ async fn throughput(plan: &Plan, urls: [&str; 9], a: &VmcpProcess, pids: Pids) {
             cells[7].push(run(policed_url, policed_url, "fast_echo", &[pids.policed]).await);
             // The limit's Redis works for every call: its CPU is the gateway's too.
             cells[8].push(run(limited_url, limited_url, "fast_echo", &[pids.limited, pids.redis]).await);
+            cells[9].push(run(single_url, single_url, "fast_echo", &[pids.single]).await);
+            let stateless = drive::load_in(
+                drive::Era::Stateless,
+                single_url,
+                single_url,
+                "fast_echo",
+                sessions,
+                window,
+                &[&[pids.single], &[pids.backend], &[me]],
+            )
+            .await;
+            cells[10].push(stateless);
         }
-        let [direct, bare1, bare2, floor, owner, non_owner, guarded, policed, limited] = &cells;
+        let [direct, bare1, bare2, floor, owner, non_owner, guarded, policed, limited, single, stateless] = &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
@@ -349,6 +371,14 @@ async fn throughput(plan: &Plan, urls: [&str; 9], a: &VmcpProcess, pids: Pids) {
             "{}",
             limited.row(
                 "vmcp at the owner, policies + a rate limit on Redis (CPU: vmcp + Redis)",
+                Some(bare1)
+            )
+        );
+        println!("{}", single.row("vmcp, one replica, handshake-era client", Some(bare1)));
+        println!(
+            "{}",
+            stateless.row(
+                "vmcp, one replica, 2026-07-28 client (one pooled session per caller)",
                 Some(bare1)
             )
         );

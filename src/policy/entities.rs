@@ -44,9 +44,62 @@ impl Principal {
 
 type Failed = String;
 
-fn uid(kind: &str, id: &str) -> Result<EntityUid, Failed> {
-    let name = EntityTypeName::from_str(kind).map_err(|e| e.to_string())?;
-    Ok(EntityUid::from_type_name_and_id(name, EntityId::new(id)))
+/// The schema's entity types and actions, parsed once (Cedar parses a type
+/// name with its full grammar: doing it per decision cost most of one).
+pub struct Types {
+    group: EntityTypeName,
+    caller: EntityTypeName,
+    backend: EntityTypeName,
+    tool: EntityTypeName,
+    prompt: EntityTypeName,
+    resource: EntityTypeName,
+    list: EntityTypeName,
+    actions: Vec<(Action, EntityUid)>,
+}
+
+impl Types {
+    pub fn new() -> Result<Self, Failed> {
+        let name = |kind: &str| EntityTypeName::from_str(kind).map_err(|e| e.to_string());
+        let action_type = name("Vmcp::Action")?;
+        let actions = [
+            Action::List,
+            Action::CallTool,
+            Action::GetPrompt,
+            Action::ReadResource,
+            Action::Subscribe,
+            Action::Complete,
+        ]
+        .into_iter()
+        .map(|a| {
+            (
+                a,
+                EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(a.as_str())),
+            )
+        })
+        .collect();
+        Ok(Self {
+            group: name("Vmcp::Group")?,
+            caller: name("Vmcp::Caller")?,
+            backend: name("Vmcp::Backend")?,
+            tool: name("Vmcp::Tool")?,
+            prompt: name("Vmcp::Prompt")?,
+            resource: name("Vmcp::Resource")?,
+            list: name("Vmcp::List")?,
+            actions,
+        })
+    }
+
+    fn action(&self, action: Action) -> Result<EntityUid, Failed> {
+        self.actions
+            .iter()
+            .find(|(a, _)| *a == action)
+            .map(|(_, uid)| uid.clone())
+            .ok_or_else(|| format!("unknown action {}", action.as_str()))
+    }
+}
+
+fn uid(kind: &EntityTypeName, id: &str) -> EntityUid {
+    EntityUid::from_type_name_and_id(kind.clone(), EntityId::new(id))
 }
 
 fn strings(values: &[String]) -> RestrictedExpression {
@@ -59,6 +112,7 @@ fn text(s: &str) -> RestrictedExpression {
 
 /// The request and its entities for `principal` doing `action` to `item`.
 pub fn request(
+    types: &Types,
     principal: &Principal,
     action: Action,
     item: &Item<'_>,
@@ -66,15 +120,11 @@ pub fn request(
     listing: bool,
 ) -> Result<(Request, Entities), Failed> {
     let mut entities = Vec::with_capacity(4 + principal.groups.len());
-    let groups: HashSet<EntityUid> = principal
-        .groups
-        .iter()
-        .map(|g| uid("Vmcp::Group", g))
-        .collect::<Result<_, _>>()?;
+    let groups: HashSet<EntityUid> = principal.groups.iter().map(|g| uid(&types.group, g)).collect();
     for group in &groups {
         entities.push(Entity::with_uid(group.clone()));
     }
-    let caller = uid("Vmcp::Caller", &principal.subject)?;
+    let caller = uid(&types.caller, &principal.subject);
     let attrs = HashMap::from([
         ("subject".to_owned(), text(&principal.subject)),
         ("issuer".to_owned(), text(&principal.issuer)),
@@ -87,8 +137,8 @@ pub fn request(
     ]);
     entities.push(Entity::new(caller.clone(), attrs, groups).map_err(|e| e.to_string())?);
 
-    let resource = resource(item, &mut entities)?;
-    let action_uid = uid("Vmcp::Action", action.as_str())?;
+    let resource = resource(types, item, &mut entities)?;
+    let action_uid = types.action(action)?;
     let now = crate::store::unix_ms() / 1000;
     let context = Context::from_pairs([
         ("replica".to_owned(), text(replica)),
@@ -105,22 +155,22 @@ pub fn request(
 }
 
 /// The item's entity (and its backend's), pushed onto `entities`; its uid.
-fn resource(item: &Item<'_>, entities: &mut Vec<Entity>) -> Result<EntityUid, Failed> {
+fn resource(types: &Types, item: &Item<'_>, entities: &mut Vec<Entity>) -> Result<EntityUid, Failed> {
     if item.kind == ItemKind::List {
-        let list = uid("Vmcp::List", item.name)?;
+        let list = uid(&types.list, item.name);
         entities.push(Entity::with_uid(list.clone()));
         return Ok(list);
     }
-    let backend = uid("Vmcp::Backend", item.backend)?;
+    let backend = uid(&types.backend, item.backend);
     entities.push(Entity::with_uid(backend.clone()));
     let parents = HashSet::from([backend]);
     let mut attrs = HashMap::from([("backend".to_owned(), text(item.backend))]);
     let kind = match item.kind {
-        ItemKind::Tool => "Vmcp::Tool",
-        ItemKind::Prompt => "Vmcp::Prompt",
-        _ => "Vmcp::Resource",
+        ItemKind::Tool => &types.tool,
+        ItemKind::Prompt => &types.prompt,
+        _ => &types.resource,
     };
-    let this = uid(kind, item.name)?;
+    let this = uid(kind, item.name);
     let entity = match item.kind {
         ItemKind::Tool | ItemKind::Prompt => {
             attrs.insert("name".to_owned(), text(item.name));

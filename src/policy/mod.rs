@@ -47,6 +47,7 @@ pub struct Policies {
     /// SHA-256 of the text in force, and of the last text refused (logged once).
     seen: Mutex<([u8; 32], Option<[u8; 32]>)>,
     authorizer: Authorizer,
+    types: entities::Types,
     replica: String,
     reload_interval: Duration,
     decisions: IntCounterVec,
@@ -85,6 +86,10 @@ impl Policies {
             set: RwLock::new(Arc::new(set)),
             seen: Mutex::new((digest(&text), None)),
             authorizer: Authorizer::new(),
+            types: entities::Types::new().map_err(|message| PolicyError::Invalid {
+                file: PathBuf::from("schema.cedarschema"),
+                message,
+            })?,
             replica: replica.to_owned(),
             reload_interval: config.reload_interval,
             decisions,
@@ -139,7 +144,7 @@ impl Policies {
     /// Whether `principal` may do `action` to `item`.
     pub fn decide(&self, principal: &Principal, action: Action, item: &Item<'_>, listing: bool) -> Result<(), Refusal> {
         let set = Arc::clone(&self.set.read().unwrap_or_else(|p| p.into_inner()));
-        let decided = entities::request(principal, action, item, &self.replica, listing)
+        let decided = entities::request(&self.types, principal, action, item, &self.replica, listing)
             .map(|(request, entities)| self.authorizer.is_authorized(&request, &set, &entities));
         let outcome = match decided {
             Ok(response) if response.decision() == Decision::Allow => Ok(()),
