@@ -29,13 +29,18 @@ use serde_json::{json, Value};
 
 use super::client::{self, Client, ClientError, Target};
 use super::credentials::{self, CallerToken, Credentials};
+use super::stateless;
 use super::BackendError;
+use crate::config::BackendEra;
 
 type Response = http::Response<Body>;
 
 /// The shared, pooled client of one Streamable HTTP backend.
 pub struct HttpBackend {
     endpoint: Arc<Endpoint>,
+    era: BackendEra,
+    /// `era: auto`: what the last probe found (`None`: probe on the next connect).
+    probed: std::sync::Mutex<Option<bool>>,
     /// The last `initialize` result, shared by the sessions that got the same one.
     init: crate::sync::Interned<Value>,
 }
@@ -107,6 +112,7 @@ impl HttpBackend {
         url: &str,
         headers: &BTreeMap<String, String>,
         auth: Option<&crate::config::BackendAuthConfig>,
+        era: BackendEra,
         connect_timeout: Duration,
         notice_timeout: Duration,
     ) -> Result<Self, BackendError> {
@@ -138,6 +144,8 @@ impl HttpBackend {
         };
         Ok(Self {
             endpoint: Arc::new(endpoint),
+            era,
+            probed: std::sync::Mutex::new(None),
             init: crate::sync::Interned::default(),
         })
     }
@@ -159,10 +167,14 @@ impl HttpBackend {
         session_id: Option<&str>,
         protocol_version: &str,
         init: Value,
-        first_id: i64,
-        ours: bool,
+        origin: Origin,
         caller: Option<Arc<CallerToken>>,
     ) -> Result<HttpSession, BackendError> {
+        let (first_id, ours, envelope) = match origin {
+            Origin::Opened => (1, true, None),
+            Origin::Resumed => (random_first_id(), false, None),
+            Origin::Stateless(envelope) => (1, false, Some(envelope)),
+        };
         let bad = |what: &str| BackendError::Protocol(format!("{what} is not a valid header value"));
         // A known version is a static header value: no allocation per session.
         let version = match crate::mcp::SUPPORTED_VERSIONS.iter().find(|v| **v == protocol_version) {
@@ -174,6 +186,7 @@ impl HttpBackend {
             .transpose()?;
         Ok(HttpSession {
             caller: caller.filter(|_| self.needs_caller()),
+            envelope,
             endpoint: Arc::clone(&self.endpoint),
             session_id,
             version,
@@ -186,6 +199,63 @@ impl HttpBackend {
 
     /// Handshake: `initialize`, then `notifications/initialized` on the new session.
     pub async fn connect(&self, params: Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
+        let known = *crate::sync::lock(&self.probed);
+        let stateless = match (self.era, known) {
+            (BackendEra::Handshake, _) | (BackendEra::Auto, Some(false)) => false,
+            (BackendEra::Stateless, _) | (BackendEra::Auto, Some(true)) => true,
+            (BackendEra::Auto, None) => {
+                let found = self.discover(&params, caller.clone()).await;
+                *crate::sync::lock(&self.probed) = Some(found.is_ok());
+                match found {
+                    Ok(session) => return Ok(session),
+                    Err(e) => {
+                        tracing::debug!(url = %crate::redact::url(self.url()), error = %e, "backend speaks the handshake era");
+                        false
+                    }
+                }
+            }
+        };
+        if stateless {
+            let found = self.discover(&params, caller).await;
+            if found.is_err() && self.era == BackendEra::Auto {
+                *crate::sync::lock(&self.probed) = None; // probe again next time
+            }
+            return found;
+        }
+        self.handshake(params, caller).await
+    }
+
+    /// A stateless "session": `server/discover` for the backend's capabilities, then nothing to keep.
+    async fn discover(&self, params: &Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
+        let envelope = stateless::envelope(params);
+        let body = serde_json::to_vec(&Outgoing {
+            jsonrpc: "2.0",
+            id: Some(0),
+            method: "server/discover",
+            params: Some(&json!({ "_meta": envelope })),
+        })
+        .map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let endpoint = &self.endpoint;
+        let mut headers = endpoint.headers.clone();
+        headers.insert(
+            HeaderName::from_static("mcp-protocol-version"),
+            HeaderValue::from_static(stateless::VERSION),
+        );
+        stateless::mirror(&mut headers, "server/discover", None);
+        let response = post(endpoint, caller.as_deref(), headers, body).await?;
+        let discovered: Value = read_response(response, 0, None, &mut |_| {}).await?;
+        if !stateless::is_modern(&discovered) {
+            return Err(BackendError::Protocol(format!(
+                "server/discover does not name {}",
+                stateless::VERSION
+            )));
+        }
+        let origin = Origin::Stateless(Arc::new(envelope));
+        self.session(None, stateless::VERSION, discovered, origin, caller)
+    }
+
+    /// The handshake: `initialize`, then `notifications/initialized`.
+    async fn handshake(&self, params: Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(0),
@@ -208,7 +278,7 @@ impl HttpBackend {
             .to_owned();
         // From here on the session exists on the backend: dropped without
         // `close()` (a timeout, a client gone mid-initialize) it is DELETEd.
-        let session = self.session(session_id.as_deref(), &protocol_version, init, 1, true, caller)?;
+        let session = self.session(session_id.as_deref(), &protocol_version, init, Origin::Opened, caller)?;
         session.notify("notifications/initialized", None).await?;
         Ok(session)
     }
@@ -223,15 +293,19 @@ impl HttpBackend {
     ) -> Result<HttpSession, BackendError> {
         let init = json!({ "protocolVersion": protocol_version, "capabilities": capabilities });
         // Not ours to end if dropped: another replica may still resume it.
-        self.session(
-            Some(session_id),
-            &protocol_version,
-            init,
-            random_first_id(),
-            false,
-            caller,
-        )
+        self.session(Some(session_id), &protocol_version, init, Origin::Resumed, caller)
     }
+}
+
+/// How a backend session came to be, which decides its first request id,
+/// whether it is DELETEd if dropped, and whether it is spoken to statelessly.
+enum Origin {
+    /// Opened here by a handshake: ours to end.
+    Opened,
+    /// Taken over from stored metadata: another replica may still use it.
+    Resumed,
+    /// No backend session at all (2026-07-28): the envelope every request carries.
+    Stateless(Arc<Value>),
 }
 
 /// One backend session over Streamable HTTP: what is its own (ids, the
@@ -241,6 +315,8 @@ pub struct HttpSession {
     endpoint: Arc<Endpoint>,
     /// The client session's token, if this backend acts on it.
     caller: Option<Arc<CallerToken>>,
+    /// Spoken to statelessly (2026-07-28): the `_meta` every request carries.
+    envelope: Option<Arc<Value>>,
     session_id: Option<HeaderValue>,
     version: HeaderValue,
     next_id: AtomicI64,
@@ -293,6 +369,14 @@ impl HttpSession {
         params: Option<&Value>,
         relay: &mut (dyn FnMut(Value) + Send),
     ) -> Result<R, BackendError> {
+        let merged;
+        let params = match &self.envelope {
+            Some(envelope) => {
+                merged = stateless::with_envelope(params, envelope);
+                Some(&merged)
+            }
+            None => params,
+        };
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(id),
@@ -300,7 +384,11 @@ impl HttpSession {
             params,
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let response = post(&self.endpoint, self.caller.as_deref(), self.headers(), body).await?;
+        let mut headers = self.headers();
+        if self.envelope.is_some() {
+            stateless::mirror(&mut headers, method, params);
+        }
+        let response = post(&self.endpoint, self.caller.as_deref(), headers, body).await?;
         let result = read_response(response, id, Some(self), relay).await;
         if matches!(result, Err(BackendError::SessionExpired)) {
             self.delete_on_drop.store(false, Ordering::Relaxed);
@@ -322,7 +410,11 @@ impl HttpSession {
         message: &Value,
     ) -> Result<impl std::future::Future<Output = Result<(), BackendError>> + Send + 'static, BackendError> {
         let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let (endpoint, headers, caller) = (Arc::clone(&self.endpoint), self.headers(), self.caller.clone());
+        let (endpoint, mut headers, caller) = (Arc::clone(&self.endpoint), self.headers(), self.caller.clone());
+        if self.envelope.is_some() {
+            let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+            stateless::mirror(&mut headers, method, None);
+        }
         let (timeout, has_session) = (self.endpoint.notice_timeout, self.session_id.is_some());
         Ok(async move {
             let sent = async {
@@ -342,6 +434,9 @@ impl HttpSession {
     /// Opens the backend's stream of messages it sends on its own (GET).
     /// `Ok(None)`: the backend offers no such stream (405).
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
+        if self.envelope.is_some() {
+            return Ok(None); // 2026-07-28 has no GET stream
+        }
         let bound = self.endpoint.notice_timeout;
         let response = tokio::time::timeout(bound, self.open_stream(None))
             .await

@@ -15,6 +15,7 @@ mod credentials;
 pub mod health;
 mod http;
 mod reply;
+mod stateless;
 mod stdio;
 mod stdio_client;
 
@@ -159,6 +160,7 @@ impl Backend {
                 url,
                 &config.headers,
                 config.auth.as_ref(),
+                config.era,
                 timeouts.connect,
                 timeouts.notice,
             )?),

@@ -102,6 +102,13 @@ pub struct BackendConfig {
     /// Static HTTP headers sent with every request to this backend (`${VAR}` for secrets).
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Which protocol era vmcp speaks to this (HTTP) backend: `handshake`
+    /// (the default: a backend session per client session, which keeps a
+    /// stateful server's per-session state), `stateless` (MCP 2026-07-28: no
+    /// backend session at all), or `auto` (stateless if its `server/discover`
+    /// names 2026-07-28, probed once and again after a failure).
+    #[serde(default)]
+    pub era: BackendEra,
     /// How vmcp authenticates to this (HTTP) backend beyond static headers:
     /// OAuth client credentials, token exchange, or (explicitly) passthrough.
     #[serde(default)]
@@ -128,6 +135,16 @@ pub struct BackendConfig {
     /// Which prompts of this backend are exposed, and under which names.
     #[serde(default)]
     pub prompts: ItemFilter,
+}
+
+/// See [`BackendConfig::era`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendEra {
+    #[default]
+    Handshake,
+    Stateless,
+    Auto,
 }
 
 /// Allow/deny lists and renames for one kind of item of one backend.

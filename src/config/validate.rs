@@ -368,6 +368,12 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
                 return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
             }
         }
+        if b.era != super::BackendEra::Handshake && b.url.is_none() {
+            return Err(invalid(
+                field("era"),
+                "applies to Streamable HTTP backends (`url`) only",
+            ));
+        }
         if let Some(auth) = &b.auth {
             validate_backend_auth(config, b, auth).map_err(|(f, m)| (field(&f), m))?;
         }

@@ -1,0 +1,88 @@
+//! Speaking MCP 2026-07-28 to a backend (`backends[].era`): no session,
+//! every request self-contained. A request carries the client session's
+//! envelope in `params._meta` and mirrors its method (and name) in headers.
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{json, Map, Value};
+
+/// The stateless version vmcp speaks to backends.
+pub const VERSION: &str = "2026-07-28";
+
+const METHOD: HeaderName = HeaderName::from_static("mcp-method");
+const NAME: HeaderName = HeaderName::from_static("mcp-name");
+
+/// The `_meta` envelope of a client session, from its `initialize` params.
+pub fn envelope(init: &Value) -> Value {
+    let mut meta = Map::new();
+    meta.insert("io.modelcontextprotocol/protocolVersion".into(), json!(VERSION));
+    let capabilities = init.get("capabilities").cloned().unwrap_or_else(|| json!({}));
+    meta.insert("io.modelcontextprotocol/clientCapabilities".into(), capabilities);
+    if let Some(info) = init.get("clientInfo") {
+        meta.insert("io.modelcontextprotocol/clientInfo".into(), info.clone());
+    }
+    Value::Object(meta)
+}
+
+/// `params` with the envelope merged into its `_meta` (the caller's own keys kept).
+pub fn with_envelope(params: Option<&Value>, envelope: &Value) -> Value {
+    let mut params = params.cloned().unwrap_or_else(|| json!({}));
+    if !params.is_object() {
+        return params;
+    }
+    if !params["_meta"].is_object() {
+        params["_meta"] = json!({});
+    }
+    if let (Some(meta), Some(env)) = (params["_meta"].as_object_mut(), envelope.as_object()) {
+        for (k, v) in env {
+            meta.insert(k.clone(), v.clone());
+        }
+    }
+    params
+}
+
+/// The headers that mirror the body: `Mcp-Method`, and `Mcp-Name` where the
+/// method names a tool, prompt or resource.
+pub fn mirror(headers: &mut HeaderMap, method: &str, params: Option<&Value>) {
+    if let Ok(v) = HeaderValue::from_str(method) {
+        headers.insert(METHOD, v);
+    }
+    let key = match method {
+        "tools/call" | "prompts/get" => "name",
+        "resources/read" => "uri",
+        _ => return,
+    };
+    if let Some(v) = params
+        .and_then(|p| p.get(key))
+        .and_then(Value::as_str)
+        .and_then(|n| HeaderValue::from_str(n).ok())
+    {
+        headers.insert(NAME, v);
+    }
+}
+
+/// Whether a `server/discover` result says the backend speaks [`VERSION`].
+pub fn is_modern(discovered: &Value) -> bool {
+    discovered["supportedVersions"]
+        .as_array()
+        .is_some_and(|v| v.iter().any(|v| v == VERSION))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_envelope_joins_the_callers_meta() {
+        let env = envelope(&json!({"capabilities": {"x": {}}, "clientInfo": {"name": "c", "version": "1"}}));
+        let p = with_envelope(Some(&json!({"name": "t", "_meta": {"progressToken": 1}})), &env);
+        assert_eq!(p["_meta"]["progressToken"], 1);
+        assert_eq!(p["_meta"]["io.modelcontextprotocol/protocolVersion"], VERSION);
+        assert_eq!(p["_meta"]["io.modelcontextprotocol/clientInfo"]["name"], "c");
+        let mut h = HeaderMap::new();
+        mirror(&mut h, "tools/call", Some(&p));
+        assert_eq!(h["mcp-method"], "tools/call");
+        assert_eq!(h["mcp-name"], "t");
+        assert!(is_modern(&json!({"supportedVersions": ["2026-07-28"]})));
+        assert!(!is_modern(&json!({"supportedVersions": ["2025-11-25"]})));
+    }
+}

@@ -1,0 +1,89 @@
+//! vmcp speaking 2026-07-28 to a backend (`backends[].era`, issue 15 item 2),
+//! against a backend built with the Python SDK 2.3.0, which answers both
+//! eras: `handshake` keeps a backend session, `stateless` and `auto` call it
+//! statelessly (its `era` tool says which era each call came in), for
+//! handshake-era and 2026-07-28 clients alike.
+
+mod support;
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use support::Replica;
+
+struct PythonBackend {
+    url: String,
+    _child: tokio::process::Child,
+}
+
+async fn python_backend() -> PythonBackend {
+    let port = support::deps::free_port();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/python_both_eras.py");
+    let child = tokio::process::Command::new(support::deps::python())
+        .args([script, &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python runs");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return PythonBackend {
+                url: format!("http://127.0.0.1:{port}/mcp"),
+                _child: child,
+            };
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the Python backend did not listen on {port}");
+}
+
+fn text(reply: &support::client::Reply) -> String {
+    reply.body["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn each_backend_is_spoken_to_in_its_configured_era() {
+    let py = python_backend().await;
+    let config = format!(
+        "backends:\n  - name: hs\n    url: {url}\n  - name: st\n    url: {url}\n    era: stateless\n  - name: au\n    url: {url}\n    era: auto\n",
+        url = py.url
+    );
+    let vmcp = Replica::start(&config).await;
+
+    // A handshake-era client.
+    let mut c = vmcp.client();
+    c.initialize().await;
+    // The handshake: the client's own version, passed on.
+    assert_eq!(text(&c.call_tool("hs_era", json!({})).await), "2025-06-18");
+    assert_eq!(text(&c.call_tool("st_era", json!({})).await), "2026-07-28");
+    assert_eq!(text(&c.call_tool("au_era", json!({})).await), "2026-07-28");
+    let sum = c.call_tool("st_add", json!({"a": 2, "b": 3})).await;
+    assert_eq!(text(&sum), "5", "{sum:?}");
+
+    // A 2026-07-28 client, through its pooled session.
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "st_era", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}}
+    }});
+    let answer: Value = support::http()
+        .post(&vmcp.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "st_era")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("sent")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(answer["result"]["content"][0]["text"], "2026-07-28", "{answer}");
+    assert_eq!(answer["result"]["resultType"], "complete");
+}

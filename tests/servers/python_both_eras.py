@@ -1,0 +1,25 @@
+"""A backend built with the Python MCP SDK 2.3.0 (`MCPServer`), which answers
+both eras on one /mcp. Its `era` tool says which era the request came in.
+
+Usage: python_both_eras.py PORT
+"""
+import sys
+
+from mcp.server.mcpserver import Context, MCPServer
+
+app = MCPServer("py-both")
+
+
+@app.tool()
+def era(ctx: Context) -> str:
+    """The protocol version of the request that called this tool."""
+    return ctx.protocol_version or "unknown"
+
+
+@app.tool()
+def add(a: int, b: int) -> int:
+    """Adds two numbers."""
+    return a + b
+
+
+app.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
