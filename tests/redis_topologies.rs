@@ -1,0 +1,272 @@
+//! Two replicas on real Redis topologies (issue 16): a 3-master cluster with
+//! a replica each, and a master + replica watched by three sentinels.
+//! Sessions are shared, a DELETE on one replica reaches the other within a
+//! second, rate limits hold across both, and after a failover (`CLUSTER
+//! FAILOVER`, `SENTINEL FAILOVER`, a killed master) the sessions created
+//! before still work and new ones work within seconds of the promotion.
+
+mod support;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::StatusCode;
+use prometheus::Registry;
+use serde_json::json;
+use support::redis_topology::{RedisCluster, SentinelGroup, MASTER_NAME};
+use support::{Client, Replica, TestBackend};
+use vmcp::config::Config;
+use vmcp::limits::{CallKind, LimitBackend, Limiter, Target};
+
+fn cluster_store(cluster: &RedisCluster) -> String {
+    let nodes: Vec<String> = cluster.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "store:\n  kind: redis\n  touch_interval: 200ms\n  redis: {{ cluster: [{}], key_prefix: \"t:\" }}\n",
+        nodes.join(", ")
+    )
+}
+
+fn sentinel_store(group: &SentinelGroup) -> String {
+    let nodes: Vec<String> = group.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    format!(
+        "store:\n  kind: redis\n  touch_interval: 200ms\n  redis:\n    key_prefix: \"t:\"\n    sentinel: {{ master_name: {MASTER_NAME}, nodes: [{}] }}\n",
+        nodes.join(", ")
+    )
+}
+
+async fn counter(client: &Client) -> String {
+    let reply = client.call_tool("c_counter", json!({})).await;
+    assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
+    reply.text()
+}
+
+/// A new session on `url`, retried until it works; how long that took.
+async fn new_session_within(url: &str, limit: Duration) -> (Client, Duration) {
+    let started = Instant::now();
+    loop {
+        let mut client = Client::new(url);
+        let reply = client
+            .post_raw(
+                json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
+                    "protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}
+                }})
+                .to_string(),
+                &[],
+            )
+            .await;
+        if reply.status == StatusCode::OK {
+            client.session = reply
+                .headers
+                .get("mcp-session-id")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            assert_eq!(client.notify("notifications/initialized").await, StatusCode::ACCEPTED);
+            return (client, started.elapsed());
+        }
+        assert!(started.elapsed() < limit, "no new session within {limit:?}: {reply:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Light load: one call every 50 ms on `client` until stopped; counts failures.
+fn light_load(client: Client) -> (Arc<AtomicUsize>, Arc<AtomicUsize>, tokio::task::JoinHandle<()>) {
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (o, f) = (Arc::clone(&ok), Arc::clone(&failed));
+    let task = tokio::spawn(async move {
+        loop {
+            let status = client.call_tool("c_echo", json!({})).await.status;
+            if status == StatusCode::OK { &o } else { &f }.fetch_add(1, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    (ok, failed, task)
+}
+
+/// Session sharing and DELETE across two replicas on `store`.
+async fn share_and_delete(a: &Replica, b: &Replica) {
+    let mut on_a = a.client();
+    on_a.initialize().await;
+    assert_eq!(counter(&on_a).await, "1");
+    let on_b = on_a.via(&b.url);
+    assert_eq!(counter(&on_b).await, "2", "B resumed A's session from the store");
+    assert_eq!(b.metric("vmcp_session_rebuilds_total{outcome=\"ok\"}"), 1.0);
+
+    // A DELETE on B reaches A (which holds the session) within a second.
+    let mut held = a.client();
+    held.initialize().await;
+    assert_eq!(counter(&held).await, "1");
+    delete_reaches(&held, b, Duration::from_secs(1)).await;
+}
+
+/// DELETE through `b` of a session `held` on another replica: that one
+/// answers 404 within `limit`.
+async fn delete_reaches(held: &Client, b: &Replica, limit: Duration) {
+    assert_eq!(held.via(&b.url).delete().await, StatusCode::NO_CONTENT);
+    let deleted = Instant::now();
+    loop {
+        if held.call_tool("c_echo", json!({})).await.status == StatusCode::NOT_FOUND {
+            eprintln!("deletion seen {:?} after the DELETE", deleted.elapsed());
+            return;
+        }
+        assert!(deleted.elapsed() < limit, "still serving a deleted session");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Two limiters ("replicas") on `store`'s Redis: exactly N of N+k calls pass.
+async fn limits_hold(yaml_store: &str) {
+    let yaml = format!(
+        "{yaml_store}limits:\n  rules:\n    - name: per-caller\n      per: principal\n      rate: 10\n      per_interval: 1m\n"
+    );
+    let config = Config::parse(&yaml, std::path::Path::new("t.yaml"), &std::collections::HashMap::new())
+        .expect("valid limits config");
+    let limiter = || {
+        Limiter::new(
+            &config.limits,
+            LimitBackend::from_store(&config.store),
+            &Registry::new(),
+        )
+        .expect("limiter")
+    };
+    let (a, b) = (limiter(), limiter());
+    assert!(matches!(
+        LimitBackend::from_store(&config.store),
+        LimitBackend::Redis(_)
+    ));
+    let target = Target {
+        backend: "c",
+        tool: Some("c_echo"),
+        kind: CallKind::Tool,
+    };
+    let mut ok = 0;
+    for i in 0..16 {
+        if [&a, &b][i % 2].admit("s:someone", &target).await.is_ok() {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 10, "exactly N of N+k calls over both limiters");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_shares_sessions_limits_and_rides_out_a_failover() {
+    let cluster = RedisCluster::start(3, 1).await;
+    let backend = TestBackend::start("c").await;
+    let yaml = support::config_yaml(&[("c", &backend.url)], &cluster_store(&cluster));
+    let (a, b) = (Replica::start(&yaml).await, Replica::start(&yaml).await);
+    share_and_delete(&a, &b).await;
+    limits_hold(&cluster_store(&cluster)).await;
+
+    // Sessions spread over the slots: each one lives on the master of its tag.
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        let mut c = a.client();
+        c.initialize().await;
+        assert_eq!(counter(&c).await, "1");
+        before.push(c);
+    }
+    let first = before[0].session.clone().expect("session id");
+    let master = cluster.master_of(&format!("t:session:{{{first}}}")).await;
+    let (ok, failed, load) = light_load(before[1].via(&a.url));
+
+    let promoted = cluster.failover(master).await;
+    assert_ne!(promoted, master);
+    let (fresh, took) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    eprintln!("cluster: a new session {took:?} after the promotion");
+    // Sessions created before: held by A, and rebuilt by B from the store.
+    for (i, c) in before.iter().enumerate() {
+        assert_eq!(counter(c).await, "2", "session {i} on A");
+        assert_eq!(counter(&c.via(&b.url)).await, "3", "session {i} on B");
+    }
+    load.abort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("cluster failover under load: {ok} calls ok, {failed} failed");
+    assert!(
+        ok > 0 && failed == 0,
+        "a held session kept serving: {ok} ok, {failed} failed"
+    );
+    limits_hold(&cluster_store(&cluster).replace("t:", "t2:")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_shares_sessions_and_follows_a_failover() {
+    let group = SentinelGroup::start().await;
+    let backend = TestBackend::start("c").await;
+    let yaml = support::config_yaml(&[("c", &backend.url)], &sentinel_store(&group));
+    let (a, b) = (Replica::start(&yaml).await, Replica::start(&yaml).await);
+    share_and_delete(&a, &b).await;
+    limits_hold(&sentinel_store(&group)).await;
+
+    let mut before = a.client();
+    before.initialize().await;
+    assert_eq!(counter(&before).await, "1");
+    // Let the replica copy the session before the switch (a failover loses
+    // what the old master acknowledged but had not replicated).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, failed, load) = light_load(before.via(&a.url));
+
+    let old = group.current_master().await;
+    let new = group.failover().await;
+    assert_ne!(old, new);
+    let (fresh, took) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    eprintln!("sentinel: a new session {took:?} after the promotion");
+    assert_eq!(counter(&before).await, "2", "held by A");
+    assert_eq!(
+        counter(&before.via(&b.url)).await,
+        "3",
+        "rebuilt by B from the new master"
+    );
+    load.abort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("sentinel failover under load: {ok} calls ok, {failed} failed");
+    assert!(
+        ok > 0 && failed == 0,
+        "a held session kept serving: {ok} ok, {failed} failed"
+    );
+
+    // The deletion feed follows the new master too.
+    share_and_delete_again(&a, &b).await;
+    limits_hold(&sentinel_store(&group).replace("t:", "t2:")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_finds_the_replica_promoted_after_the_master_dies() {
+    let mut group = SentinelGroup::start().await;
+    let backend = TestBackend::start("c").await;
+    let yaml = support::config_yaml(&[("c", &backend.url)], &sentinel_store(&group));
+    let (a, b) = (Replica::start(&yaml).await, Replica::start(&yaml).await);
+    let mut before = a.client();
+    before.initialize().await;
+    assert_eq!(counter(&before).await, "1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, failed, load) = light_load(before.via(&a.url));
+
+    let old = group.master.port;
+    group.master.kill().await;
+    let killed = Instant::now();
+    let new = group.promoted(old).await;
+    eprintln!("sentinel: replica {new} promoted {:?} after the kill", killed.elapsed());
+    let (fresh, took) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    eprintln!("sentinel: a new session {took:?} after the promotion");
+    assert_eq!(counter(&before).await, "2");
+    assert_eq!(counter(&before.via(&b.url)).await, "3");
+    load.abort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("master killed under load: {ok} calls ok, {failed} failed");
+    assert!(
+        ok > 0 && failed == 0,
+        "a held session kept serving: {ok} ok, {failed} failed"
+    );
+    share_and_delete_again(&a, &b).await;
+}
+
+/// DELETE on B reaches A after the switch: the subscriber moved too (it
+/// may still be reconnecting right after the switch, hence a few seconds).
+async fn share_and_delete_again(a: &Replica, b: &Replica) {
+    let (held, _) = new_session_within(&a.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&held).await, "1");
+    delete_reaches(&held, b, Duration::from_secs(3)).await;
+}
