@@ -190,6 +190,47 @@ async fn a_cluster_shares_sessions_limits_and_rides_out_a_failover() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_rides_out_a_killed_master() {
+    let mut cluster = RedisCluster::start(3, 1).await;
+    let backend = TestBackend::start("c").await;
+    let yaml = support::config_yaml(&[("c", &backend.url)], &cluster_store(&cluster));
+    let (a, b) = (Replica::start(&yaml).await, Replica::start(&yaml).await);
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        let mut c = a.client();
+        c.initialize().await;
+        assert_eq!(counter(&c).await, "1");
+        before.push(c);
+    }
+    // The first node given: a master, and the one the deletion feeds listen on.
+    let victim = cluster.nodes[0].port;
+    assert_eq!(support::redis_topology::role(victim).await.as_deref(), Some("master"));
+    let heir = cluster.replica_of(victim).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (ok, failed, load) = light_load(before[0].via(&a.url));
+
+    cluster.node(victim).kill().await;
+    let killed = Instant::now();
+    RedisCluster::promoted(heir).await;
+    eprintln!("cluster: replica {heir} promoted {:?} after the kill", killed.elapsed());
+    let (fresh, took) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    eprintln!("cluster: a new session {took:?} after the promotion");
+    for (i, c) in before.iter().enumerate() {
+        assert_eq!(counter(c).await, "2", "session {i} on A");
+        assert_eq!(counter(&c.via(&b.url)).await, "3", "session {i} on B");
+    }
+    load.abort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("cluster master killed under load: {ok} calls ok, {failed} failed");
+    assert!(
+        ok > 0 && failed == 0,
+        "a held session kept serving: {ok} ok, {failed} failed"
+    );
+    share_and_delete_again(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_shares_sessions_and_follows_a_failover() {
     let group = SentinelGroup::start().await;
     let backend = TestBackend::start("c").await;

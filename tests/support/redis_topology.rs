@@ -128,6 +128,8 @@ impl RedisCluster {
                 "",
                 "--appendonly",
                 "no",
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             .iter()
             .map(|s| s.to_string())
@@ -188,6 +190,21 @@ impl RedisCluster {
                 && !nodes.contains("handshake")
         })
         .await;
+        // A replica that never synced refuses to take over (its data is
+        // too old for cluster-replica-validity-factor).
+        for n in &cluster.nodes {
+            let port = n.port;
+            wait_for("every replica in sync", 30, || async move {
+                let mut c = conn(port).await;
+                let info: String = redis::cmd("INFO")
+                    .arg("replication")
+                    .query_async(&mut c)
+                    .await
+                    .unwrap_or_default();
+                info.contains("role:master") || info.contains("master_link_status:up")
+            })
+            .await;
+        }
         cluster
     }
 
@@ -232,9 +249,8 @@ impl RedisCluster {
         panic!("no master serves slot {slot}");
     }
 
-    /// `CLUSTER FAILOVER` on a replica of the master on `master`; returns
-    /// the replica's port once it is master.
-    pub async fn failover(&self, master: u16) -> u16 {
+    /// The port of a replica of the master on `master`.
+    pub async fn replica_of(&self, master: u16) -> u16 {
         let mut c = conn(master).await;
         let me: String = redis::cmd("CLUSTER")
             .arg("MYID")
@@ -247,23 +263,34 @@ impl RedisCluster {
             .query_async(&mut c)
             .await
             .expect("replicas");
-        let port: u16 = replicas
+        replicas
             .first()
             .and_then(|l| l.split_whitespace().nth(1))
             .and_then(|a| a.split(['@', ':']).nth(1))
             .and_then(|p| p.parse().ok())
-            .expect("a replica");
+            .expect("a replica")
+    }
+
+    /// `CLUSTER FAILOVER` on a replica of the master on `master`; returns
+    /// the replica's port once it is master.
+    pub async fn failover(&self, master: u16) -> u16 {
+        let port = self.replica_of(master).await;
         let mut r = conn(port).await;
         let _: String = redis::cmd("CLUSTER")
             .arg("FAILOVER")
             .query_async(&mut r)
             .await
             .expect("failover");
+        Self::promoted(port).await;
+        port
+    }
+
+    /// Waits until the node on `port` is master (20 s at most).
+    pub async fn promoted(port: u16) {
         wait_for("the replica is master", 20, || async move {
             role(port).await.as_deref() == Some("master")
         })
         .await;
-        port
     }
 
     pub fn node(&mut self, port: u16) -> &mut Node {
@@ -301,6 +328,8 @@ impl SentinelGroup {
                 "",
                 "--appendonly",
                 "no",
+                "--repl-diskless-sync-delay",
+                "0",
             ]
             .iter()
             .map(|s| s.to_string())
