@@ -386,7 +386,7 @@ impl SessionStore for RedisStore {
 
     fn deletions(&self) -> BoxStream<'static, String> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(follow_deletions(Arc::clone(&self.redis), self.channel(), tx));
+        tokio::spawn(super::redis_conn::follow(Arc::clone(&self.redis), self.channel(), tx));
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|id| (id, rx)) }).boxed()
     }
 
@@ -456,44 +456,6 @@ fn decode_event(member: &str) -> Option<StoredEvent> {
         id: id.parse().ok()?,
         data: data.to_owned(),
     })
-}
-
-/// Subscribes to the deletion channel, reconnecting until nobody listens.
-async fn follow_deletions(redis: Arc<RedisConnector>, channel: String, tx: mpsc::Sender<String>) {
-    loop {
-        let client = match redis.pubsub_client().await {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::debug!(error = %e, "no redis server for the deletion feed yet");
-                if tx.is_closed() {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                continue;
-            }
-        };
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        if let Ok(id) = msg.get_payload::<String>() {
-                            if tx.send(id).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    tracing::warn!("redis deletion feed ended; resubscribing");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to the redis deletion feed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "redis unreachable for the deletion feed"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]

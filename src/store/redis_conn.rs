@@ -30,6 +30,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use futures_util::StreamExt;
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -37,7 +38,7 @@ use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType}
 use redis::{
     Cmd, ConnectionInfo, ErrorKind, IntoConnectionInfo, Pipeline, RedisError, RedisFuture, ServerErrorKind, Value,
 };
-use tokio::sync::OnceCell;
+use tokio::sync::{mpsc, OnceCell};
 
 use crate::config::{parse_node, RedisConfig};
 
@@ -366,6 +367,45 @@ impl RedisConnector {
                 Ok(asked.map_err(|_| ConnectError::SentinelTimeout)??)
             }
         }
+    }
+}
+
+/// Subscribes to `channel` and forwards its messages to `tx`, reconnecting
+/// (to the next node, the new master) until nobody listens.
+pub async fn follow(redis: Arc<RedisConnector>, channel: String, tx: mpsc::Sender<String>) {
+    loop {
+        let client = match redis.pubsub_client().await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::debug!(error = %e, "no redis server to subscribe to yet");
+                if tx.is_closed() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                continue;
+            }
+        };
+        match client.get_async_pubsub().await {
+            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
+                Ok(()) => {
+                    let mut messages = pubsub.on_message();
+                    while let Some(msg) = messages.next().await {
+                        if let Ok(id) = msg.get_payload::<String>() {
+                            if tx.send(id).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                    tracing::warn!("redis subscription ended; resubscribing");
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot subscribe to the redis channel"),
+            },
+            Err(e) => tracing::debug!(error = %e, "redis unreachable for the subscription"),
+        }
+        if tx.is_closed() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }
 
