@@ -41,6 +41,7 @@ use redis::{
 use tokio::sync::{mpsc, OnceCell};
 
 use crate::config::{parse_node, RedisConfig};
+use crate::sync::lock;
 
 /// The sentinels are asked for the master at most this often.
 pub const RESOLVE_EVERY: Duration = Duration::from_millis(250);
@@ -192,7 +193,10 @@ fn node_info(
 impl RedisConnector {
     /// Reads the topology from the config; connects nothing yet.
     pub fn new(config: &RedisConfig, timeouts: Timeouts) -> Result<Self, ConnectError> {
-        let (user, pw) = (config.username.as_deref(), config.password.as_deref());
+        // An empty value (an unset chart value, `${VAR}` of an empty variable) is no value.
+        let given = |v: &Option<String>| v.as_deref().filter(|v| !v.is_empty()).map(str::to_owned);
+        let (user, pw) = (given(&config.username), given(&config.password));
+        let (user, pw) = (user.as_deref(), pw.as_deref());
         let mode = match (&config.url, &config.sentinel, &config.cluster) {
             (Some(url), None, None) => {
                 let mut info = url
@@ -232,10 +236,10 @@ impl RedisConnector {
                 if let Some(pw) = pw {
                     builder = builder.set_client_to_redis_password(pw);
                 }
-                if let Some(user) = &s.username {
+                if let Some(user) = given(&s.username) {
                     builder = builder.set_client_to_sentinel_username(user);
                 }
-                if let Some(pw) = &s.password {
+                if let Some(pw) = given(&s.password) {
                     builder = builder.set_client_to_sentinel_password(pw);
                 }
                 Mode::Sentinel(SentinelMode {
@@ -305,7 +309,7 @@ impl RedisConnector {
     }
 
     fn current(s: &SentinelMode) -> Option<RedisConn> {
-        let master = s.master.lock().ok()?.clone()?;
+        let master = lock(&s.master).clone()?;
         Some(RedisConn::Sentinel(master.conn, Arc::clone(&s.stale)))
     }
 
@@ -317,33 +321,25 @@ impl RedisConnector {
         }
         let mut sentinel = s.client.lock().await;
         // Another caller may have found the master while this one waited.
-        let recent = s
-            .resolved_at
-            .lock()
-            .ok()
-            .and_then(|t| *t)
-            .is_some_and(|t| t.elapsed() < RESOLVE_EVERY);
+        let recent = lock(&s.resolved_at).is_some_and(|t| t.elapsed() < RESOLVE_EVERY);
         if let Some(c) = Self::current(s).filter(|_| recent || !s.stale.load(Ordering::Relaxed)) {
             return Ok(c);
         }
-        if let Ok(mut t) = s.resolved_at.lock() {
-            *t = Some(Instant::now());
-        }
+        *lock(&s.resolved_at) = Some(Instant::now());
         let asked = tokio::time::timeout(self.timeouts.command * 2, sentinel.async_get_client()).await;
         let client = asked.map_err(|_| ConnectError::SentinelTimeout)??;
         let addr = client.get_connection_info().addr().to_string();
         s.stale.store(false, Ordering::Relaxed);
-        if let Some(c) = s.master.lock().ok().and_then(|m| m.clone()).filter(|m| m.addr == addr) {
+        let known = lock(&s.master).clone();
+        if let Some(c) = known.filter(|m| m.addr == addr) {
             return Ok(RedisConn::Sentinel(c.conn, Arc::clone(&s.stale)));
         }
         let conn = client.get_connection_manager_with_config(self.manager_config()).await?;
         tracing::info!(master = %addr, "redis sentinel named a new master; connected to it");
-        if let Ok(mut m) = s.master.lock() {
-            *m = Some(Master {
-                addr,
-                conn: conn.clone(),
-            });
-        }
+        *lock(&s.master) = Some(Master {
+            addr,
+            conn: conn.clone(),
+        });
         Ok(RedisConn::Sentinel(conn, Arc::clone(&s.stale)))
     }
 
