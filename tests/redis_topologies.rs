@@ -22,7 +22,7 @@ use vmcp::limits::{CallKind, LimitBackend, Limiter, Target};
 fn cluster_store(cluster: &RedisCluster) -> String {
     let nodes: Vec<String> = cluster.addrs().iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "store:\n  kind: redis\n  touch_interval: 200ms\n  redis: {{ cluster: [{}], key_prefix: \"t:\" }}\n",
+        "store:\n  kind: redis\n  redis: {{ cluster: [{}], key_prefix: \"t:\" }}\n",
         nodes.join(", ")
     )
 }
@@ -30,7 +30,7 @@ fn cluster_store(cluster: &RedisCluster) -> String {
 fn sentinel_store(group: &SentinelGroup) -> String {
     let nodes: Vec<String> = group.addrs().iter().map(|a| format!("\"{a}\"")).collect();
     format!(
-        "store:\n  kind: redis\n  touch_interval: 200ms\n  redis:\n    key_prefix: \"t:\"\n    sentinel: {{ master_name: {MASTER_NAME}, nodes: [{}] }}\n",
+        "store:\n  kind: redis\n  redis:\n    key_prefix: \"t:\"\n    sentinel: {{ master_name: {MASTER_NAME}, nodes: [{}] }}\n",
         nodes.join(", ")
     )
 }
@@ -300,6 +300,40 @@ async fn sentinel_finds_the_replica_promoted_after_the_master_dies() {
     assert!(
         ok > 0 && failed == 0,
         "a held session kept serving: {ok} ok, {failed} failed"
+    );
+    share_and_delete_again(&a, &b).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_with_passwords_on_the_data_nodes_and_the_sentinels() {
+    let group = SentinelGroup::start_with(Some(("data-secret", "sentinel-secret"))).await;
+    let backend = TestBackend::start("c").await;
+    let nodes: Vec<String> = group.addrs().iter().map(|a| format!("\"{a}\"")).collect();
+    let store = format!(
+        "store:\n  kind: redis\n  redis:\n    key_prefix: \"t:\"\n    password: \"${{DATA_PW}}\"\n    sentinel: {{ master_name: {MASTER_NAME}, nodes: [{}], password: \"${{SENTINEL_PW}}\" }}\n",
+        nodes.join(", ")
+    );
+    let yaml = support::config_yaml(&[("c", &backend.url)], &store);
+    let env = std::collections::HashMap::from([
+        ("DATA_PW".to_owned(), "data-secret".to_owned()),
+        ("SENTINEL_PW".to_owned(), "sentinel-secret".to_owned()),
+    ]);
+    let (a, b) = (
+        Replica::start_env(&yaml, env.clone()).await,
+        Replica::start_env(&yaml, env).await,
+    );
+    share_and_delete(&a, &b).await;
+    let mut before = a.client();
+    before.initialize().await;
+    assert_eq!(counter(&before).await, "1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    group.failover().await;
+    let (fresh, _) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    assert_eq!(
+        counter(&before.via(&b.url)).await,
+        "2",
+        "rebuilt by B from the new master"
     );
     share_and_delete_again(&a, &b).await;
 }

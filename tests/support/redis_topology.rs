@@ -38,9 +38,24 @@ fn spawn(program: &str, args: &[String]) -> Child {
         .unwrap_or_else(|e| panic!("{program} runs (scripts/test.sh installs it): {e}"))
 }
 
+/// The password of each server started with one, by port (for [`conn`] and [`role`]).
+static PASSWORDS: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
+
+fn require_password(port: u16, password: &str) {
+    PASSWORDS.lock().unwrap().push((port, password.to_owned()));
+}
+
+fn url(port: u16) -> String {
+    let passwords = PASSWORDS.lock().unwrap();
+    match passwords.iter().find(|(p, _)| *p == port) {
+        Some((_, pw)) => format!("redis://:{pw}@127.0.0.1:{port}/"),
+        None => format!("redis://127.0.0.1:{port}/"),
+    }
+}
+
 /// A connection to one server, once it answers PING (10 s at most).
 pub async fn conn(port: u16) -> redis::aio::MultiplexedConnection {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).expect("url");
+    let client = redis::Client::open(url(port)).expect("url");
     for _ in 0..400 {
         if let Ok(mut c) = client.get_multiplexed_async_connection().await {
             if redis::cmd("PING").query_async::<String>(&mut c).await.is_ok() {
@@ -54,7 +69,7 @@ pub async fn conn(port: u16) -> redis::aio::MultiplexedConnection {
 
 /// The first word of `ROLE` (`master`, `slave`, `sentinel`), if it answers.
 pub async fn role(port: u16) -> Option<String> {
-    let client = redis::Client::open(format!("redis://127.0.0.1:{port}/")).ok()?;
+    let client = redis::Client::open(url(port)).ok()?;
     let mut c = tokio::time::timeout(Duration::from_millis(500), client.get_multiplexed_async_connection())
         .await
         .ok()?
@@ -313,9 +328,15 @@ pub const MASTER_NAME: &str = "mymaster";
 
 impl SentinelGroup {
     pub async fn start() -> Self {
+        Self::start_with(None).await
+    }
+
+    /// With `(data, sentinels)` passwords: `requirepass` on the master and
+    /// the replica (`masterauth` too), and on the sentinels.
+    pub async fn start_with(passwords: Option<(&str, &str)>) -> Self {
         let dir = TempDir::new("sentinel");
         let data = |port: u16| -> Vec<String> {
-            [
+            let mut args: Vec<String> = [
                 "--port",
                 &port.to_string(),
                 "--bind",
@@ -333,9 +354,17 @@ impl SentinelGroup {
             ]
             .iter()
             .map(|s| s.to_string())
-            .collect()
+            .collect();
+            if let Some((pw, _)) = passwords {
+                args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
+            }
+            args
         };
         let (mp, rp) = (free_port(), free_port());
+        if let Some((pw, _)) = passwords {
+            require_password(mp, pw);
+            require_password(rp, pw);
+        }
         let master = Node {
             port: mp,
             child: Some(spawn("redis-server", &data(mp))),
@@ -361,18 +390,21 @@ impl SentinelGroup {
         for _ in 0..3 {
             let port = free_port();
             let file = dir.0.join(format!("sentinel-{port}.conf"));
-            std::fs::write(
-                &file,
-                format!(
-                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                     sentinel monitor {MASTER_NAME} 127.0.0.1 {mp} 2\n\
-                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                     sentinel failover-timeout {MASTER_NAME} 5000\n\
-                     sentinel parallel-syncs {MASTER_NAME} 1\n",
-                    dir = dir.0.display()
-                ),
-            )
-            .expect("sentinel.conf");
+            let mut conf = format!(
+                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                 sentinel monitor {MASTER_NAME} 127.0.0.1 {mp} 2\n\
+                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                 sentinel failover-timeout {MASTER_NAME} 5000\n\
+                 sentinel parallel-syncs {MASTER_NAME} 1\n",
+                dir = dir.0.display()
+            );
+            if let Some((pw, spw)) = passwords {
+                conf.push_str(&format!(
+                    "sentinel auth-pass {MASTER_NAME} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n"
+                ));
+                require_password(port, spw);
+            }
+            std::fs::write(&file, conf).expect("sentinel.conf");
             sentinels.push(Node {
                 port,
                 child: Some(spawn("redis-sentinel", &[file.to_string_lossy().into_owned()])),
