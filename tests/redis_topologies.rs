@@ -231,6 +231,26 @@ async fn a_cluster_rides_out_a_killed_master() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_with_a_password() {
+    let cluster = RedisCluster::start_with(3, 0, Some("cluster-secret")).await;
+    let backend = TestBackend::start("c").await;
+    let store = cluster_store(&cluster).replace("key_prefix", "password: \"${PW}\", key_prefix");
+    let yaml = support::config_yaml(&[("c", &backend.url)], &store);
+    let env = std::collections::HashMap::from([("PW".to_owned(), "cluster-secret".to_owned())]);
+    let (a, b) = (
+        Replica::start_env(&yaml, env.clone()).await,
+        Replica::start_env(&yaml, env).await,
+    );
+    share_and_delete(&a, &b).await;
+    // Sessions on every master (the discovered nodes get the password too).
+    for _ in 0..6 {
+        let mut c = a.client();
+        c.initialize().await;
+        assert_eq!(counter(&c.via(&b.url)).await, "1");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_shares_sessions_and_follows_a_failover() {
     let group = SentinelGroup::start().await;
     let backend = TestBackend::start("c").await;

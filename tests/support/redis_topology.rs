@@ -120,6 +120,11 @@ pub struct RedisCluster {
 
 impl RedisCluster {
     pub async fn start(masters: usize, replicas: usize) -> Self {
+        Self::start_with(masters, replicas, None).await
+    }
+
+    /// With `requirepass` (and `masterauth`) `password` on every node.
+    pub async fn start_with(masters: usize, replicas: usize, password: Option<&str>) -> Self {
         let dir = TempDir::new("cluster");
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
@@ -149,6 +154,11 @@ impl RedisCluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            let mut args = args;
+            if let Some(pw) = password {
+                args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
+                require_password(port, pw);
+            }
             nodes.push(Node {
                 port,
                 child: Some(spawn("redis-server", &args)),
@@ -157,7 +167,11 @@ impl RedisCluster {
         for n in &nodes {
             conn(n.port).await;
         }
-        let mut args: Vec<String> = vec!["--cluster".into(), "create".into()];
+        let mut args: Vec<String> = Vec::new();
+        if let Some(pw) = password {
+            args.extend(["-a".into(), pw.into(), "--no-auth-warning".into()]);
+        }
+        args.extend(["--cluster".into(), "create".into()]);
         args.extend(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
         args.extend([
             "--cluster-replicas".into(),
