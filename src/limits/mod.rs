@@ -42,8 +42,9 @@ const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
 pub enum LimitsError {
     #[error("limit metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    /// `store.redis` does not describe a Redis (URL, nodes).
     #[error("limits redis: {0}")]
-    RedisUrl(String),
+    RedisConfig(String),
     /// The bucket store did not answer (decided by `on_store_error`).
     #[error("limits store: {0}")]
     Store(String),

@@ -89,7 +89,7 @@ impl RedisBuckets {
             retries: 1,
             max_delay: Duration::from_millis(200),
         };
-        let redis = RedisConnector::new(config, timeouts).map_err(|e| LimitsError::RedisUrl(e.to_string()))?;
+        let redis = RedisConnector::new(config, timeouts).map_err(|e| LimitsError::RedisConfig(e.to_string()))?;
         Ok(Self {
             redis,
             prefix: config.key_prefix.clone(),
