@@ -12,9 +12,8 @@ mod auth;
 mod expand;
 mod limits;
 mod policy;
+mod redis;
 mod validate;
-
-pub use validate::parse_node;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +28,7 @@ pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfi
 pub use expand::{Lookup, ProcessEnv};
 pub use limits::{CallKind, LimitMatch, LimitRule, LimitScope, LimitsConfig, OnStoreError};
 pub use policy::PolicyConfig;
+pub use redis::{parse_node, RedisConfig, SentinelConfig};
 
 /// Everything that can go wrong while loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -284,75 +284,6 @@ impl Default for StoreConfig {
     }
 }
 
-/// Where Redis is: exactly one of `url` (one server), `sentinel` or `cluster`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// One server: `redis://` or `rediss://` URL; credentials may come from `${VAR}`.
-    #[serde(default)]
-    pub url: Option<String>,
-    /// Redis Sentinel: the master is asked of the sentinels, and again after a failover.
-    #[serde(default)]
-    pub sentinel: Option<SentinelConfig>,
-    /// Redis Cluster: `host:port` of some of its nodes (the others are discovered).
-    #[serde(default)]
-    pub cluster: Option<Vec<String>>,
-    /// ACL user for the data nodes (the master, the cluster's nodes, or the
-    /// URL's server, whose own user it replaces).
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password for the data nodes (`${VAR}`), replacing the URL's if any.
-    #[serde(default)]
-    pub password: Option<String>,
-    /// TLS to sentinels and data nodes (`sentinel`, `cluster`; a URL says it with `rediss://`).
-    #[serde(default)]
-    pub tls: bool,
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: String,
-}
-
-/// `store.redis.sentinel`.
-#[derive(Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SentinelConfig {
-    /// The name the sentinels monitor the master under (`mymaster`).
-    pub master_name: String,
-    /// `host:port` of the sentinels (any one answering is enough).
-    pub nodes: Vec<String>,
-    /// ACL user for the sentinels themselves, when they require one.
-    #[serde(default)]
-    pub username: Option<String>,
-    /// Password for the sentinels themselves (`requirepass` in sentinel.conf).
-    #[serde(default)]
-    pub password: Option<String>,
-}
-
-/// Never prints passwords, nor a URL's credentials.
-impl std::fmt::Debug for RedisConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisConfig")
-            .field("url", &self.url.as_deref().map(crate::redact::url))
-            .field("sentinel", &self.sentinel)
-            .field("cluster", &self.cluster)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .field("tls", &self.tls)
-            .field("key_prefix", &self.key_prefix)
-            .finish()
-    }
-}
-
-impl std::fmt::Debug for SentinelConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SentinelConfig")
-            .field("master_name", &self.master_name)
-            .field("nodes", &self.nodes)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipKind {
@@ -510,10 +441,6 @@ fn default_replica_id() -> String {
     "vmcp-0".into()
 }
 
-fn default_key_prefix() -> String {
-    "vmcp:".into()
-}
-
 impl Config {
     /// Reads, expands, parses and validates `file`, resolving `${VAR}` and the
     /// `VMCP_*` overrides through `lookup`.
@@ -584,7 +511,7 @@ impl Config {
         if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
             // The URL replaces a sentinel or cluster of the file; credentials and prefix stay.
             let mut redis = self.store.redis.take().unwrap_or_else(|| RedisConfig {
-                key_prefix: default_key_prefix(),
+                key_prefix: redis::default_key_prefix(),
                 ..RedisConfig::default()
             });
             redis.url = Some(url);

@@ -3,7 +3,8 @@
 use std::collections::HashSet;
 
 use super::{
-    is_vmcp_variable, AuditSink, BackendAuthConfig, BackendConfig, Config, MembershipKind, RedisConfig, StoreKind,
+    is_vmcp_variable, parse_node, AuditSink, BackendAuthConfig, BackendConfig, Config, MembershipKind, RedisConfig,
+    StoreKind,
 };
 
 type Invalid = (String, String);
@@ -132,20 +133,6 @@ fn validate_nodes(field: &str, nodes: &[String]) -> Result<(), Invalid> {
         }
     }
     Ok(())
-}
-
-/// `host:port` (`[v6]:port` too): a host with nothing a URL would read as
-/// credentials or a path, and a non-zero port.
-pub fn parse_node(node: &str) -> Option<(String, u16)> {
-    let (host, port) = node.rsplit_once(':')?;
-    let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-    let bare = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-    let ok = !bare.is_empty()
-        && bare
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | ':'))
-        && (bare.len() == host.len()) != bare.contains(':');
-    ok.then(|| (host.to_owned(), port))
 }
 
 /// `[a-z0-9-]+`: backend and limit rule names (metric labels, key parts).
