@@ -2,12 +2,13 @@
 # Checks the Helm chart and manifests/: helm lint --strict; renders with the
 # default values, with ci/full-values.yaml (3 replicas, HPA, ServiceMonitor,
 # bundled Redis), in sidecar mode with one replica and with ci/sidecar-values.yaml
-# (3 replicas on Redis, every sidecar value set); validates every object against
+# (3 replicas on Redis, every sidecar value set), on Redis Sentinel and on Redis
+# Cluster (ci/sentinel-values.yaml, ci/cluster-values.yaml); validates every object against
 # the Kubernetes 1.31 OpenAPI schemas (kubernetes-validate --strict), the
 # ServiceMonitor against the fields its CRD requires, the rendered vmcp config
 # with `vmcp validate`, and in sidecar mode the server container and its
 # localhost `local: true` backend (scripts/check_rendered.py); checks that
-# several replicas without Redis do not render; fails if manifests/ is stale.
+# several replicas without Redis, or with two Redis topologies, do not render; fails if manifests/ is stale.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/tools.sh
@@ -17,10 +18,18 @@ sidecar=(--set sidecar.enabled=true --set sidecar.image.repository=ghcr.io/examp
 "$helm" lint --strict charts/vmcp
 "$helm" lint --strict charts/vmcp -f charts/vmcp/ci/full-values.yaml
 "$helm" lint --strict charts/vmcp -f charts/vmcp/ci/sidecar-values.yaml
+"$helm" lint --strict charts/vmcp -f charts/vmcp/ci/sentinel-values.yaml
+"$helm" lint --strict charts/vmcp -f charts/vmcp/ci/cluster-values.yaml
 "$helm" template vmcp charts/vmcp > "$out/default.yaml"
 "$helm" template vmcp charts/vmcp -f charts/vmcp/ci/full-values.yaml > "$out/full.yaml"
 "$helm" template vmcp charts/vmcp "${sidecar[@]}" > "$out/sidecar.yaml"
 "$helm" template vmcp charts/vmcp -f charts/vmcp/ci/sidecar-values.yaml > "$out/sidecar-replicated.yaml"
+"$helm" template vmcp charts/vmcp -f charts/vmcp/ci/sentinel-values.yaml > "$out/sentinel.yaml"
+"$helm" template vmcp charts/vmcp -f charts/vmcp/ci/cluster-values.yaml > "$out/cluster.yaml"
+if err=$("$helm" template vmcp charts/vmcp -f charts/vmcp/ci/cluster-values.yaml --set redis.url=redis://r:6379 2>&1 >/dev/null); then
+  echo "two Redis topologies must not render"; exit 1
+fi
+grep -q "set only one of redis.url" <<<"$err" || { echo "two Redis topologies: unexpected error: $err"; exit 1; }
 for mode in "" "${sidecar[*]}"; do
   # shellcheck disable=SC2086 # $mode is a list of --set flags
   if err=$("$helm" template vmcp charts/vmcp $mode --set replicaCount=3 2>&1 >/dev/null); then
@@ -34,9 +43,9 @@ if "$helm" template vmcp charts/vmcp --set sidecar.enabled=true >/dev/null 2>&1;
 fi
 vmcp_bin="${CARGO_TARGET_DIR:-target}/debug/vmcp"
 [ -x "$vmcp_bin" ] || cargo build --locked --quiet --bin vmcp
-for f in "$out/default.yaml" "$out/full.yaml" "$out/sidecar.yaml" "$out/sidecar-replicated.yaml" manifests/*.yaml; do
+for f in "$out/default.yaml" "$out/full.yaml" "$out/sidecar.yaml" "$out/sidecar-replicated.yaml" "$out/sentinel.yaml" "$out/cluster.yaml" manifests/*.yaml; do
   case "$(basename "$f")" in
-    full.yaml | vmcp-replicated.yaml) flags=(--replicated) ;;
+    full.yaml | vmcp-replicated.yaml | sentinel.yaml | cluster.yaml) flags=(--replicated) ;;
     sidecar.yaml) flags=(--sidecar "$([ "$f" = manifests/sidecar.yaml ] && echo everything || echo server)") ;;
     sidecar-replicated.yaml) flags=(--sidecar "$([ "$f" = manifests/sidecar-replicated.yaml ] && echo server || echo counter)" --replicated) ;;
     *) flags=() ;;

@@ -112,12 +112,9 @@ impl App {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let store: Arc<dyn SessionStore> = match (&config.store.kind, &config.store.redis) {
-            (StoreKind::Redis, Some(redis)) => Arc::new(RedisStore::new(
-                &redis.url,
-                &redis.key_prefix,
-                config.session.idle_timeout,
-                metrics.clone(),
-            )?),
+            (StoreKind::Redis, Some(redis)) => {
+                Arc::new(RedisStore::new(redis, config.session.idle_timeout, metrics.clone())?)
+            }
             _ => Arc::new(MemoryStore::default()),
         };
         let limits = Limits {

@@ -39,10 +39,11 @@ fn rule(name: &str, per: LimitScope, rate: u32, matches: LimitMatch) -> LimitRul
 fn replica(redis: &RedisServer, rules: Vec<LimitRule>, on_store_error: OnStoreError) -> (Limiter, Registry) {
     let registry = Registry::new();
     let config = LimitsConfig { on_store_error, rules };
-    let backend = LimitBackend::Redis {
-        url: redis.url(),
-        prefix: PREFIX.into(),
-    };
+    let backend = LimitBackend::Redis(Box::new(vmcp::config::RedisConfig {
+        url: Some(redis.url()),
+        key_prefix: PREFIX.into(),
+        ..Default::default()
+    }));
     (Limiter::new(&config, backend, &registry).unwrap(), registry)
 }
 

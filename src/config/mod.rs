@@ -12,6 +12,7 @@ mod auth;
 mod expand;
 mod limits;
 mod policy;
+mod redis;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfi
 pub use expand::{Lookup, ProcessEnv};
 pub use limits::{CallKind, LimitMatch, LimitRule, LimitScope, LimitsConfig, OnStoreError};
 pub use policy::PolicyConfig;
+pub use redis::{parse_node, RedisConfig, SentinelConfig};
 
 /// Everything that can go wrong while loading a configuration file.
 #[derive(Debug, thiserror::Error)]
@@ -299,15 +301,6 @@ impl Default for StoreConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL; credentials may come from `${VAR}`.
-    pub url: String,
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: String,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum MembershipKind {
@@ -465,10 +458,6 @@ fn default_replica_id() -> String {
     "vmcp-0".into()
 }
 
-fn default_key_prefix() -> String {
-    "vmcp:".into()
-}
-
 impl Config {
     /// Reads, expands, parses and validates `file`, resolving `${VAR}` and the
     /// `VMCP_*` overrides through `lookup`.
@@ -537,11 +526,15 @@ impl Config {
             self.session.identity_key = Some(key);
         }
         if let Some(url) = lookup.get("VMCP_REDIS_URL").filter(|v| !v.is_empty()) {
-            let prefix = self.store.redis.as_ref().map(|r| r.key_prefix.clone());
-            self.store.redis = Some(RedisConfig {
-                url,
-                key_prefix: prefix.unwrap_or_else(default_key_prefix),
+            // The URL replaces a sentinel or cluster of the file; credentials and prefix stay.
+            let mut redis = self.store.redis.take().unwrap_or_else(|| RedisConfig {
+                key_prefix: redis::default_key_prefix(),
+                ..RedisConfig::default()
             });
+            redis.url = Some(url);
+            redis.sentinel = None;
+            redis.cluster = None;
+            self.store.redis = Some(redis);
         }
         match lookup.get("VMCP_LOG_FORMAT").as_deref() {
             Some("json") => self.log.format = LogFormat::Json,

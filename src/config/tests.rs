@@ -154,7 +154,10 @@ fn environment_overrides_apply() {
     let c = Config::parse("store:\n  kind: redis\n", Path::new("x.yaml"), &env).unwrap();
     assert_eq!(c.replica_id, "pod-7");
     assert_eq!(c.log.format, LogFormat::Json);
-    assert_eq!(c.store.redis.unwrap().url, "redis://:pw@10.0.0.1:6379/0");
+    assert_eq!(
+        c.store.redis.unwrap().url.as_deref(),
+        Some("redis://:pw@10.0.0.1:6379/0")
+    );
     assert_eq!(c.session.identity_key.as_deref(), Some("identity-key-from-the-secret"));
 }
 
@@ -356,4 +359,68 @@ fn audit_is_off_by_default_and_checked() {
     assert_eq!(field, "audit.sink");
     let (field, _) = field_error("audit: { enable: true }\n");
     assert_eq!(field, "audit.enable");
+}
+
+#[test]
+fn redis_topologies_take_exactly_one_of_url_sentinel_cluster() {
+    let c = parse(
+        "store:\n  kind: redis\n  redis:\n    sentinel: { master_name: mymaster, nodes: [\"s1:26379\", \"10.0.0.2:26379\"] }\n    password: \"${ALPHA_KEY}\"\n",
+    )
+    .unwrap();
+    let r = c.store.redis.unwrap();
+    let s = r.sentinel.as_ref().unwrap();
+    assert_eq!((s.master_name.as_str(), s.nodes.len()), ("mymaster", 2));
+    assert_eq!(r.password.as_deref(), Some("k-123"));
+    assert!(!format!("{r:?}").contains("k-123"), "a password in Debug output");
+
+    let c =
+        parse("store:\n  kind: redis\n  redis:\n    cluster: [\"n1:7000\", \"[::1]:7001\"]\n    key_prefix: \"x:\"\n")
+            .unwrap();
+    assert_eq!(c.store.redis.unwrap().cluster.unwrap().len(), 2);
+
+    for (yaml, want) in [
+        ("url: redis://a:6379\n    cluster: [\"n1:7000\"]", "store.redis"),
+        (
+            "url: redis://a:6379\n    sentinel: { master_name: m, nodes: [\"s:1\"] }",
+            "store.redis",
+        ),
+        (
+            "sentinel: { master_name: m, nodes: [\"s:1\"] }\n    cluster: [\"n1:7000\"]",
+            "store.redis",
+        ),
+        ("key_prefix: \"x:\"", "store.redis.url"),
+        ("url: http://a:6379", "store.redis.url"),
+        ("url: redis://a:6379\n    tls: true", "store.redis.tls"),
+        ("cluster: []", "store.redis.cluster"),
+        ("cluster: [\"n1\"]", "store.redis.cluster.0"),
+        ("cluster: [\"n1:7000\", \"u:pw@n2:7000\"]", "store.redis.cluster.1"),
+        ("cluster: [\"n1:0\"]", "store.redis.cluster.0"),
+        (
+            "sentinel: { master_name: \"\", nodes: [\"s:1\"] }",
+            "store.redis.sentinel.master_name",
+        ),
+        ("sentinel: { master_name: m, nodes: [] }", "store.redis.sentinel.nodes"),
+        (
+            "sentinel: { master_name: m, nodes: [\"s/x:1\"] }",
+            "store.redis.sentinel.nodes.0",
+        ),
+    ] {
+        let (field, _) = field_error(&format!("store:\n  kind: redis\n  redis:\n    {yaml}\n"));
+        assert_eq!(field, want, "{yaml}");
+    }
+}
+
+#[test]
+fn the_redis_url_variable_replaces_a_sentinel_or_cluster() {
+    let env = HashMap::from([("VMCP_REDIS_URL".to_owned(), "redis://10.0.0.1:6379/0".to_owned())]);
+    let yaml = "store:\n  kind: redis\n  redis:\n    cluster: [\"n1:7000\"]\n    key_prefix: \"k:\"\n";
+    let r = Config::parse(yaml, Path::new("x.yaml"), &env)
+        .unwrap()
+        .store
+        .redis
+        .unwrap();
+    assert_eq!(
+        (r.url.as_deref(), r.cluster, r.key_prefix.as_str()),
+        (Some("redis://10.0.0.1:6379/0"), None, "k:")
+    );
 }

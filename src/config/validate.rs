@@ -2,7 +2,10 @@
 
 use std::collections::HashSet;
 
-use super::{is_vmcp_variable, AuditSink, BackendAuthConfig, BackendConfig, Config, MembershipKind, StoreKind};
+use super::{
+    is_vmcp_variable, parse_node, AuditSink, BackendAuthConfig, BackendConfig, Config, MembershipKind, RedisConfig,
+    StoreKind,
+};
 
 type Invalid = (String, String);
 
@@ -75,13 +78,7 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
         return Err(invalid("replica_id", "must not be empty"));
     }
     if config.store.kind == StoreKind::Redis {
-        let url = config.store.redis.as_ref().map(|r| r.url.as_str()).unwrap_or_default();
-        if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-            return Err(invalid(
-                "store.redis.url",
-                "store.kind redis needs a redis:// or rediss:// URL",
-            ));
-        }
+        validate_redis(config.store.redis.as_ref())?;
     }
     validate_auth(config)?;
     if config.policy.file.is_some() && config.policy.reload_interval.is_zero() {
@@ -91,6 +88,51 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     validate_limits(config)?;
     validate_audit(config)?;
     validate_membership(config)
+}
+
+/// Exactly one of `url`, `sentinel` and `cluster`, each well formed.
+fn validate_redis(redis: Option<&RedisConfig>) -> Result<(), Invalid> {
+    let Some(r) = redis else {
+        return Err(invalid(
+            "store.redis.url",
+            "store.kind redis needs store.redis.url, store.redis.sentinel or store.redis.cluster",
+        ));
+    };
+    match (&r.url, &r.sentinel, &r.cluster) {
+        (None, None, None) => Err(invalid(
+            "store.redis.url",
+            "store.kind redis needs store.redis.url, store.redis.sentinel or store.redis.cluster",
+        )),
+        (Some(url), None, None) => {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid("store.redis.url", "needs a redis:// or rediss:// URL"));
+            }
+            if r.tls {
+                return Err(invalid("store.redis.tls", "with a URL, say TLS with rediss://"));
+            }
+            Ok(())
+        }
+        (None, Some(s), None) => {
+            if s.master_name.trim().is_empty() {
+                return Err(invalid("store.redis.sentinel.master_name", "must not be empty"));
+            }
+            validate_nodes("store.redis.sentinel.nodes", &s.nodes)
+        }
+        (None, None, Some(nodes)) => validate_nodes("store.redis.cluster", nodes),
+        _ => Err(invalid("store.redis", "give exactly one of url, sentinel and cluster")),
+    }
+}
+
+fn validate_nodes(field: &str, nodes: &[String]) -> Result<(), Invalid> {
+    if nodes.is_empty() {
+        return Err(invalid(field, "needs at least one host:port"));
+    }
+    for (i, node) in nodes.iter().enumerate() {
+        if parse_node(node).is_none() {
+            return Err(invalid(format!("{field}.{i}"), "must be host:port"));
+        }
+    }
+    Ok(())
 }
 
 /// `[a-z0-9-]+`: backend and limit rule names (metric labels, key parts).

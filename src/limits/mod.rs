@@ -30,7 +30,7 @@ use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
 use serde_json::{json, Value};
 
 pub use crate::config::CallKind;
-use crate::config::{LimitScope, LimitsConfig, OnStoreError, StoreConfig, StoreKind};
+use crate::config::{LimitScope, LimitsConfig, OnStoreError, RedisConfig, StoreConfig, StoreKind};
 
 // A refused call is answered with `crate::mcp::jsonrpc::RATE_LIMITED`
 // (-32052), HTTP 429 and `Retry-After`.
@@ -42,20 +42,22 @@ const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
 pub enum LimitsError {
     #[error("limit metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("limits redis URL: {0}")]
-    RedisUrl(String),
+    /// `store.redis` does not describe a Redis (URL, nodes).
+    #[error("limits redis: {0}")]
+    RedisConfig(String),
     /// The bucket store did not answer (decided by `on_store_error`).
     #[error("limits store: {0}")]
     Store(String),
 }
 
 /// Where the buckets live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum LimitBackend {
     /// In this replica's memory.
     Memory,
-    /// In Redis, shared by every replica that uses the same URL and prefix.
-    Redis { url: String, prefix: String },
+    /// In Redis (one server, Sentinel or Cluster, as `store.redis` says),
+    /// shared by every replica that uses the same Redis and key prefix.
+    Redis(Box<RedisConfig>),
 }
 
 impl LimitBackend {
@@ -63,10 +65,7 @@ impl LimitBackend {
     /// prefix), else memory.
     pub fn from_store(store: &StoreConfig) -> Self {
         match (&store.kind, &store.redis) {
-            (StoreKind::Redis, Some(r)) => Self::Redis {
-                url: r.url.clone(),
-                prefix: r.key_prefix.clone(),
-            },
+            (StoreKind::Redis, Some(r)) => Self::Redis(Box::new(r.clone())),
             _ => Self::Memory,
         }
     }
@@ -239,7 +238,7 @@ impl Limiter {
             .collect();
         let store = match backend {
             LimitBackend::Memory => Store::Memory(memory::MemoryBuckets::new()),
-            LimitBackend::Redis { url, prefix } => Store::Redis(Box::new(redis::RedisBuckets::new(&url, &prefix)?)),
+            LimitBackend::Redis(config) => Store::Redis(Box::new(redis::RedisBuckets::new(&config)?)),
         };
         Ok(Self {
             rules,

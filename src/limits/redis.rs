@@ -16,18 +16,20 @@
 //! one Redis Cluster slot, as a multi-key script needs. A tag per principal
 //! would spread the keys, but a call that matches a per-principal rule and a
 //! global rule would then touch two slots, and a bucket's key cannot depend
-//! on which other rules a call matched. Only a single Redis is tested.
+//! on which other rules a call matched. The same holds with Sentinel (the
+//! store's connection finds the master after a failover) and on a cluster
+//! (one slot for every bucket: one node takes every decision).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
 use super::{Claim, Decision, LimitsError};
+use crate::config::RedisConfig;
+use crate::store::redis_conn::{RedisConnector, Timeouts};
 
 /// The longest one decision may wait for Redis (connecting included).
 const DECISION_TIMEOUT: Duration = Duration::from_millis(500);
@@ -66,8 +68,7 @@ end
 return {1}";
 
 pub(super) struct RedisBuckets {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis: RedisConnector,
     prefix: String,
     script: Script,
     /// Set while Redis is failing (the outage is logged once).
@@ -81,13 +82,17 @@ fn store_error(e: impl std::fmt::Display) -> LimitsError {
 }
 
 impl RedisBuckets {
-    /// Parses the URL (credentials, `rediss://`); connects on first use.
-    pub(super) fn new(url: &str, prefix: &str) -> Result<Self, LimitsError> {
-        let client = redis::Client::open(url).map_err(|e| LimitsError::RedisUrl(e.to_string()))?;
+    /// Reads the topology (URL, Sentinel or Cluster); connects on first use.
+    pub(super) fn new(config: &RedisConfig) -> Result<Self, LimitsError> {
+        let timeouts = Timeouts {
+            command: DECISION_TIMEOUT,
+            retries: 1,
+            max_delay: Duration::from_millis(200),
+        };
+        let redis = RedisConnector::new(config, timeouts).map_err(|e| LimitsError::RedisConfig(e.to_string()))?;
         Ok(Self {
-            client,
-            conn: OnceCell::new(),
-            prefix: prefix.to_owned(),
+            redis,
+            prefix: config.key_prefix.clone(),
             script: Script::new(TAKE),
             down: AtomicBool::new(false),
             skip_until: Mutex::new(None),
@@ -99,19 +104,6 @@ impl RedisBuckets {
             None => format!("{}limit:{{limits}}:{}:g", self.prefix, claim.name),
             Some(p) => format!("{}limit:{{limits}}:{}:p:{}", self.prefix, claim.name, principal_hash(p)),
         }
-    }
-
-    async fn conn(&self) -> Result<ConnectionManager, LimitsError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(DECISION_TIMEOUT))
-            .set_response_timeout(Some(DECISION_TIMEOUT))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(200));
-        self.conn
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(store_error)
     }
 
     /// One decision over `claims` (not empty).
@@ -142,7 +134,7 @@ impl RedisBuckets {
     }
 
     async fn run(&self, claims: &[Claim<'_>]) -> Decision {
-        let mut conn = self.conn().await?;
+        let mut conn = self.redis.conn().await.map_err(store_error)?;
         let mut invocation = self.script.prepare_invoke();
         for claim in claims {
             invocation

@@ -7,6 +7,7 @@
 
 mod memory;
 mod redis;
+pub mod redis_conn;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;

@@ -21,19 +21,22 @@
 //!
 //! The `{ID}` hash tag keeps a session's keys in one Redis Cluster slot, so
 //! each multi-key write is one atomic Lua script. The indexes are hints
-//! written next to it (one slot each): a listing reads each session's own
-//! key, the truth. No command scans keys.
+//! written next to it, each index by commands on its own key only (one slot
+//! each, a pipeline per index): a listing reads each session's own key, the
+//! truth, with one `MGET` (split by slot on a cluster). No command scans keys.
+//! Connections (one server, Sentinel, Cluster) are in [`redis_conn`](super::redis_conn).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::{BoxFuture, FutureExt};
 use futures_util::stream::{BoxStream, StreamExt};
-use redis::aio::ConnectionManager;
 use redis::{AsyncCommands, Script};
-use tokio::sync::{mpsc, OnceCell};
+use tokio::sync::mpsc;
 
+use super::redis_conn::{RedisConn, RedisConnector, Timeouts};
 use super::{unix_ms, Page, SessionMetadata, SessionStore, StoreError, StoredEvent, SubjectRef, Touch, MAX_PAGE};
+use crate::config::RedisConfig;
 use crate::telemetry::Metrics;
 
 /// How long one Redis command may take before the store counts as unavailable.
@@ -63,8 +66,7 @@ redis.call('PUBLISH', ARGV[2], ARGV[3])
 return n";
 
 pub struct RedisStore {
-    client: redis::Client,
-    conn: OnceCell<ConnectionManager>,
+    redis: Arc<RedisConnector>,
     prefix: String,
     ttl_ms: u64,
     metrics: Metrics,
@@ -83,13 +85,18 @@ fn unavailable(e: impl std::fmt::Display) -> StoreError {
 }
 
 impl RedisStore {
-    /// Parses the URL; connects lazily, so a replica starts while Redis is down.
-    pub fn new(url: &str, prefix: &str, ttl: Duration, metrics: Metrics) -> Result<Self, StoreError> {
-        let client = redis::Client::open(url).map_err(|e| StoreError::Unavailable(format!("redis URL: {e}")))?;
+    /// Reads the topology (URL, Sentinel or Cluster); connects lazily, so a
+    /// replica starts while Redis is down.
+    pub fn new(config: &RedisConfig, ttl: Duration, metrics: Metrics) -> Result<Self, StoreError> {
+        let timeouts = Timeouts {
+            command: COMMAND_TIMEOUT,
+            retries: 2,
+            max_delay: Duration::from_millis(500),
+        };
+        let redis = RedisConnector::new(config, timeouts).map_err(|e| StoreError::Unavailable(e.to_string()))?;
         Ok(Self {
-            client,
-            conn: OnceCell::new(),
-            prefix: prefix.to_owned(),
+            redis: Arc::new(redis),
+            prefix: config.key_prefix.clone(),
             ttl_ms: ttl.as_millis().max(1) as u64,
             metrics,
             scripts: Arc::new(Scripts {
@@ -122,33 +129,34 @@ impl RedisStore {
     }
 
     /// Records (or refreshes) a live session in the indexes, and drops the
-    /// index entries of sessions that expired.
-    async fn index(
-        &self,
-        conn: &mut ConnectionManager,
-        id: &str,
-        subject: Option<&SubjectRef>,
-    ) -> Result<(), StoreError> {
+    /// index entries of sessions that expired. One pipeline per index key
+    /// (a cluster refuses a pipeline over two slots), both sent at once.
+    async fn index(&self, conn: &mut RedisConn, id: &str, subject: Option<&SubjectRef>) -> Result<(), StoreError> {
         let now = unix_ms();
-        let mut pipe = redis::pipe();
-        pipe.zadd(self.index_key(), id, now + self.ttl_ms)
+        let mut all = redis::pipe();
+        all.zadd(self.index_key(), id, now + self.ttl_ms)
             .ignore()
             .zrembyscore(self.index_key(), "-inf", format!("({now}"))
             .ignore();
-        if let Some(s) = subject {
-            let key = self.subject_key(&s.issuer, &s.subject);
-            pipe.zadd(&key, id, now + self.ttl_ms)
-                .ignore()
-                .pexpire(&key, self.ttl_ms as i64)
-                .ignore();
-        }
-        pipe.query_async::<()>(conn).await.map_err(unavailable)
+        let Some(s) = subject else {
+            return all.query_async::<()>(conn).await.map_err(unavailable);
+        };
+        let key = self.subject_key(&s.issuer, &s.subject);
+        let mut theirs = redis::pipe();
+        theirs
+            .zadd(&key, id, now + self.ttl_ms)
+            .ignore()
+            .pexpire(&key, self.ttl_ms as i64)
+            .ignore();
+        let mut other = conn.clone();
+        let (a, b) = tokio::join!(all.query_async::<()>(conn), theirs.query_async::<()>(&mut other));
+        a.and(b).map_err(unavailable)
     }
 
     /// Index entries after `cursor` (`score:id`), `limit` + 1 at most.
     async fn index_after(
         &self,
-        conn: &mut ConnectionManager,
+        conn: &mut RedisConn,
         cursor: Option<&str>,
         limit: usize,
     ) -> Result<Vec<(String, f64)>, StoreError> {
@@ -192,18 +200,10 @@ impl RedisStore {
         format!("{}closed", self.prefix)
     }
 
-    /// The shared connection; it reconnects by itself after Redis comes back.
-    async fn conn(&self) -> Result<ConnectionManager, StoreError> {
-        let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(COMMAND_TIMEOUT))
-            .set_response_timeout(Some(COMMAND_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_max_delay(Duration::from_millis(500));
-        self.conn
-            .get_or_try_init(|| self.client.get_connection_manager_with_config(config))
-            .await
-            .cloned()
-            .map_err(unavailable)
+    /// The shared connection; it reconnects by itself after Redis comes
+    /// back (or finds the new master, or follows the cluster's slots).
+    async fn conn(&self) -> Result<RedisConn, StoreError> {
+        self.redis.conn().await.map_err(unavailable)
     }
 
     /// Runs one store operation with its metrics.
@@ -333,11 +333,16 @@ impl SessionStore for RedisStore {
                 .last()
                 .filter(|_| more)
                 .map(|(id, score)| format!("{}:{id}", *score as u64));
-            let mut pipe = redis::pipe();
-            for (id, _) in &entries {
-                pipe.get(self.session_key(id));
-            }
-            let found: Vec<Option<String>> = pipe.query_async(&mut conn).await.map_err(unavailable)?;
+            let found: Vec<Option<String>> = if entries.is_empty() {
+                Vec::new()
+            } else {
+                let keys: Vec<String> = entries.iter().map(|(id, _)| self.session_key(id)).collect();
+                redis::cmd("MGET")
+                    .arg(keys)
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(unavailable)?
+            };
             let mut sessions = Vec::with_capacity(found.len());
             for json in found.iter().flatten() {
                 match decode(json) {
@@ -381,7 +386,7 @@ impl SessionStore for RedisStore {
 
     fn deletions(&self) -> BoxStream<'static, String> {
         let (tx, rx) = mpsc::channel(1024);
-        tokio::spawn(follow_deletions(self.client.clone(), self.channel(), tx));
+        tokio::spawn(super::redis_conn::follow(Arc::clone(&self.redis), self.channel(), tx));
         futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|id| (id, rx)) }).boxed()
     }
 
@@ -451,33 +456,6 @@ fn decode_event(member: &str) -> Option<StoredEvent> {
         id: id.parse().ok()?,
         data: data.to_owned(),
     })
-}
-
-/// Subscribes to the deletion channel, reconnecting until nobody listens.
-async fn follow_deletions(client: redis::Client, channel: String, tx: mpsc::Sender<String>) {
-    loop {
-        match client.get_async_pubsub().await {
-            Ok(mut pubsub) => match pubsub.subscribe(&channel).await {
-                Ok(()) => {
-                    let mut messages = pubsub.on_message();
-                    while let Some(msg) = messages.next().await {
-                        if let Ok(id) = msg.get_payload::<String>() {
-                            if tx.send(id).await.is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    tracing::warn!("redis deletion feed ended; resubscribing");
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot subscribe to the redis deletion feed"),
-            },
-            Err(e) => tracing::debug!(error = %e, "redis unreachable for the deletion feed"),
-        }
-        if tx.is_closed() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ pub mod oidc;
 pub mod process;
 pub mod proxy;
 pub mod redis;
+pub mod redis_topology;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -46,7 +46,7 @@ app.kubernetes.io/part-of: vmcp
 
 {{/* Replicas share sessions (and discover each other) only with Redis. */}}
 {{- define "vmcp.replicated" -}}
-{{- if or .Values.redis.url .Values.redis.bundled.enabled }}true{{ end }}
+{{- if or .Values.redis.url .Values.redis.sentinel.nodes .Values.redis.cluster.nodes .Values.redis.bundled.enabled }}true{{ end }}
 {{- end }}
 
 {{- define "vmcp.redisUrl" -}}
@@ -88,7 +88,15 @@ app.kubernetes.io/part-of: vmcp
 {{- fail (printf "admin.port %d is the MCP port: the admin API needs a port of its own" (int .Values.admin.port)) }}
 {{- end }}
 {{- if and (not (include "vmcp.replicated" .)) (or (gt (int .Values.replicaCount) 1) .Values.autoscaling.enabled) }}
-{{- fail "more than one replica (or autoscaling) needs Redis: set redis.url, or redis.bundled.enabled=true to try it out" }}
+{{- fail "more than one replica (or autoscaling) needs Redis: set redis.url, redis.sentinel.nodes or redis.cluster.nodes, or redis.bundled.enabled=true to try it out" }}
+{{- end }}
+{{- $redis := 0 }}
+{{- range (list .Values.redis.url .Values.redis.sentinel.nodes .Values.redis.cluster.nodes .Values.redis.bundled.enabled) }}{{ if . }}{{ $redis = add1 $redis }}{{ end }}{{ end }}
+{{- if gt $redis 1 }}
+{{- fail "set only one of redis.url, redis.sentinel.nodes, redis.cluster.nodes and redis.bundled.enabled" }}
+{{- end }}
+{{- if and .Values.redis.sentinel.nodes (not .Values.redis.sentinel.masterName) }}
+{{- fail "redis.sentinel.nodes needs redis.sentinel.masterName" }}
 {{- end }}
 {{- end }}
 

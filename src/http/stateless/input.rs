@@ -1,0 +1,217 @@
+//! Input requests, bridged (2026-07-28 client → handshake-era backend): a
+//! backend that asks the client something mid-call (`elicitation/create`,
+//! `sampling/createMessage`, `roots/list`) cannot reach a client that keeps
+//! no stream. vmcp pauses the call where it runs, answers the client with an
+//! `InputRequiredResult` whose `requestState` it sealed, and when the client
+//! retries with its answers, hands them to the backend and goes on waiting.
+//!
+//! The paused call lives on the replica that runs the caller's pool (the
+//! retry is placed there like any request of that caller). `requestState`
+//! is `base64url(JSON {t: token, p: pool hash, r: replica, e: expiry ms})`
+//! `.` `base64url(HMAC-SHA256)` under a key this replica drew at start: it
+//! names the paused call and who may resume it, never what the backend
+//! asked or the client answered. A forged, expired, replayed (each state
+//! resumes once) or another caller's state gets -32602, and nothing
+//! reaches the backend.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc::UnboundedReceiver;
+use tokio::task::JoinHandle;
+
+use crate::backend::{FromBackend, Reply};
+use crate::mcp::RpcError;
+use crate::session::Session;
+use crate::store::unix_ms;
+use crate::sync::lock;
+
+/// How long a paused call waits for the client's answers.
+const PAUSE_FOR: Duration = Duration::from_secs(300);
+/// The key of the one input request vmcp relays at a time.
+pub const INPUT_KEY: &str = "vmcp-0";
+
+type Outcome = Result<Reply, RpcError>;
+
+/// A call waiting in the background: its task, its backend's messages, and
+/// the id of the backend request the client must answer.
+pub struct Running {
+    pub task: JoinHandle<Outcome>,
+    pub relayed: UnboundedReceiver<FromBackend>,
+    pub session: Arc<Session>,
+}
+
+struct Paused {
+    running: Running,
+    asked: Value,
+    pool: [u8; 16],
+    expires_ms: u64,
+}
+
+/// The calls paused on this replica, by token.
+pub struct PausedCalls {
+    key: [u8; 32],
+    replica: String,
+    calls: Mutex<HashMap<String, Paused>>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    t: String,
+    p: String,
+    r: String,
+    e: u64,
+}
+
+/// What the backend is waiting for, or how the call ended.
+pub enum Step {
+    Done(Outcome),
+    /// The backend asked the client `request` (its id already the outward one).
+    Asks { running: Running, request: Value },
+}
+
+fn pool_hash(pool: &str) -> [u8; 16] {
+    let digest = Sha256::digest(pool.as_bytes());
+    let mut out = [0u8; 16];
+    out.copy_from_slice(&digest[..16]);
+    out
+}
+
+fn refused(why: &str) -> RpcError {
+    RpcError::invalid_params(format!("requestState {why}"))
+}
+
+impl PausedCalls {
+    pub fn new(replica: &str) -> Self {
+        let mut key = [0u8; 32];
+        // Without randomness the seals are still checked, just with a weaker key.
+        let _ = getrandom::fill(&mut key);
+        Self {
+            key,
+            replica: replica.to_owned(),
+            calls: Mutex::default(),
+        }
+    }
+
+    fn mac(&self, text: &str) -> Vec<u8> {
+        let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        mac.update(text.as_bytes());
+        mac.finalize().into_bytes().to_vec()
+    }
+
+    /// Pauses `running` (whose backend asked `request`) for the caller of
+    /// `pool`; the `InputRequiredResult` to answer with.
+    pub fn pause(&self, running: Running, request: Value, pool: &str) -> Value {
+        let mut token = [0u8; 16];
+        let _ = getrandom::fill(&mut token);
+        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let expires_ms = unix_ms() + PAUSE_FOR.as_millis() as u64;
+        let state = State {
+            t: token.clone(),
+            p: B64.encode(pool_hash(pool)),
+            r: self.replica.clone(),
+            e: expires_ms,
+        };
+        let body = B64.encode(serde_json::to_vec(&state).unwrap_or_default());
+        let sealed = format!("{body}.{}", B64.encode(self.mac(&body)));
+        let asked = request.get("id").cloned().unwrap_or(Value::Null);
+        let input = json!({
+            "method": request.get("method").cloned().unwrap_or(Value::Null),
+            "params": request.get("params").cloned().unwrap_or_else(|| json!({})),
+        });
+        let mut calls = lock(&self.calls);
+        let now = unix_ms();
+        calls.retain(|_, p| {
+            let live = p.expires_ms > now;
+            if !live {
+                p.running.task.abort(); // nobody came back: the backend call ends
+            }
+            live
+        });
+        calls.insert(
+            token,
+            Paused {
+                running,
+                asked,
+                pool: pool_hash(pool),
+                expires_ms,
+            },
+        );
+        json!({
+            "resultType": "input_required",
+            "inputRequests": { INPUT_KEY: input },
+            "requestState": sealed,
+        })
+    }
+
+    /// The paused call `sealed` names, for the caller of `pool`, with the
+    /// answer the client gave; once.
+    pub async fn resume(&self, sealed: &str, pool: &str, responses: Option<&Value>) -> Result<Running, RpcError> {
+        let (body, mac) = sealed.split_once('.').ok_or_else(|| refused("is malformed"))?;
+        let given = B64.decode(mac).map_err(|_| refused("is malformed"))?;
+        let Ok(mut check) = Hmac::<Sha256>::new_from_slice(&self.key) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        check.update(body.as_bytes());
+        check
+            .verify_slice(&given)
+            .map_err(|_| refused("was not issued by this replica or was altered"))?;
+        let state: State = B64
+            .decode(body)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or_else(|| refused("is malformed"))?;
+        if state.e <= unix_ms() {
+            return Err(refused("has expired"));
+        }
+        if state.p != B64.encode(pool_hash(pool)) {
+            return Err(refused("belongs to another caller"));
+        }
+        let answer = responses
+            .and_then(|r| r.get(INPUT_KEY))
+            .cloned()
+            .ok_or_else(|| RpcError::invalid_params(format!("inputResponses.{INPUT_KEY} is missing")))?;
+        let paused = lock(&self.calls)
+            .remove(&state.t)
+            .ok_or_else(|| refused("was used already or its call ended"))?;
+        let message = json!({ "jsonrpc": "2.0", "id": paused.asked, "result": answer });
+        if let Err(e) = paused.running.session.answer(message).await {
+            paused.running.task.abort();
+            return Err(RpcError::internal(format!("the answer did not reach the backend: {e}")));
+        }
+        Ok(paused.running)
+    }
+}
+
+/// Waits for `running` to end or to ask the client something; what else the
+/// backend says goes through the session (a list change refreshes its catalog).
+pub async fn step(mut running: Running) -> Step {
+    let mut open = true;
+    loop {
+        tokio::select! {
+            biased;
+            message = running.relayed.recv(), if open => {
+                let Some(message) = message else {
+                    open = false; // the call is ending
+                    continue;
+                };
+                let Some(out) = Box::pin(running.session.outward(message)).await else { continue };
+                if out.get("id").is_some() && out.get("method").is_some() {
+                    return Step::Asks { running, request: out };
+                }
+            }
+            done = &mut running.task => {
+                return Step::Done(done.unwrap_or_else(|e| Err(RpcError::internal(format!("the call ended: {e}")))));
+            }
+        }
+    }
+}
