@@ -74,6 +74,8 @@ pub struct App {
     pub auth: crate::auth::Authenticator,
     /// Who may call the admin API (`admin`).
     pub admin: crate::admin::AdminAuth,
+    /// Calls of 2026-07-28 clients waiting for the client's input.
+    pub paused: crate::http::PausedCalls,
     /// What guards calls: policies, rate limits, the audit log.
     pub guards: crate::policy::Guards,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
@@ -179,6 +181,7 @@ impl App {
             auth,
             admin,
             guards,
+            paused: crate::http::PausedCalls::new(&config.replica_id),
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),

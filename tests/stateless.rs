@@ -241,3 +241,88 @@ async fn post_as(url: &str, method: &str, token: &str) -> (StatusCode, Value) {
     let status = response.status();
     (status, response.json().await.unwrap_or(Value::Null))
 }
+
+fn answered(state: &str, key: &str, name: &str) -> Value {
+    json!({"name": "t_ask", "arguments": {}, "requestState": state,
+           "inputResponses": {key: {"action": "accept", "content": {"name": name}}}})
+}
+
+/// A raw stateless request as `token`, declaring it can be asked for input.
+async fn ask(url: &str, token: &str, params: Value) -> (StatusCode, Value) {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params});
+    let response = support::http()
+        .post(url)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "t_ask")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+#[tokio::test]
+async fn a_backends_elicitation_becomes_an_input_request_resumed_from_either_replica() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let (a, b) = pair(&backend, &redis).await;
+
+    let (status, first) = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        ask(&a.url, "asker", json!({"name": "t_ask", "arguments": {}})),
+    )
+    .await
+    .expect("the first call answers at once");
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let (key, request) = result["inputRequests"].as_object().unwrap().iter().next().unwrap();
+    assert_eq!(request["method"], "elicitation/create");
+    assert_eq!(request["params"]["message"], "your name?");
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    assert!(!state.contains("your name"), "the state never carries what was asked");
+
+    // A forged state and another caller's use of this one: refused, nothing resumed.
+    let (_, forged) = ask(&b.url, "asker", answered(&format!("{state}x"), key, "Eve")).await;
+    assert_eq!(forged["error"]["code"], -32602, "{forged}");
+    let (_, stolen) = ask(&b.url, "someone-else", answered(&state, key, "Eve")).await;
+    assert_eq!(stolen["error"]["code"], -32602, "{stolen}");
+
+    // The answer, entering at the other replica: the paused call goes on.
+    let (status, done) = ask(&b.url, "asker", answered(&state, key, "Ada")).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    let text = done["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("Ada"), "{done}");
+    // A replayed state resumes nothing.
+    let (_, replayed) = ask(&a.url, "asker", answered(&state, key, "Ada")).await;
+    assert_eq!(replayed["error"]["code"], -32602, "{replayed}");
+}
+
+#[tokio::test]
+async fn the_python_sdk_answers_an_elicitation_through_vmcp() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let (a, _b) = pair(&backend, &redis).await;
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_elicit_client.py");
+    let output = tokio::process::Command::new(support::deps::python())
+        .args([script, &a.url, "py-asker", "Grace"])
+        .output()
+        .await
+        .expect("python runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let seen: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(seen["version"], "2026-07-28", "{seen}");
+    assert_eq!(seen["asked"], json!(["your name?"]));
+    assert!(seen["text"].as_str().unwrap().contains("Grace"), "{seen}");
+}

@@ -50,6 +50,12 @@ fn mismatch(what: &str) -> RpcError {
 /// Checks headers against the body of request `method` with `params`.
 pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Envelope, RpcError> {
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    // A version vmcp does not speak is said first: the client can pick another.
+    if let Some(named) = header(&VERSION).filter(|v| !MODERN_VERSIONS.contains(v)) {
+        if !crate::mcp::is_supported(named) {
+            return Err(unsupported(named));
+        }
+    }
     if header(&METHOD) != Some(method) {
         return Err(mismatch("Mcp-Method header does not match the request body's method"));
     }

@@ -13,6 +13,7 @@ mod origin;
 mod placement;
 pub mod reply;
 mod stateless;
+pub use stateless::PausedCalls;
 
 use std::convert::Infallible;
 use std::sync::Arc;

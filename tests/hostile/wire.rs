@@ -289,8 +289,10 @@ fn check_message(v: &Value, front_door_error: bool) -> Result<(), String> {
             if i32::try_from(code).is_err() {
                 return fail("error code out of range");
             }
-            if front_door_error && !(-32700..=-32600).contains(&code) {
-                return fail("an HTTP error status with a code outside -32700..-32600");
+            // JSON-RPC's own codes, and 2026-07-28's envelope refusals (header
+            // mismatch -32020, missing capability -32021, unsupported version -32022).
+            if front_door_error && !(-32700..=-32600).contains(&code) && !(-32022..=-32020).contains(&code) {
+                return fail("an HTTP error status with a code outside -32700..-32600 and -32022..-32020");
             }
             if !error.get("message").is_some_and(Value::is_string) {
                 return fail("error message is not a string");

@@ -51,7 +51,6 @@ pub struct Running {
 struct Paused {
     running: Running,
     asked: Value,
-    pool: [u8; 16],
     expires_ms: u64,
 }
 
@@ -74,7 +73,10 @@ struct State {
 pub enum Step {
     Done(Outcome),
     /// The backend asked the client `request` (its id already the outward one).
-    Asks { running: Running, request: Value },
+    Asks {
+        running: Running,
+        request: Value,
+    },
 }
 
 fn pool_hash(pool: &str) -> [u8; 16] {
@@ -142,7 +144,6 @@ impl PausedCalls {
             Paused {
                 running,
                 asked,
-                pool: pool_hash(pool),
                 expires_ms,
             },
         );

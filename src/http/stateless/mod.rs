@@ -14,7 +14,10 @@
 //! or sampling during a call: the pooled session declares neither, so
 //! backends do not ask), modern backends called statelessly.
 
+mod input;
 mod listen;
+
+pub use input::PausedCalls;
 
 use std::sync::Arc;
 
@@ -24,6 +27,7 @@ use http::{Response, StatusCode};
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::era::{self, Envelope};
 use super::mcp::{answer, apply_with, reject};
@@ -120,7 +124,7 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
     let outcome = if method == "server/discover" {
         Ok(Reply::Tree(discover(&session)))
     } else {
-        run(app, &session, &method, params, who).await
+        run(app, &session, &method, params, who, &pool).await
     };
     let cacheable = CACHEABLE.contains(&method.as_str());
     answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format)
@@ -132,34 +136,67 @@ async fn run(
     method: &str,
     mut params: Option<Value>,
     who: &Identity<'_>,
+    pool: &str,
 ) -> Result<Reply, RpcError> {
+    // A retry with the client's answers: the paused call goes on (judged once, when it started).
+    let state = params
+        .as_ref()
+        .and_then(|p| p.get("requestState"))
+        .and_then(Value::as_str);
+    if let Some(state) = state {
+        let answers = params.as_ref().and_then(|p| p.get("inputResponses"));
+        let running = app.paused.resume(state, pool, answers).await?;
+        return finish(app, running, pool).await;
+    }
     if let Some(p) = params.as_mut() {
         strip_envelope(p);
     }
     let command = Command::parse(method, params)?;
     let guard = app.guards.for_request(who);
-    // What the backend says during the call has no stream to go to in this
-    // era; a list change in it still refreshes the pool's catalog.
-    let (relay, mut relayed) = tokio::sync::mpsc::unbounded_channel();
-    let ctx = CallContext::new(relay, CancellationToken::new());
-    let outcome = apply_with(app, session, method, command, guard.as_ref(), &ctx).await;
-    drop(ctx);
-    while let Ok(message) = relayed.try_recv() {
-        let _ = Box::pin(session.outward(message)).await;
+    if !command.reaches_backend() {
+        return apply_with(app, session, method, command, guard.as_ref(), &CallContext::default()).await;
     }
-    outcome
+    // The call runs on its own: it may pause for the client's input and
+    // outlive this request. What the backend says meanwhile has no stream
+    // to go to in this era; a list change still refreshes the pool's catalog.
+    let (relay, relayed) = tokio::sync::mpsc::unbounded_channel();
+    let (metrics, running_session) = (Arc::clone(&app.metrics), Arc::clone(session));
+    let label = Command::method_label(method);
+    let task = tokio::spawn(
+        async move {
+            let ctx = CallContext::new(relay, CancellationToken::new());
+            let judge = guard.as_deref().map(|g| g as &dyn crate::session::guard::Guard);
+            let started = std::time::Instant::now();
+            let outcome = super::mcp::measured(&metrics, label, command.apply(&running_session, &ctx, judge)).await;
+            if let Some(g) = &guard {
+                let code = outcome.as_ref().err().map(|e| e.code);
+                g.audit(label, running_session.id(), code, started.elapsed());
+            }
+            outcome
+        }
+        .in_current_span(),
+    );
+    let running = input::Running {
+        task,
+        relayed,
+        session: Arc::clone(session),
+    };
+    finish(app, running, pool).await
 }
 
-/// What the backends are told about the client: its capabilities without
-/// those that let a server ask the client something mid-call (2026-07-28
-/// has no server-to-client requests; bridging them is not built yet).
-fn client_init(envelope: &Envelope) -> (Value, String) {
-    let mut capabilities = envelope.capabilities.clone();
-    if let Some(caps) = capabilities.as_object_mut() {
-        for asks in ["elicitation", "sampling", "roots"] {
-            caps.remove(asks);
-        }
+/// The call's result, or an `InputRequiredResult` if its backend asks the client something.
+async fn finish(app: &App, running: input::Running, pool: &str) -> Result<Reply, RpcError> {
+    match input::step(running).await {
+        input::Step::Done(outcome) => outcome,
+        input::Step::Asks { running, request } => Ok(Reply::Tree(app.paused.pause(running, request, pool))),
     }
+}
+
+/// What the backends are told about the client: its own capabilities (a
+/// backend that asks it something mid-call gets its answer through an
+/// `InputRequiredResult`, see [`input`]).
+fn client_init(envelope: &Envelope) -> (Value, String) {
+    let capabilities = envelope.capabilities.clone();
     let client = envelope
         .client
         .clone()
