@@ -142,3 +142,24 @@ async fn redis_down_fails_closed_when_configured() {
     assert!(c.call_tool("t_whoami", json!({})).await.body["result"].is_object());
     let _ = std::fs::remove_file(&audit);
 }
+
+#[tokio::test]
+async fn a_list_is_one_request_for_a_rule_that_counts_lists() {
+    let backends: Vec<TestBackend> = vec![TestBackend::start("t").await, TestBackend::start("u").await];
+    let config = support::config_yaml(
+        &[("t", &backends[0].url), ("u", &backends[1].url)],
+        "limits:\n  rules:\n    - { name: lists, per: principal, match: { kinds: [list] }, rate: 2, per_interval: 1m }\n",
+    );
+    let vmcp = Replica::start(&config).await;
+    let mut c = vmcp.client();
+    c.initialize().await;
+    // Two backends behind each list, one token per list.
+    for _ in 0..2 {
+        let listed = c.request("tools/list", json!({})).await;
+        assert!(listed.body["result"]["tools"].is_array(), "{listed:?}");
+    }
+    let third = c.request("tools/list", json!({})).await;
+    assert_eq!(third.body["error"]["code"], -32052, "{third:?}");
+    // Calls are not lists: the rule does not count them.
+    assert!(c.call_tool("t_echo", json!({"message": "x"})).await.body["result"].is_object());
+}

@@ -48,6 +48,10 @@ pub enum CallKind {
     Prompt,
     /// `resources/read`.
     Resource,
+    /// A list (`tools/list`, `prompts/list`, `resources/list`,
+    /// `resources/templates/list`): one request however many backends it
+    /// asks. Counted only by rules that name `list` in `match.kinds`.
+    List,
 }
 
 /// One token bucket per caller (or one for everyone) over the calls it matches.

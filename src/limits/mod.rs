@@ -171,6 +171,10 @@ struct Rule {
 
 impl Rule {
     fn matches(&self, target: &Target<'_>) -> bool {
+        // Lists count only where a rule asks for them (a limit of N calls stays one of calls).
+        if target.kind == CallKind::List && !self.kinds.contains(&CallKind::List) {
+            return false;
+        }
         (self.backends.is_empty() || self.backends.iter().any(|b| b == target.backend))
             && (self.kinds.is_empty() || self.kinds.contains(&target.kind))
             && (self.tools.is_empty()

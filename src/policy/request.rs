@@ -86,6 +86,7 @@ fn counted<'a>(action: Action, item: &Item<'a>) -> Option<Target<'a>> {
         Action::CallTool => (CallKind::Tool, Some(item.name)),
         Action::GetPrompt => (CallKind::Prompt, Some(item.name)),
         Action::ReadResource => (CallKind::Resource, None),
+        Action::List => (CallKind::List, None),
         _ => return None,
     };
     Some(Target {

@@ -431,7 +431,7 @@ impl ListKind {
     }
 
     /// The list's id in policies (`Vmcp::List::"tools"`).
-    fn list_name(self) -> &'static str {
+    pub fn list_name(self) -> &'static str {
         match self {
             Self::Tools => "tools",
             Self::Prompts => "prompts",
