@@ -22,6 +22,15 @@ forbid(principal, action == Vmcp::Action::"call_tool", resource in Vmcp::Backend
   when { resource.hasTag("path") && resource.getTag("path") like "/etc/*" };
 "#;
 
+/// The same, without the policy that reads the call's arguments.
+const UNTAGGED: &str = r#"
+permit(principal, action == Vmcp::Action::"list", resource);
+permit(principal, action == Vmcp::Action::"call_tool", resource)
+  when { principal.scopes.contains("mcp:tools") && resource.annotations.readOnlyHint };
+permit(principal in Vmcp::Group::"admins", action, resource);
+forbid(principal == Vmcp::Caller::"mallory", action, resource);
+"#;
+
 fn decide(c: &mut Criterion) {
     let path = std::env::temp_dir().join(format!("vmcp-bench-{}.cedar", std::process::id()));
     std::fs::write(&path, POLICIES).expect("write policies");
@@ -61,6 +70,12 @@ fn decide(c: &mut Criterion) {
         b.iter(|| {
             std::hint::black_box(policies.decide(&caller, Action::CallTool, std::hint::black_box(&denied), false))
         })
+    });
+    // Without the policy that reads arguments, decisions are remembered (src/policy/memo.rs).
+    std::fs::write(&path, UNTAGGED).expect("write policies");
+    policies.reload().expect("valid policies");
+    c.bench_function("policy/call_tool (allow, 4 policies, remembered)", |b| {
+        b.iter(|| std::hint::black_box(policies.decide(&caller, Action::CallTool, std::hint::black_box(&item), false)))
     });
     let _ = std::fs::remove_file(&path);
 }

@@ -199,13 +199,15 @@ async fn guarded_replicas(backend_url: &str, redis: &RedisServer) -> (VmcpProces
     (policed, limited, policy)
 }
 
-/// Five policies as a small deployment writes them; the bench's calls are permitted.
+/// Five policies as a small deployment writes them; the bench's calls are
+/// permitted. None reads a call's arguments, so decisions are remembered
+/// (`cargo bench --bench policy` measures one that is not).
 const POLICIES: &str = r#"
 permit(principal, action == Vmcp::Action::"list", resource);
 permit(principal, action == Vmcp::Action::"call_tool", resource) unless { resource.annotations.destructiveHint && principal.authenticated };
 permit(principal in Vmcp::Group::"admins", action, resource);
 forbid(principal == Vmcp::Caller::"mallory", action, resource);
-forbid(principal, action == Vmcp::Action::"call_tool", resource) when { resource.hasTag("path") && resource.getTag("path") like "/etc/*" };
+forbid(principal, action, resource in Vmcp::Backend::"github") when { principal.scopes.contains("read-only") };
 "#;
 
 /// A file removed when dropped.

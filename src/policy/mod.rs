@@ -9,6 +9,7 @@
 //! compiled set: no I/O per request.
 
 mod entities;
+mod memo;
 mod request;
 
 use std::path::{Path, PathBuf};
@@ -40,10 +41,25 @@ pub enum PolicyError {
     Metrics(#[from] prometheus::Error),
 }
 
+/// The policies in force and the decisions remembered for them.
+struct Compiled {
+    set: PolicySet,
+    memo: memo::Memo,
+}
+
+impl Compiled {
+    fn new(set: PolicySet, text: &str) -> Arc<Self> {
+        Arc::new(Self {
+            memo: memo::Memo::for_policies(text),
+            set,
+        })
+    }
+}
+
 pub struct Policies {
     file: PathBuf,
     schema: Schema,
-    set: RwLock<Arc<PolicySet>>,
+    set: RwLock<Arc<Compiled>>,
     /// SHA-256 of the text in force, and of the last text refused (logged once).
     seen: Mutex<([u8; 32], Option<[u8; 32]>)>,
     authorizer: Authorizer,
@@ -83,7 +99,7 @@ impl Policies {
         Ok(Some(Arc::new(Self {
             file: file.clone(),
             schema,
-            set: RwLock::new(Arc::new(set)),
+            set: RwLock::new(Compiled::new(set, &text)),
             seen: Mutex::new((digest(&text), None)),
             authorizer: Authorizer::new(),
             types: entities::Types::new().map_err(|message| PolicyError::Invalid {
@@ -111,7 +127,7 @@ impl Policies {
         match compile(&text, &self.schema) {
             Ok(set) => {
                 let count = set.policies().count();
-                *self.set.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(set);
+                *self.set.write().unwrap_or_else(|p| p.into_inner()) = Compiled::new(set, &text);
                 *lock(&self.seen) = (hash, None);
                 self.reloads.with_label_values(&["ok"]).inc();
                 tracing::info!(file = %self.file.display(), policies = count, "policies reloaded");
@@ -143,13 +159,19 @@ impl Policies {
 
     /// Whether `principal` may do `action` to `item`.
     pub fn decide(&self, principal: &Principal, action: Action, item: &Item<'_>, listing: bool) -> Result<(), Refusal> {
-        let set = Arc::clone(&self.set.read().unwrap_or_else(|p| p.into_inner()));
+        let compiled = Arc::clone(&self.set.read().unwrap_or_else(|p| p.into_inner()));
+        let key = compiled.memo.key(principal, action, item, listing);
+        if let Some(known) = key.and_then(|k| compiled.memo.get(k)) {
+            self.count(action, &known);
+            return known;
+        }
+        let set = &compiled.set;
         let decided = entities::request(&self.types, principal, action, item, &self.replica, listing)
-            .map(|(request, entities)| self.authorizer.is_authorized(&request, &set, &entities));
+            .map(|(request, entities)| self.authorizer.is_authorized(&request, set, &entities));
         let outcome = match decided {
             Ok(response) if response.decision() == Decision::Allow => Ok(()),
             Ok(response) => {
-                let (message, policies) = reason(&set, &response, action, item);
+                let (message, policies) = reason(set, &response, action, item);
                 Err(Refusal::Denied { message, policies })
             }
             // An item that cannot be described is not allowed.
@@ -158,9 +180,16 @@ impl Policies {
                 policies: None,
             }),
         };
+        if let Some(k) = key {
+            compiled.memo.put(k, &outcome);
+        }
+        self.count(action, &outcome);
+        outcome
+    }
+
+    fn count(&self, action: Action, outcome: &Result<(), Refusal>) {
         let label = if outcome.is_ok() { "allow" } else { "deny" };
         self.decisions.with_label_values(&[action.as_str(), label]).inc();
-        outcome
     }
 }
 

@@ -198,3 +198,43 @@ permit(principal, action in [Vmcp::Action::"get_prompt", Vmcp::Action::"complete
     assert!(p.decide(&anyone, Action::Complete, &prompt("docs"), false).is_ok());
     assert!(p.decide(&anyone, Action::GetPrompt, &prompt("other"), false).is_err());
 }
+
+#[test]
+fn remembered_decisions_follow_reloads_and_skip_policies_that_read_inputs() {
+    let f = file(
+        "memo",
+        "permit(principal in Vmcp::Group::\"readers\", action, resource);",
+    );
+    let p = load(&f).unwrap();
+    let ro = json!({"readOnlyHint": true, "destructiveHint": false});
+    let (alice, bob) = (caller("alice", &["readers"]), caller("bob", &[]));
+    for _ in 0..3 {
+        assert!(p
+            .decide(&alice, Action::CallTool, &tool("gh_get", Some(&ro)), false)
+            .is_ok());
+        assert!(p
+            .decide(&bob, Action::CallTool, &tool("gh_get", Some(&ro)), false)
+            .is_err());
+    }
+    // Another item, other annotations: decided on their own.
+    let destructive = json!({"destructiveHint": true});
+    std::fs::write(
+        &f.0,
+        "permit(principal, action, resource) unless { resource has annotations && resource.annotations.destructiveHint };",
+    )
+    .unwrap();
+    assert!(p.reload().unwrap());
+    assert!(
+        p.decide(&bob, Action::CallTool, &tool("gh_get", Some(&ro)), false)
+            .is_ok(),
+        "the new policies apply"
+    );
+    assert!(p
+        .decide(&bob, Action::CallTool, &tool("gh_get", Some(&destructive)), false)
+        .is_err());
+    assert!(
+        !memo::Memo::for_policies("permit(principal, action, resource) when { context.time > 0 };")
+            .key(&bob, Action::CallTool, &tool("x", None), false)
+            .is_some()
+    );
+}
