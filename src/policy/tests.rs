@@ -233,8 +233,9 @@ fn remembered_decisions_follow_reloads_and_skip_policies_that_read_inputs() {
         .decide(&bob, Action::CallTool, &tool("gh_get", Some(&destructive)), false)
         .is_err());
     assert!(
-        !memo::Memo::for_policies("permit(principal, action, resource) when { context.time > 0 };")
+        memo::Memo::for_policies("permit(principal, action, resource) when { context.time > 0 };")
             .key(&bob, Action::CallTool, &tool("x", None), false)
-            .is_some()
+            .is_none(),
+        "policies that read the clock are decided every time"
     );
 }
