@@ -18,10 +18,18 @@ struct PythonBackend {
 }
 
 async fn python_backend() -> PythonBackend {
+    python_backend_in(&[]).await
+}
+
+/// The Python backend with extra arguments (`sse`: MCP 2024-11-05's HTTP+SSE at `/sse`).
+async fn python_backend_in(extra: &[&str]) -> PythonBackend {
     let port = support::deps::free_port();
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/servers/python_both_eras.py");
+    let port_text = port.to_string();
+    let mut args = vec![script, port_text.as_str()];
+    args.extend(extra);
     let child = tokio::process::Command::new(support::deps::python())
-        .args([script, &port.to_string()])
+        .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -29,8 +37,9 @@ async fn python_backend() -> PythonBackend {
         .expect("python runs");
     for _ in 0..200 {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            let path = if extra.contains(&"sse") { "sse" } else { "mcp" };
             return PythonBackend {
-                url: format!("http://127.0.0.1:{port}/mcp"),
+                url: format!("http://127.0.0.1:{port}/{path}"),
                 _child: child,
             };
         }
@@ -86,4 +95,28 @@ async fn each_backend_is_spoken_to_in_its_configured_era() {
         .expect("JSON");
     assert_eq!(answer["result"]["content"][0]["text"], "2026-07-28", "{answer}");
     assert_eq!(answer["result"]["resultType"], "complete");
+}
+
+#[tokio::test]
+async fn an_http_sse_backend_of_2024_11_05_is_served_and_reopened_elsewhere() {
+    let py = python_backend_in(&["sse"]).await;
+    let redis = support::redis::RedisServer::start().await;
+    let config = format!(
+        "backends:\n  - name: old\n    url: {}\n    transport: sse\nstore:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n",
+        py.url,
+        redis.url()
+    );
+    let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
+    let mut c = a.client();
+    c.initialize().await;
+    let tools = c.request("tools/list", json!({})).await;
+    assert!(
+        tools.body["result"]["tools"].to_string().contains("old_add"),
+        "{tools:?}"
+    );
+    assert_eq!(text(&c.call_tool("old_add", json!({"a": 2, "b": 3})).await), "5");
+    // Another replica serves the session: a new stream, initialized again (that era cannot resume).
+    let on_b = c.via(&b.url);
+    assert_eq!(text(&on_b.call_tool("old_add", json!({"a": 4, "b": 5})).await), "9");
+    assert_eq!(text(&c.call_tool("old_add", json!({"a": 1, "b": 1})).await), "2");
 }

@@ -66,6 +66,7 @@ impl<'a> SessionView<'a> {
                     transport: match b.target {
                         BackendTarget::StreamableHttp { .. } => "streamable_http",
                         BackendTarget::Stdio { .. } => "stdio",
+                        BackendTarget::Sse { .. } => "sse",
                     },
                     has_session: b.session_id.is_some(),
                 })

@@ -84,7 +84,8 @@ impl Target {
     }
 }
 
-/// One backend's pooled keep-alive client.
+/// One backend's pooled keep-alive client (clones share the pool).
+#[derive(Clone)]
 pub struct Client {
     pool: Pool<Connector, Full<Bytes>>,
 }

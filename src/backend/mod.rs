@@ -15,6 +15,7 @@ mod credentials;
 pub mod health;
 mod http;
 mod reply;
+mod sse;
 mod stateless;
 mod stdio;
 mod stdio_client;
@@ -118,6 +119,8 @@ impl CallContext {
 pub enum Transport {
     Http(HttpBackend),
     Stdio(StdioBackend),
+    /// MCP 2024-11-05's HTTP+SSE (`backends[].transport: sse`).
+    Sse(Box<self::sse::SseBackend>),
 }
 
 /// The bounds of a backend's waits that are not a call's own `call_timeout`.
@@ -156,6 +159,9 @@ impl Backend {
         circuit: Circuit,
     ) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
+            (Some(url), _) if config.transport == crate::config::HttpTransport::Sse => Transport::Sse(Box::new(
+                self::sse::SseBackend::new(url, &config.headers, timeouts.connect)?,
+            )),
             (Some(url), _) => Transport::Http(HttpBackend::new(
                 url,
                 &config.headers,
@@ -181,6 +187,9 @@ impl Backend {
             },
             Transport::Stdio(s) => BackendTarget::Stdio {
                 command: s.command().to_vec(),
+            },
+            Transport::Sse(s) => BackendTarget::Sse {
+                url: Arc::from(crate::redact::url(s.url())),
             },
         };
         Ok(Self {
@@ -305,6 +314,7 @@ impl Backend {
         let conn = match &self.transport {
             Transport::Http(h) => Conn::Http(h.connect(backend_init_params(client_init), caller.cloned()).await?),
             Transport::Stdio(s) => Conn::Stdio(s.connect(backend_init_params(client_init), self.name()).await?),
+            Transport::Sse(s) => Conn::Stdio(s.connect(backend_init_params(client_init), self.name()).await?),
         };
         Ok(BackendSession {
             backend: Arc::clone(self),

@@ -154,6 +154,21 @@ pub struct StdioSession {
 }
 
 impl StdioSession {
+    /// A session over a connection rmcp already runs (an HTTP+SSE backend's
+    /// stream): no child process of its own.
+    pub(super) fn over_connection(
+        init: Value,
+        client: StdioClient,
+        service: RunningService<RoleClient, StdioClient>,
+    ) -> Self {
+        Self {
+            init,
+            client,
+            service: Mutex::new(Some(service)),
+            child: std::sync::Mutex::new(None),
+        }
+    }
+
     pub fn init_result(&self) -> &Value {
         &self.init
     }

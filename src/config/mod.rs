@@ -111,6 +111,11 @@ pub struct BackendConfig {
     /// names 2026-07-28, probed once and again after a failure).
     #[serde(default)]
     pub era: BackendEra,
+    /// How a `url` backend is spoken to: `streamable_http` (the default) or
+    /// `sse` (MCP 2024-11-05's HTTP+SSE: a GET stream and POSTs to the
+    /// endpoint it names; such a session is never resumed on another replica).
+    #[serde(default)]
+    pub transport: HttpTransport,
     /// How vmcp authenticates to this (HTTP) backend beyond static headers:
     /// OAuth client credentials, token exchange, or (explicitly) passthrough.
     #[serde(default)]
@@ -137,6 +142,15 @@ pub struct BackendConfig {
     /// Which prompts of this backend are exposed, and under which names.
     #[serde(default)]
     pub prompts: ItemFilter,
+}
+
+/// See [`BackendConfig::transport`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpTransport {
+    #[default]
+    StreamableHttp,
+    Sse,
 }
 
 /// See [`BackendConfig::era`].

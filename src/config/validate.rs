@@ -410,6 +410,17 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
                 return Err(invalid(field(&format!("headers.{key}")), "is not a valid header value"));
             }
         }
+        if b.transport == super::HttpTransport::Sse {
+            if b.url.is_none() {
+                return Err(invalid(field("transport"), "`sse` applies to `url` backends only"));
+            }
+            if b.era != super::BackendEra::Handshake || b.auth.is_some() {
+                return Err(invalid(
+                    field("transport"),
+                    "`sse` (MCP 2024-11-05) speaks the handshake era, with static headers only (no `era`, no `auth`)",
+                ));
+            }
+        }
         if b.era != super::BackendEra::Handshake && b.url.is_none() {
             return Err(invalid(
                 field("era"),

@@ -24,6 +24,8 @@ pub enum BackendTarget {
     StreamableHttp { url: std::sync::Arc<str> },
     /// A child process speaking stdio.
     Stdio { command: Vec<String> },
+    /// MCP 2024-11-05's HTTP+SSE: a stream per session, never resumed elsewhere.
+    Sse { url: std::sync::Arc<str> },
 }
 
 /// One backend session of a client session.

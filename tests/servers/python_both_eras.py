@@ -1,7 +1,8 @@
 """A backend built with the Python MCP SDK 2.3.0 (`MCPServer`), which answers
 both eras on one /mcp. Its `era` tool says which era the request came in.
 
-Usage: python_both_eras.py PORT
+Usage: python_both_eras.py PORT [sse]
+With `sse`, it serves MCP 2024-11-05's HTTP+SSE instead (GET /sse, POST /messages/).
 """
 import sys
 
@@ -22,4 +23,5 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-app.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]))
+transport = "sse" if sys.argv[2:] == ["sse"] else "streamable-http"
+app.run(transport=transport, host="127.0.0.1", port=int(sys.argv[1]))
