@@ -120,3 +120,25 @@ async fn an_http_sse_backend_of_2024_11_05_is_served_and_reopened_elsewhere() {
     assert_eq!(text(&on_b.call_tool("old_add", json!({"a": 4, "b": 5})).await), "9");
     assert_eq!(text(&c.call_tool("old_add", json!({"a": 1, "b": 1})).await), "2");
 }
+
+#[tokio::test]
+async fn a_stateless_backends_input_request_reaches_a_handshake_client_as_an_elicitation() {
+    let py = python_backend().await;
+    let config = format!("backends:\n  - name: st\n    url: {}\n    era: stateless\n", py.url);
+    let vmcp = Replica::start(&config).await;
+    let mut client = vmcp.client();
+    client.initialize_as("2025-11-25", json!({"elicitation": {}})).await;
+    let call =
+        json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "st_greet", "arguments": {}}});
+    let mut events = client.post_events(call).await;
+    let question = events
+        .next_message()
+        .await
+        .expect("the backend's input request, relayed");
+    assert_eq!(question.data["method"], "elicitation/create", "{:?}", question.data);
+    assert_eq!(question.data["params"]["message"], "your name?");
+    let answer = json!({"jsonrpc": "2.0", "id": question.data["id"], "result": {"action": "accept", "content": {"name": "Ada"}}});
+    assert_eq!(client.send(answer).await, http::StatusCode::ACCEPTED);
+    let (_, response) = events.until_response().await;
+    assert_eq!(response["result"]["content"][0]["text"], "hello Ada", "{response}");
+}

@@ -250,7 +250,7 @@ impl HttpBackend {
                 stateless::VERSION
             )));
         }
-        let origin = Origin::Stateless(Arc::new(envelope));
+        let origin = Origin::Stateless(Arc::new(stateless::Stateless::new(envelope)));
         self.session(None, stateless::VERSION, discovered, origin, caller)
     }
 
@@ -304,8 +304,8 @@ enum Origin {
     Opened,
     /// Taken over from stored metadata: another replica may still use it.
     Resumed,
-    /// No backend session at all (2026-07-28): the envelope every request carries.
-    Stateless(Arc<Value>),
+    /// No backend session at all (2026-07-28).
+    Stateless(Arc<stateless::Stateless>),
 }
 
 /// One backend session over Streamable HTTP: what is its own (ids, the
@@ -315,8 +315,9 @@ pub struct HttpSession {
     endpoint: Arc<Endpoint>,
     /// The client session's token, if this backend acts on it.
     caller: Option<Arc<CallerToken>>,
-    /// Spoken to statelessly (2026-07-28): the `_meta` every request carries.
-    envelope: Option<Arc<Value>>,
+    /// Spoken to statelessly (2026-07-28): the `_meta` every request
+    /// carries, and its calls' input requests waiting for the client.
+    envelope: Option<Arc<stateless::Stateless>>,
     session_id: Option<HeaderValue>,
     version: HeaderValue,
     next_id: AtomicI64,
@@ -369,14 +370,45 @@ impl HttpSession {
         params: Option<&Value>,
         relay: &mut (dyn FnMut(Value) + Send),
     ) -> Result<R, BackendError> {
-        let merged;
-        let params = match &self.envelope {
-            Some(envelope) => {
-                merged = stateless::with_envelope(params, envelope);
-                Some(&merged)
-            }
-            None => params,
+        let Some(state) = &self.envelope else {
+            return self.send_request(id, method, params, relay).await;
         };
+        // 2026-07-28: an `InputRequiredResult` is asked of the client (as
+        // this backend's own requests, for a handshake-era client) and the
+        // request sent again with its answers, until a result comes.
+        let mut params = stateless::with_envelope(params, &state.envelope);
+        for _ in 0..stateless::MAX_ROUNDS {
+            let result: Value = self.send_request(id, method, Some(&params), relay).await?;
+            let Some((requests, request_state)) = stateless::input_required(&result) else {
+                let text = serde_json::to_string(&result).map_err(|e| BackendError::Protocol(e.to_string()))?;
+                return serde_json::from_str(&text).map_err(|e| BackendError::Protocol(e.to_string()));
+            };
+            let asked = state.ask(requests, relay);
+            let request_state = request_state.cloned();
+            params["inputResponses"] = Value::Object(stateless::Stateless::answers(asked).await?);
+            match request_state {
+                Some(s) => params["requestState"] = s,
+                None => {
+                    if let Some(p) = params.as_object_mut() {
+                        p.remove("requestState");
+                    }
+                }
+            }
+        }
+        Err(BackendError::Protocol(format!(
+            "no result after {} rounds of input requests",
+            stateless::MAX_ROUNDS
+        )))
+    }
+
+    /// One request as sent (the envelope already in `params` for a stateless session).
+    async fn send_request<R: DeserializeOwned>(
+        &self,
+        id: i64,
+        method: &str,
+        params: Option<&Value>,
+        relay: &mut (dyn FnMut(Value) + Send),
+    ) -> Result<R, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
             jsonrpc: "2.0",
             id: Some(id),
@@ -400,6 +432,9 @@ impl HttpSession {
     /// client's response to a request of the backend.
     /// At most `notice_timeout`.
     pub async fn deliver(&self, message: &Value) -> Result<(), BackendError> {
+        if self.envelope.as_ref().is_some_and(|s| s.answered(message)) {
+            return Ok(()); // the client's answer to an input request: kept for the retry
+        }
         self.sender(message)?.await
     }
 

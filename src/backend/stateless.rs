@@ -2,8 +2,108 @@
 //! every request self-contained. A request carries the client session's
 //! envelope in `params._meta` and mirrors its method (and name) in headers.
 
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::BackendError;
+use crate::sync::lock;
+
+/// Most rounds of input requests one call may go through.
+pub const MAX_ROUNDS: usize = 8;
+
+/// A stateless backend session: the envelope its requests carry, and the
+/// input requests of its calls waiting for the client's answers.
+pub struct Stateless {
+    pub envelope: Value,
+    waiting: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
+    next: AtomicU64,
+}
+
+impl Stateless {
+    pub fn new(envelope: Value) -> Self {
+        Self {
+            envelope,
+            waiting: Mutex::default(),
+            next: AtomicU64::new(1),
+        }
+    }
+
+    /// Asks the client each of `requests` (an `InputRequiredResult`'s
+    /// `inputRequests`) through `relay`, as requests of this backend.
+    pub fn ask(
+        &self,
+        requests: &Map<String, Value>,
+        relay: &mut (dyn FnMut(Value) + Send),
+    ) -> Vec<(String, oneshot::Receiver<Result<Value, Value>>)> {
+        requests
+            .iter()
+            .map(|(key, request)| {
+                let id = format!("vmcp-input-{}", self.next.fetch_add(1, Ordering::Relaxed));
+                let (tx, rx) = oneshot::channel();
+                lock(&self.waiting).insert(id.clone(), tx);
+                relay(json!({
+                    "jsonrpc": "2.0",
+                    "id": id,
+                    "method": request.get("method").cloned().unwrap_or(Value::Null),
+                    "params": request.get("params").cloned().unwrap_or_else(|| json!({})),
+                }));
+                (key.clone(), rx)
+            })
+            .collect()
+    }
+
+    /// Takes the client's answer to one of [`Self::ask`]'s requests; `false`
+    /// if `message` answers none of them.
+    pub fn answered(&self, message: &Value) -> bool {
+        let Some(id) = message.get("id").and_then(Value::as_str) else {
+            return false;
+        };
+        let Some(waiting) = lock(&self.waiting).remove(id) else {
+            return false;
+        };
+        let answer = match (message.get("result"), message.get("error")) {
+            (Some(result), _) => Ok(result.clone()),
+            (None, error) => Err(error.cloned().unwrap_or(Value::Null)),
+        };
+        let _ = waiting.send(answer);
+        true
+    }
+
+    /// The answers to `asked`, as `inputResponses`.
+    pub async fn answers(
+        asked: Vec<(String, oneshot::Receiver<Result<Value, Value>>)>,
+    ) -> Result<Map<String, Value>, BackendError> {
+        let mut responses = Map::new();
+        for (key, rx) in asked {
+            match rx.await {
+                Ok(Ok(answer)) => {
+                    responses.insert(key, answer);
+                }
+                Ok(Err(error)) => {
+                    return Err(BackendError::Protocol(format!(
+                        "the client refused an input request: {error}"
+                    )))
+                }
+                Err(_) => return Err(BackendError::Protocol("an input request was never answered".into())),
+            }
+        }
+        Ok(responses)
+    }
+}
+
+/// `Some(inputRequests, requestState)` if `result` is an `InputRequiredResult`.
+pub fn input_required(result: &Value) -> Option<(&Map<String, Value>, Option<&Value>)> {
+    if result.get("resultType").and_then(Value::as_str) != Some("input_required") {
+        return None;
+    }
+    let requests = result.get("inputRequests").and_then(Value::as_object)?;
+    Some((requests, result.get("requestState")))
+}
 
 /// The stateless version vmcp speaks to backends.
 pub const VERSION: &str = "2026-07-28";

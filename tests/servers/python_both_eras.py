@@ -5,8 +5,11 @@ Usage: python_both_eras.py PORT [sse]
 With `sse`, it serves MCP 2024-11-05's HTTP+SSE instead (GET /sse, POST /messages/).
 """
 import sys
+from typing import Annotated
 
 from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver.resolve import Elicit, Resolve
+from pydantic import BaseModel
 
 app = MCPServer("py-both")
 
@@ -15,6 +18,20 @@ app = MCPServer("py-both")
 def era(ctx: Context) -> str:
     """The protocol version of the request that called this tool."""
     return ctx.protocol_version or "unknown"
+
+
+class Name(BaseModel):
+    name: str
+
+
+def ask_name() -> Elicit[Name]:
+    return Elicit("your name?", Name)
+
+
+@app.tool()
+def greet(person: Annotated[Name, Resolve(ask_name)]) -> str:
+    """Greets whoever the client says it is (asking mid-call)."""
+    return f"hello {person.name}"
 
 
 @app.tool()
