@@ -163,3 +163,33 @@ async fn server_everythings_progress_and_questions_reach_the_client_over_stdio_a
         assert!(text.contains("decline"), "{backend}: {response}");
     }
 }
+
+/// A handshake-only backend (server-everything is built on the TypeScript SDK
+/// 1.x, whose newest version is 2025-11-25) behind two replicas, and the
+/// Python SDK 2.3.0 client in `auto` mode: it settles on 2026-07-28 with vmcp,
+/// which speaks the handshake to the backend for it.
+#[tokio::test]
+async fn a_2026_07_28_client_reaches_a_handshake_only_typescript_backend() {
+    let everything = everything_http().await;
+    let redis = support::redis::RedisServer::start().await;
+    let config = config_yaml(
+        &[("ev", &everything.url)],
+        &format!("store:\n  kind: redis\n  redis: {{ url: \"{}\" }}\n", redis.url()),
+    );
+    let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_modern_call.py");
+    for url in [&a.url, &b.url] {
+        let output = Command::new(deps::python())
+            .args([script, url.as_str(), "ev_echo", r#"{"message": "from 2026"}"#])
+            .output()
+            .await
+            .expect("python runs");
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let seen: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+        assert_eq!(seen["version"], "2026-07-28", "{seen}");
+        assert!(
+            seen["text"].as_str().unwrap_or_default().contains("from 2026"),
+            "{seen}"
+        );
+    }
+}
