@@ -115,6 +115,9 @@ async fn answer(state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> 
                 Some(sid),
             );
         }
+        // 2026-07-28: no session; vmcp's `era: stateless` asks this first.
+        "server/discover" => json!({"supportedVersions": ["2026-07-28", "2025-11-25"], "capabilities": {"tools": {}},
+                                    "resultType": "complete"}),
         "tools/list" => json!({"tools": [{"name": "echo", "inputSchema": {"type": "object"}}]}),
         "tools/call" => json!({"content": [{"type": "text", "text": msg["params"]["arguments"]["message"]}]}),
         _ => json!({}),

@@ -123,11 +123,18 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         redis_yaml(&redis)
     ))
     .await;
+    // The same, speaking 2026-07-28 to the backend (no backend session).
+    let modern = VmcpProcess::start(&format!(
+        "replica_id: m\nbackends:\n  - name: fast\n    url: {backend_url}\n    era: stateless\n{}log:\n  format: json\n",
+        redis_yaml(&redis)
+    ))
+    .await;
     let pids = Pids {
         policed: policed.pid().expect("pid"),
         redis: redis.pid().expect("pid"),
         limited: limited.pid().expect("pid"),
         single: single.pid().expect("pid"),
+        modern: modern.pid().expect("pid"),
         backend: fast.pid(),
         hop1: hop1.pid(),
         hop2: hop2.pid(),
@@ -147,9 +154,10 @@ pub async fn run(plan: &Plan, only_throughput: bool) {
         &policed.url,
         &limited.url,
         &single.url,
+        &modern.url,
     ];
     throughput(plan, urls.map(String::as_str), &a, pids).await;
-    drop((a, b, hop1, hop2, floor, guarded, fast, policed, limited, single));
+    drop((a, b, hop1, hop2, floor, guarded, fast, policed, limited, single, modern));
     if only_throughput {
         return;
     }
@@ -236,6 +244,7 @@ struct Pids {
     limited: u32,
     redis: u32,
     single: u32,
+    modern: u32,
 }
 
 /// The median of one figure over a cell's rounds.
@@ -287,8 +296,8 @@ impl Cell {
     }
 }
 
-async fn throughput(plan: &Plan, urls: [&str; 10], a: &VmcpProcess, pids: Pids) {
-    let [backend, hop1, hop2, floor, guarded, a_url, b_url, policed_url, limited_url, single_url] = urls;
+async fn throughput(plan: &Plan, urls: [&str; 11], a: &VmcpProcess, pids: Pids) {
+    let [backend, hop1, hop2, floor, guarded, a_url, b_url, policed_url, limited_url, single_url, modern_url] = urls;
     let me = std::process::id();
     println!("## tools/call throughput, latency and CPU per call\n");
     println!(
@@ -299,7 +308,7 @@ async fn throughput(plan: &Plan, urls: [&str; 10], a: &VmcpProcess, pids: Pids) 
     for sessions in [1, 16, 64] {
         // Rounds interleave the paths, so a noisy minute on shared cores hits
         // them all alike; each figure is the median of its rounds.
-        let mut cells: [Cell; 11] = Default::default();
+        let mut cells: [Cell; 12] = Default::default();
         let mut store_per_call = Vec::new();
         for _ in 0..plan.rounds {
             let run = |init: &str, call: &str, tool: &'static str, gateway: &[u32]| {
@@ -342,8 +351,20 @@ async fn throughput(plan: &Plan, urls: [&str; 10], a: &VmcpProcess, pids: Pids) 
             )
             .await;
             cells[10].push(stateless);
+            let both_modern = drive::load_in(
+                drive::Era::Stateless,
+                modern_url,
+                modern_url,
+                "fast_echo",
+                sessions,
+                window,
+                &[&[pids.modern], &[pids.backend], &[me]],
+            )
+            .await;
+            cells[11].push(both_modern);
         }
-        let [direct, bare1, bare2, floor, owner, non_owner, guarded, policed, limited, single, stateless] = &cells;
+        let [direct, bare1, bare2, floor, owner, non_owner, guarded, policed, limited, single, stateless, both_modern] =
+            &cells;
         let store_per_call = store_per_call.iter().copied().fold(0.0, f64::max);
         println!("| **{sessions} session(s)** | | | | | | | | | |");
         println!("{}", direct.row("direct client → backend", None));
@@ -381,6 +402,13 @@ async fn throughput(plan: &Plan, urls: [&str; 10], a: &VmcpProcess, pids: Pids) 
             "{}",
             stateless.row(
                 "vmcp, one replica, 2026-07-28 client (one pooled session per caller)",
+                Some(bare1)
+            )
+        );
+        println!(
+            "{}",
+            both_modern.row(
+                "vmcp, one replica, 2026-07-28 client and backend (`era: stateless`)",
                 Some(bare1)
             )
         );
