@@ -76,7 +76,7 @@ pub async fn respond(
         for message in &late {
             session.publish(message).await;
         }
-        return super::mcp::answer(&id, outcome, format);
+        return super::exec::answer(&id, outcome, format);
     }
     late.push(mcp::jsonrpc::response_body(&id, outcome));
     stream(session, id, late, relayed, None)
@@ -103,7 +103,7 @@ fn boxed_call(
             let _ticket = ticket;
             let judge = guard.as_deref().map(|g| g as &dyn Guard);
             let started = std::time::Instant::now();
-            let outcome = super::mcp::measured(&metrics, label, command.apply(&running, &ctx, judge)).await;
+            let outcome = super::exec::measured(&metrics, label, command.apply(&running, &ctx, judge)).await;
             if let Some(g) = &guard {
                 g.audit(
                     label,

@@ -7,6 +7,7 @@
 
 mod call;
 mod era;
+mod exec;
 pub mod health;
 mod mcp;
 mod origin;

@@ -6,7 +6,7 @@ use http::request::Parts;
 use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
-use super::mcp::{header_str, reject};
+use super::exec::{header_str, reject};
 use super::reply::{self, Body, SESSION};
 use crate::affinity::forward::ForwardError;
 use crate::affinity::{HopTarget, Placement, HOP_HEADER};

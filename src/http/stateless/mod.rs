@@ -30,7 +30,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::era::{self, Envelope};
-use super::mcp::{answer, apply_with, reject};
+use super::exec::{answer, apply_with, reject};
 use super::reply::{self, Body, Format};
 use crate::app::App;
 use crate::auth::Identity;
@@ -167,7 +167,7 @@ async fn run(
             let ctx = CallContext::new(relay, CancellationToken::new());
             let judge = guard.as_deref().map(|g| g as &dyn crate::session::guard::Guard);
             let started = std::time::Instant::now();
-            let outcome = super::mcp::measured(&metrics, label, command.apply(&running_session, &ctx, judge)).await;
+            let outcome = super::exec::measured(&metrics, label, command.apply(&running_session, &ctx, judge)).await;
             if let Some(g) = &guard {
                 let code = outcome.as_ref().err().map(|e| e.code);
                 g.audit(label, running_session.id(), code, started.elapsed());
