@@ -346,10 +346,10 @@ async fn main() {
                     ports[(n >> 33) as usize % ports.len()]
                 };
                 let sid = &ids[(n >> 17) as usize % ids.len()];
-                if !conns.contains_key(&port) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = conns.entry(port) {
                     match Conn::open(port).await {
                         Some(c) => {
-                            conns.insert(port, c);
+                            slot.insert(c);
                         }
                         None => {
                             counts.errors.fetch_add(1, Ordering::Relaxed);
