@@ -326,3 +326,40 @@ async fn the_python_sdk_answers_an_elicitation_through_vmcp() {
     assert_eq!(seen["asked"], json!(["your name?"]));
     assert!(seen["text"].as_str().unwrap().contains("Grace"), "{seen}");
 }
+
+#[tokio::test]
+async fn a_question_the_client_cannot_answer_is_minus_32021() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let (a, _b) = pair(&backend, &redis).await;
+    // The pool is opened by a request that can be asked things...
+    let (_, first) = ask(&a.url, "mixed", json!({"name": "t_ask", "arguments": {}})).await;
+    assert_eq!(first["result"]["resultType"], "input_required", "{first}");
+    // ...a later request of the same caller declares no elicitation, and its backend asks.
+    let mut params = json!({"name": "t_ask", "arguments": {}});
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+        "io.modelcontextprotocol/clientCapabilities": {},
+    });
+    let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": params});
+    let answer: Value = support::http()
+        .post(&a.url)
+        .bearer_auth("mixed")
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-protocol-version", "2026-07-28")
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "t_ask")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["error"]["code"], -32021, "{answer}");
+    assert_eq!(
+        answer["error"]["data"]["requiredCapabilities"],
+        json!({"elicitation": {}})
+    );
+}

@@ -22,6 +22,8 @@ pub const META_CLIENT: &str = "io.modelcontextprotocol/clientInfo";
 
 /// Header and body disagree (2026-07-28).
 pub const HEADER_MISMATCH: i32 = -32020;
+/// A client capability the request needs is missing (2026-07-28).
+pub const MISSING_CAPABILITY: i32 = -32021;
 /// An unsupported protocol version, with the supported ones in `data`.
 pub const UNSUPPORTED_VERSION: i32 = -32022;
 

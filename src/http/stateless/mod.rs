@@ -124,7 +124,7 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
     let outcome = if method == "server/discover" {
         Ok(Reply::Tree(discover(&session)))
     } else {
-        run(app, &session, &method, params, who, &pool).await
+        run(app, &session, &method, params, who, &pool, &envelope.capabilities).await
     };
     let cacheable = CACHEABLE.contains(&method.as_str());
     answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format)
@@ -137,6 +137,7 @@ async fn run(
     mut params: Option<Value>,
     who: &Identity<'_>,
     pool: &str,
+    capabilities: &Value,
 ) -> Result<Reply, RpcError> {
     // A retry with the client's answers: the paused call goes on (judged once, when it started).
     let state = params
@@ -146,7 +147,7 @@ async fn run(
     if let Some(state) = state {
         let answers = params.as_ref().and_then(|p| p.get("inputResponses"));
         let running = app.paused.resume(state, pool, answers).await?;
-        return finish(app, running, pool).await;
+        return finish(app, running, pool, capabilities).await;
     }
     if let Some(p) = params.as_mut() {
         strip_envelope(p);
@@ -181,14 +182,38 @@ async fn run(
         relayed,
         session: Arc::clone(session),
     };
-    finish(app, running, pool).await
+    finish(app, running, pool, capabilities).await
 }
 
 /// The call's result, or an `InputRequiredResult` if its backend asks the client something.
-async fn finish(app: &App, running: input::Running, pool: &str) -> Result<Reply, RpcError> {
+/// The capability a client needs to answer a backend's question.
+fn needed(request: &Value) -> Option<&'static str> {
+    match request.get("method").and_then(Value::as_str)? {
+        "elicitation/create" => Some("elicitation"),
+        "sampling/createMessage" => Some("sampling"),
+        "roots/list" => Some("roots"),
+        _ => None,
+    }
+}
+
+async fn finish(app: &App, running: input::Running, pool: &str, capabilities: &Value) -> Result<Reply, RpcError> {
     match input::step(running).await {
         input::Step::Done(outcome) => outcome,
-        input::Step::Asks { running, request } => Ok(Reply::Tree(app.paused.pause(running, request, pool))),
+        input::Step::Asks { running, request } => {
+            // A question this request's client declared it cannot answer: -32021, the call ends.
+            if let Some(capability) = needed(&request).filter(|c| capabilities.get(*c).is_none()) {
+                running.task.abort();
+                return Err(RpcError {
+                    code: era::MISSING_CAPABILITY,
+                    message: format!(
+                        "the backend asks the client for `{capability}`, which this request does not declare"
+                    ),
+                    data: Some(json!({ "requiredCapabilities": { capability: {} } })),
+                    status: StatusCode::OK,
+                });
+            }
+            Ok(Reply::Tree(app.paused.pause(running, request, pool)))
+        }
     }
 }
 
