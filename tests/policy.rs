@@ -178,6 +178,23 @@ async fn policies_gate_calls_and_lists_the_same_way_on_every_replica() {
     );
     assert_eq!(denial["code"], -32003);
     assert!(!text.contains("my secret"), "argument values stay out of the audit log");
+    // And in the metrics, by the policy that forbade.
+    let mut metrics = String::new();
+    for r in [&s.a, &s.b] {
+        metrics += &support::http()
+            .get(format!("{}/metrics", r.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+    }
+    assert!(
+        metrics.contains("vmcp_policy_denials_total{policy=\"no-counter-for-other-client\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("vmcp_policy_denials_total{policy=\"no_permit\"}"));
 }
 
 #[tokio::test]

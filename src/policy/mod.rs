@@ -67,6 +67,8 @@ pub struct Policies {
     replica: String,
     reload_interval: Duration,
     decisions: IntCounterVec,
+    /// Denials by the policy that forbade (its `@id`), or `no_permit`.
+    denials: IntCounterVec,
     reloads: IntCounterVec,
 }
 
@@ -89,11 +91,19 @@ impl Policies {
             Opts::new("vmcp_policy_decisions_total", "Policy decisions by action and decision"),
             &["action", "decision"],
         )?;
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "vmcp_policy_denials_total",
+                "Policy denials by the forbidding policy (or no_permit)",
+            ),
+            &["policy"],
+        )?;
         let reloads = IntCounterVec::new(
             Opts::new("vmcp_policy_reloads_total", "Policy file reloads by outcome"),
             &["outcome"],
         )?;
         registry.register(Box::new(decisions.clone()))?;
+        registry.register(Box::new(denials.clone()))?;
         registry.register(Box::new(reloads.clone()))?;
         tracing::info!(file = %file.display(), policies = set.policies().count(), "policies loaded");
         Ok(Some(Arc::new(Self {
@@ -109,6 +119,7 @@ impl Policies {
             replica: replica.to_owned(),
             reload_interval: config.reload_interval,
             decisions,
+            denials,
             reloads,
         })))
     }
@@ -190,6 +201,10 @@ impl Policies {
     fn count(&self, action: Action, outcome: &Result<(), Refusal>) {
         let label = if outcome.is_ok() { "allow" } else { "deny" };
         self.decisions.with_label_values(&[action.as_str(), label]).inc();
+        if let Err(Refusal::Denied { policies, .. }) = outcome {
+            let by = policies.as_deref().unwrap_or("no_permit");
+            self.denials.with_label_values(&[by]).inc();
+        }
     }
 }
 
