@@ -438,3 +438,63 @@ async fn every_store_operation_works_on_a_cluster() {
         .expect("the deletion feed within a second");
     assert_eq!(deleted.as_deref(), Some(ids[3].as_str()));
 }
+
+/// A node's cluster id.
+async fn node_id(port: u16) -> String {
+    let mut c = support::redis_topology::conn(port).await;
+    redis::cmd("CLUSTER")
+        .arg("MYID")
+        .query_async(&mut c)
+        .await
+        .expect("myid")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_reshards_under_load_and_loses_no_session() {
+    let cluster = RedisCluster::start(3, 0).await;
+    let backend = TestBackend::start("c").await;
+    let yaml = support::config_yaml(&[("c", &backend.url)], &cluster_store(&cluster));
+    let (a, b) = (Replica::start(&yaml).await, Replica::start(&yaml).await);
+    let mut before = Vec::new();
+    for _ in 0..6 {
+        let mut c = a.client();
+        c.initialize().await;
+        assert_eq!(counter(&c).await, "1");
+        before.push(c);
+    }
+    let first = before[0].session.clone().expect("session id");
+    let key = format!("t:session:{{{first}}}");
+    let from = cluster.master_of(&key).await;
+    let to = cluster
+        .nodes
+        .iter()
+        .map(|n| n.port)
+        .find(|p| *p != from)
+        .expect("another master");
+    let (ok, failed, load) = light_load(before[1].via(&a.url));
+
+    // Move every slot of the first session's master to another master, keys and all.
+    let (from_id, to_id) = (node_id(from).await, node_id(to).await);
+    let output = tokio::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &format!("127.0.0.1:{to}")])
+        .args(["--cluster-from", &from_id, "--cluster-to", &to_id])
+        .args(["--cluster-slots", "16384", "--cluster-yes"])
+        .output()
+        .await
+        .expect("redis-cli runs");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(cluster.master_of(&key).await, to, "the session's slot moved");
+
+    // Every session still works: held by A, and rebuilt by B from the moved keys.
+    for (i, c) in before.iter().enumerate() {
+        assert_eq!(counter(c).await, "2", "session {i} on A");
+        assert_eq!(counter(&c.via(&b.url)).await, "3", "session {i} on B after the move");
+    }
+    let (fresh, _) = new_session_within(&b.url, Duration::from_secs(5)).await;
+    assert_eq!(counter(&fresh).await, "1");
+    load.abort();
+    let (ok, failed) = (ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    eprintln!("cluster resharding under load: {ok} calls ok, {failed} failed");
+    assert!(ok > 0 && failed == 0, "{ok} ok, {failed} failed");
+    share_and_delete_again(&a, &b).await;
+}
