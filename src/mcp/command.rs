@@ -130,23 +130,7 @@ impl Command {
         let result = match self {
             Self::Initialize(_) => return Err(RpcError::invalid_request("session already initialized")),
             Self::Ping => Ok(Reply::Tree(json!({}))),
-            Self::List(kind, cursor) => {
-                // A list is one request for the rate limits, whatever its fan-out.
-                if let Some(guard) = guard {
-                    let whole = crate::session::guard::Item {
-                        kind: crate::session::guard::ItemKind::List,
-                        name: kind.list_name(),
-                        original: kind.list_name(),
-                        backend: "",
-                        annotations: None,
-                        arguments: None,
-                    };
-                    if let Err(refused) = guard.admit(crate::session::guard::Action::List, whole).await {
-                        return Err(to_rpc(SessionError::Refused(refused)));
-                    }
-                }
-                session.list(kind, cursor.as_deref(), guard).map(Reply::Tree)
-            }
+            Self::List(kind, cursor) => session.list(kind, cursor.as_deref(), guard).await.map(Reply::Tree),
             Self::CallTool(p) => session.call_tool(p, ctx, guard).await,
             Self::GetPrompt(p) => session.get_prompt(p, ctx, guard).await,
             Self::ReadResource(p) => session.by_uri("resources/read", p, ctx, guard).await,

@@ -113,7 +113,8 @@ impl RequestGuard {
 
     async fn judge(&self, action: Action, item: &Item<'_>) -> Result<(), Refusal> {
         if let Some(p) = &self.policies {
-            p.decide(&self.principal, action, item, false)?;
+            // A whole list is decided as listing, like the items it shows.
+            p.decide(&self.principal, action, item, item.kind == ItemKind::List)?;
         }
         if let (Some(limiter), Some(target)) = (&self.limiter, counted(action, item)) {
             limiter
@@ -168,14 +169,10 @@ impl RequestGuard {
 
 impl Guard for RequestGuard {
     fn shows(&self, item: &Item<'_>) -> Result<(), Refusal> {
-        let Some(p) = &self.policies else {
-            return Ok(());
-        };
-        let decided = p.decide(&self.principal, use_of(item.kind), item, true);
-        if let (ItemKind::List, Err(refusal)) = (item.kind, &decided) {
-            self.remember(item, Some(refusal.clone())); // a whole list refused: audited
+        match &self.policies {
+            Some(p) => p.decide(&self.principal, use_of(item.kind), item, true),
+            None => Ok(()),
         }
-        decided
     }
 
     fn admit<'a>(&'a self, action: Action, item: Item<'a>) -> BoxFuture<'a, Result<(), Refusal>> {

@@ -59,6 +59,44 @@ pub struct Item<'a> {
     pub arguments: Option<&'a Value>,
 }
 
+impl<'a> Item<'a> {
+    /// A whole list (`Action::List`): `name` is its policy id (`tools`, ...).
+    pub fn list(name: &'a str) -> Self {
+        Self {
+            kind: ItemKind::List,
+            name,
+            original: name,
+            backend: "",
+            annotations: None,
+            arguments: None,
+        }
+    }
+
+    /// A resource (or template) by URI.
+    pub fn resource(uri: &'a str, backend: &'a str) -> Self {
+        Self {
+            kind: ItemKind::Resource,
+            name: uri,
+            original: uri,
+            backend,
+            annotations: None,
+            arguments: None,
+        }
+    }
+
+    /// A tool or prompt: its client-facing `name`, and the name and backend its route knows.
+    pub fn named(kind: ItemKind, name: &'a str, original: &'a str, backend: &'a str) -> Self {
+        Self {
+            kind,
+            name,
+            original,
+            backend,
+            annotations: None,
+            arguments: None,
+        }
+    }
+}
+
 /// Why a request was refused before any backend traffic.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Refusal {
@@ -75,8 +113,7 @@ pub enum Refusal {
 }
 
 pub trait Guard: Send + Sync {
-    /// Whether `item` may be shown in a list, or a whole list (`ItemKind::List`)
-    /// listed at all: a policy decision, no side effect.
+    /// Whether `item` may be shown in a list: a policy decision, no side effect.
     fn shows(&self, item: &Item<'_>) -> Result<(), Refusal>;
     /// Whether the request may reach the backend now (policy, then limits);
     /// a guard may remember the item (for the audit record).

@@ -12,7 +12,17 @@ use crate::backend::{CallContext, Reply};
 
 impl Session {
     /// One page of a list (`tools`, `prompts`, `resources`, `resourceTemplates`).
-    pub fn list(&self, kind: ListKind, cursor: Option<&str>, guard: Option<&dyn Guard>) -> Result<Value, SessionError> {
+    /// With a guard, the list as a whole is admitted first (one policy
+    /// decision, one request for the rate limits, whatever its fan-out).
+    pub async fn list(
+        &self,
+        kind: ListKind,
+        cursor: Option<&str>,
+        guard: Option<&dyn Guard>,
+    ) -> Result<Value, SessionError> {
+        if let Some(guard) = guard {
+            guard.admit(Action::List, Item::list(kind.list_name())).await?;
+        }
         let view = self.enter_bounded(false)?;
         let catalog = &view.catalog;
         let items = match kind {
@@ -25,15 +35,6 @@ impl Session {
         let items = match guard {
             None => items.as_slice(),
             Some(guard) => {
-                let whole = Item {
-                    kind: ItemKind::List,
-                    name: kind.list_name(),
-                    original: kind.list_name(),
-                    backend: "",
-                    annotations: None,
-                    arguments: None,
-                };
-                guard.shows(&whole)?;
                 shown = items
                     .iter()
                     .filter(|item| listed_item(catalog, kind, item).is_some_and(|i| guard.shows(&i).is_ok()))
@@ -66,12 +67,9 @@ impl Session {
             .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
         if let Some(guard) = guard {
             let item = Item {
-                kind: ItemKind::Tool,
-                name,
-                original: &route.name,
-                backend: &route.backend,
                 annotations: view.catalog.tools.get(route.index).and_then(|t| t.get("annotations")),
                 arguments: params.get("arguments"),
+                ..Item::named(ItemKind::Tool, name, &route.name, &route.backend)
             };
             guard.admit(Action::CallTool, item).await?;
         }
@@ -94,12 +92,8 @@ impl Session {
             .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
         if let Some(guard) = guard {
             let item = Item {
-                kind: ItemKind::Prompt,
-                name,
-                original: &route.name,
-                backend: &route.backend,
-                annotations: None,
                 arguments: params.get("arguments"),
+                ..Item::named(ItemKind::Prompt, name, &route.name, &route.backend)
             };
             guard.admit(Action::GetPrompt, item).await?;
         }
@@ -130,7 +124,7 @@ impl Session {
             _ => None,
         };
         if let (Some(guard), Some(action)) = (guard, action) {
-            guard.admit(action, resource_item(uri, &backend)).await?;
+            guard.admit(action, Item::resource(uri, &backend)).await?;
         }
         self.forward(&view, &backend, method, params, ctx).await
     }
@@ -152,14 +146,7 @@ impl Session {
                     .prompt(name)
                     .ok_or_else(|| SessionError::UnknownPrompt(name.to_owned()))?;
                 if let Some(guard) = guard {
-                    let item = Item {
-                        kind: ItemKind::Prompt,
-                        name,
-                        original: &route.name,
-                        backend: &route.backend,
-                        annotations: None,
-                        arguments: None,
-                    };
+                    let item = Item::named(ItemKind::Prompt, name, &route.name, &route.backend);
                     guard.admit(Action::Complete, item).await?;
                 }
                 params["ref"]["name"] = Value::String(route.name.clone());
@@ -172,7 +159,7 @@ impl Session {
                     .resource(uri)
                     .ok_or_else(|| SessionError::UnknownResource(uri.to_owned()))?;
                 if let Some(guard) = guard {
-                    guard.admit(Action::Complete, resource_item(uri, &backend)).await?;
+                    guard.admit(Action::Complete, Item::resource(uri, &backend)).await?;
                 }
                 backend
             }
@@ -183,17 +170,6 @@ impl Session {
             }
         };
         self.forward(&view, &backend, "completion/complete", params, ctx).await
-    }
-}
-
-fn resource_item<'a>(uri: &'a str, backend: &'a str) -> Item<'a> {
-    Item {
-        kind: ItemKind::Resource,
-        name: uri,
-        original: uri,
-        backend,
-        annotations: None,
-        arguments: None,
     }
 }
 
@@ -208,18 +184,14 @@ fn listed_item<'a>(catalog: &'a Catalog, kind: ListKind, item: &'a Value) -> Opt
                 _ => (catalog.prompt(name)?, ItemKind::Prompt),
             };
             Some(Item {
-                kind,
-                name,
-                original: &route.name,
-                backend: &route.backend,
                 annotations: item.get("annotations"),
-                arguments: None,
+                ..Item::named(kind, name, &route.name, &route.backend)
             })
         }
         ListKind::Resources | ListKind::ResourceTemplates => {
             let uri = text("uri").or_else(|| text("uriTemplate"))?;
             let backend = catalog.resource_backend(uri)?;
-            Some(resource_item(uri, backend))
+            Some(Item::resource(uri, backend))
         }
     }
 }
