@@ -17,7 +17,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use rmcp::model::{ClientConfig, ClientJsonRpcMessage, ServerJsonRpcMessage};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tracing::Instrument;
 
 use super::client::{self, Client, Target};
@@ -101,13 +101,7 @@ impl SseBackend {
         let service = serve(service_client.clone(), outgoing, incoming, name)
             .await
             .map_err(|e| BackendError::Transport(format!("handshake: {e}")))?;
-        let init = service
-            .peer_info()
-            .map(|i| serde_json::to_value(&*i))
-            .transpose()
-            .map_err(|e| BackendError::Protocol(e.to_string()))?
-            .unwrap_or_else(|| json!({}));
-        Ok(StdioSession::over_connection(init, service_client, service))
+        StdioSession::over_connection(service_client, service)
     }
 }
 

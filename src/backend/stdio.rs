@@ -100,18 +100,9 @@ impl StdioBackend {
             .instrument(span)
             .await
             .map_err(|e| BackendError::Transport(format!("handshake with {program}: {e}")))?;
-        let init = service
-            .peer_info()
-            .map(|i| serde_json::to_value(&*i))
-            .transpose()
-            .map_err(|e| BackendError::Protocol(e.to_string()))?
-            .unwrap_or_else(|| json!({}));
-        Ok(StdioSession {
-            init,
-            client,
-            service: Mutex::new(Some(service)),
-            child: std::sync::Mutex::new(Some(child)),
-        })
+        let session = StdioSession::over_connection(client, service)?;
+        *lock(&session.child) = Some(child);
+        Ok(session)
     }
 }
 
@@ -154,19 +145,25 @@ pub struct StdioSession {
 }
 
 impl StdioSession {
-    /// A session over a connection rmcp already runs (an HTTP+SSE backend's
-    /// stream): no child process of its own.
+    /// A session over a connection rmcp runs (a child's stdio, an HTTP+SSE
+    /// backend's stream), its `initialize` result taken from the handshake;
+    /// no child process until one is set.
     pub(super) fn over_connection(
-        init: Value,
         client: StdioClient,
         service: RunningService<RoleClient, StdioClient>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, BackendError> {
+        let init = service
+            .peer_info()
+            .map(|i| serde_json::to_value(&*i))
+            .transpose()
+            .map_err(|e| BackendError::Protocol(e.to_string()))?
+            .unwrap_or_else(|| json!({}));
+        Ok(Self {
             init,
             client,
             service: Mutex::new(Some(service)),
             child: std::sync::Mutex::new(None),
-        }
+        })
     }
 
     pub fn init_result(&self) -> &Value {

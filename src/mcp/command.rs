@@ -171,19 +171,12 @@ pub fn to_rpc(e: SessionError) -> RpcError {
         SessionError::Refused(denied @ Refusal::Denied { .. }) => {
             RpcError::new(FORBIDDEN, denied.to_string(), StatusCode::OK)
         }
-        SessionError::Refused(Refusal::Limited {
-            rule,
-            retry_after,
-            message,
-        }) => {
-            let millis = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX);
+        SessionError::Refused(Refusal::Limited { message, data, .. }) => {
+            // `data.retry_after` (whole seconds) is also the `Retry-After` header.
             RpcError {
                 code: super::jsonrpc::RATE_LIMITED,
                 message,
-                // `retry_after` in whole seconds, as the `Retry-After` header says it.
-                data: Some(
-                    json!({ "rule": rule, "retry_after_ms": millis, "retry_after": millis.div_ceil(1000).max(1) }),
-                ),
+                data: Some(data),
                 status: StatusCode::TOO_MANY_REQUESTS,
             }
         }

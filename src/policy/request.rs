@@ -122,8 +122,8 @@ impl RequestGuard {
                 .await
                 .map_err(|l| Refusal::Limited {
                     message: l.message(),
+                    data: l.error_data(),
                     rule: l.rule,
-                    retry_after: l.retry_after,
                 })?;
         }
         Ok(())

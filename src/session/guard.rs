@@ -4,8 +4,6 @@
 //! answer comes from whoever guards the request (policies, rate limits),
 //! so the session stays free of either.
 
-use std::time::Duration;
-
 use futures_util::future::BoxFuture;
 use serde_json::Value;
 
@@ -103,13 +101,10 @@ pub enum Refusal {
     /// A policy decision: why, and the forbidding policies' ids (none: no permit).
     #[error("forbidden by policy: {message}")]
     Denied { message: String, policies: Option<String> },
-    /// A rate limit: the rule, when to retry, and what to tell the client.
+    /// A rate limit: the rule, what to tell the client, and the error's
+    /// `data` (the rule and when to retry, as the limiter renders it).
     #[error("{message}")]
-    Limited {
-        rule: String,
-        retry_after: Duration,
-        message: String,
-    },
+    Limited { rule: String, message: String, data: Value },
 }
 
 pub trait Guard: Send + Sync {
