@@ -58,8 +58,10 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
             None,
         );
     }
+    // Which era a request speaks is decided once, here.
+    let stateless = super::era::is_stateless(&parts.method, &parts.headers);
     let format = match parts.method {
-        Method::POST => match check_headers(&parts.headers) {
+        Method::POST => match check_headers(&parts.headers, stateless) {
             Ok(f) => Some(f),
             Err(e) => return reject(e, None),
         },
@@ -80,7 +82,7 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
     };
     // A stateless-era request (2026-07-28) goes to its own front, which
     // places it by its caller's pooled session.
-    if let (Some(format), true) = (format, super::era::is_stateless(&parts.method, &parts.headers)) {
+    if let (Some(format), true) = (format, stateless) {
         return super::stateless::serve(app, &parts, &bytes, &who, format).await;
     }
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
@@ -128,8 +130,9 @@ fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
     }
 }
 
-/// Checks the transport headers of a POST before its body is read.
-fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
+/// Checks the transport headers of a POST before its body is read
+/// (`stateless`: a 2026-07-28 request, whose version its own front checks).
+fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Format, RpcError> {
     let format = negotiate_format(headers).ok_or_else(|| {
         RpcError::invalid_request("Accept must allow application/json or text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE)
@@ -146,7 +149,6 @@ fn check_headers(headers: &HeaderMap) -> Result<Format, RpcError> {
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
     // A stateless-era request's version is its front's to check (-32022).
-    let stateless = super::era::is_stateless(&http::Method::POST, headers);
     if let Some(version) = headers.get(PROTOCOL_HEADER).filter(|_| !stateless) {
         let version = version.to_str().unwrap_or_default();
         if !mcp::is_supported(version) {
