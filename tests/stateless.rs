@@ -85,7 +85,44 @@ async fn the_python_sdk_settles_on_2026_07_28_through_two_replicas() {
     assert_eq!(legacy["counter"], json!(["1", "2"]), "a session of its own");
 }
 
-/// One raw stateless request, its response not yet read.
+/// One raw stateless request as `token` (if any), declaring `capabilities`;
+/// its response not yet read.
+async fn send_as(
+    url: &str,
+    method: &str,
+    name: Option<&str>,
+    version: &str,
+    (params, capabilities): (Value, Value),
+    token: Option<&str>,
+) -> reqwest::Response {
+    let mut params = params;
+    params["_meta"] = json!({
+        "io.modelcontextprotocol/protocolVersion": version,
+        "io.modelcontextprotocol/clientCapabilities": capabilities,
+    });
+    let mut req = support::http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", method);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    if let Some(n) = name {
+        req = req.header("mcp-name", n);
+    }
+    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
+    req.body(body.to_string()).send().await.expect("sent")
+}
+
+/// The status and JSON answer of a response.
+async fn read(response: reqwest::Response) -> (StatusCode, Value) {
+    let status = response.status();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// One raw stateless request as `token`, its response not yet read.
 async fn send(
     url: &str,
     method: &str,
@@ -94,45 +131,12 @@ async fn send(
     params: Value,
     token: &str,
 ) -> reqwest::Response {
-    let mut params = params;
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": version,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
-    let mut req = support::http()
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", version)
-        .header("mcp-method", method);
-    if let Some(n) = name {
-        req = req.header("mcp-name", n);
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    req.body(body.to_string()).send().await.expect("sent")
+    send_as(url, method, name, version, (params, json!({})), Some(token)).await
 }
 
-/// One raw stateless request.
+/// One raw stateless request, without a credential.
 async fn post(url: &str, method: &str, name: Option<&str>, version: &str, params: Value) -> (StatusCode, Value) {
-    let mut params = params;
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": version,
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
-    let mut req = support::http()
-        .post(url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", version)
-        .header("mcp-method", method);
-    if let Some(n) = name {
-        req = req.header("mcp-name", n);
-    }
-    let body = json!({"jsonrpc": "2.0", "id": 7, "method": method, "params": params});
-    let response = req.body(body.to_string()).send().await.expect("sent");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    read(send_as(url, method, name, version, (params, json!({})), None).await).await
 }
 
 #[tokio::test]
@@ -237,9 +241,7 @@ async fn subscriptions_listen_streams_the_list_changes_asked_for() {
 }
 
 async fn post_as(url: &str, method: &str, token: &str) -> (StatusCode, Value) {
-    let response = send(url, method, None, "2026-07-28", json!({}), token).await;
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    read(send(url, method, None, "2026-07-28", json!({}), token).await).await
 }
 
 fn answered(state: &str, key: &str, name: &str) -> Value {
@@ -247,28 +249,21 @@ fn answered(state: &str, key: &str, name: &str) -> Value {
            "inputResponses": {key: {"action": "accept", "content": {"name": name}}}})
 }
 
-/// A raw stateless request as `token`, declaring it can be asked for input.
+/// A raw stateless `t_ask` call as `token`, declaring it can be asked for input.
 async fn ask(url: &str, token: &str, params: Value) -> (StatusCode, Value) {
-    let mut params = params;
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {"elicitation": {}},
-    });
-    let body = json!({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": params});
-    let response = support::http()
-        .post(url)
-        .bearer_auth(token)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "t_ask")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("sent");
-    let status = response.status();
-    (status, response.json().await.unwrap_or(Value::Null))
+    let capabilities = json!({"elicitation": {}});
+    read(
+        send_as(
+            url,
+            "tools/call",
+            Some("t_ask"),
+            "2026-07-28",
+            (params, capabilities),
+            Some(token),
+        )
+        .await,
+    )
+    .await
 }
 
 #[tokio::test]
@@ -336,27 +331,9 @@ async fn a_question_the_client_cannot_answer_is_minus_32021() {
     let (_, first) = ask(&a.url, "mixed", json!({"name": "t_ask", "arguments": {}})).await;
     assert_eq!(first["result"]["resultType"], "input_required", "{first}");
     // ...a later request of the same caller declares no elicitation, and its backend asks.
-    let mut params = json!({"name": "t_ask", "arguments": {}});
-    params["_meta"] = json!({
-        "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-        "io.modelcontextprotocol/clientCapabilities": {},
-    });
-    let body = json!({"jsonrpc": "2.0", "id": 4, "method": "tools/call", "params": params});
-    let answer: Value = support::http()
-        .post(&a.url)
-        .bearer_auth("mixed")
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .header("mcp-protocol-version", "2026-07-28")
-        .header("mcp-method", "tools/call")
-        .header("mcp-name", "t_ask")
-        .body(body.to_string())
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let params = json!({"name": "t_ask", "arguments": {}});
+    let answer = send(&a.url, "tools/call", Some("t_ask"), "2026-07-28", params, "mixed").await;
+    let answer: Value = answer.json().await.unwrap();
     assert_eq!(answer["error"]["code"], -32021, "{answer}");
     assert_eq!(
         answer["error"]["data"]["requiredCapabilities"],

@@ -121,16 +121,7 @@ impl OidcProvider {
         if !scope.is_empty() {
             form.push_str(&format!("&scope={}", encode(scope)));
         }
-        let response = super::http()
-            .post(&self.token_endpoint)
-            .basic_auth(encode(client_id), Some(encode(secret)))
-            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(form)
-            .send()
-            .await
-            .expect("token request");
-        let status = response.status();
-        (status, response.json().await.expect("token endpoint answers JSON"))
+        self.post_form(client_id, secret, form).await
     }
 
     /// An RFC 8693 token exchange by `client_id`: the status and JSON answer.
@@ -149,6 +140,12 @@ impl OidcProvider {
             encode("urn:ietf:params:oauth:token-type:access_token"),
             encode(resource)
         );
+        self.post_form(client_id, secret, form).await
+    }
+
+    /// POSTs `form` to the token endpoint as `client_id` (client_secret_basic).
+    async fn post_form(&self, client_id: &str, secret: &str, form: String) -> (reqwest::StatusCode, Value) {
+        let encode = |v: &str| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
         let response = super::http()
             .post(&self.token_endpoint)
             .basic_auth(encode(client_id), Some(encode(secret)))
