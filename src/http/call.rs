@@ -24,7 +24,6 @@ use super::reply::{self, Body, Format};
 use crate::backend::{CallContext, FromBackend};
 use crate::mcp::{self, Command, Reply, RpcError};
 use crate::policy::RequestGuard;
-use crate::session::guard::Guard;
 use crate::session::Session;
 use crate::telemetry::Metrics;
 
@@ -101,18 +100,7 @@ fn boxed_call(
     Box::pin(
         async move {
             let _ticket = ticket;
-            let judge = guard.as_deref().map(|g| g as &dyn Guard);
-            let started = std::time::Instant::now();
-            let outcome = super::exec::measured(&metrics, label, command.apply(&running, &ctx, judge)).await;
-            if let Some(g) = &guard {
-                g.audit(
-                    label,
-                    running.id(),
-                    outcome.as_ref().err().map(|e| e.code),
-                    started.elapsed(),
-                );
-            }
-            outcome
+            super::exec::run(&metrics, &running, label, command, guard.as_deref(), &ctx).await
         }
         .in_current_span(),
     )

@@ -51,17 +51,26 @@ pub(super) async fn apply_with(
     guard: Option<&Arc<RequestGuard>>,
     ctx: &CallContext,
 ) -> Result<Reply, RpcError> {
-    let judge = guard.map(|g| &**g as &dyn Guard);
-    let started = Instant::now();
-    let outcome = measured(
-        &app.metrics,
-        Command::method_label(method),
-        command.apply(session, ctx, judge),
-    )
-    .await;
-    if let Some(g) = guard {
+    let label = Command::method_label(method);
+    run(&app.metrics, session, label, command, guard.map(|g| &**g), ctx).await
+}
+
+/// Applies `command` to `session` under `guard` (policies, limits), with
+/// the request metrics, and writes its audit record: the one call path.
+pub(super) async fn run(
+    metrics: &Metrics,
+    session: &Session,
+    label: &'static str,
+    command: Command,
+    guard: Option<&RequestGuard>,
+    ctx: &CallContext,
+) -> Result<Reply, RpcError> {
+    let judge = guard.map(|g| g as &dyn Guard);
+    let started = guard.map(|_| Instant::now());
+    let outcome = measured(metrics, label, command.apply(session, ctx, judge)).await;
+    if let (Some(g), Some(started)) = (guard, started) {
         g.audit(
-            method,
+            label,
             session.id(),
             outcome.as_ref().err().map(|e| e.code),
             started.elapsed(),

@@ -166,14 +166,7 @@ async fn run(
     let task = tokio::spawn(
         async move {
             let ctx = CallContext::new(relay, CancellationToken::new());
-            let judge = guard.as_deref().map(|g| g as &dyn crate::session::guard::Guard);
-            let started = std::time::Instant::now();
-            let outcome = super::exec::measured(&metrics, label, command.apply(&running_session, &ctx, judge)).await;
-            if let Some(g) = &guard {
-                let code = outcome.as_ref().err().map(|e| e.code);
-                g.audit(label, running_session.id(), code, started.elapsed());
-            }
-            outcome
+            super::exec::run(&metrics, &running_session, label, command, guard.as_deref(), &ctx).await
         }
         .in_current_span(),
     );
