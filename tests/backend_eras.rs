@@ -142,3 +142,94 @@ async fn a_stateless_backends_input_request_reaches_a_handshake_client_as_an_eli
     let (_, response) = events.until_response().await;
     assert_eq!(response["result"]["content"][0]["text"], "hello Ada", "{response}");
 }
+
+/// A 2026-07-28 backend has no GET stream: vmcp listens with
+/// `subscriptions/listen` and passes on its list changes and the updates of
+/// the resources the client subscribed to, to a handshake-era client's GET
+/// stream and to a 2026-07-28 client's own listen stream alike.
+#[tokio::test]
+async fn a_stateless_backends_changes_reach_the_clients_of_both_eras() {
+    let py = python_backend().await;
+    let config = format!("backends:\n  - name: st\n    url: {}\n    era: stateless\n", py.url);
+    let vmcp = Replica::start(&config).await;
+
+    // A handshake-era client, its GET stream open.
+    let mut c = vmcp.client();
+    c.initialize().await;
+    let mut events = c.get_events(None).await;
+    assert_eq!(text(&c.call_tool("st_grow", json!({"name": "sprout"})).await), "grown");
+    let note = events.next_message().await.expect("a list change").data;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    let tools = c.list_names("tools/list", "tools").await;
+    assert!(tools.contains(&"st_sprout".to_owned()), "{tools:?}");
+
+    // A subscription (no `resources/subscribe` in that era: the listen filter carries it).
+    let subscribed = c.request("resources/subscribe", json!({"uri": "note://a"})).await;
+    assert_eq!(subscribed.body["result"], json!({}), "{subscribed:?}");
+    assert_eq!(
+        text(&c.call_tool("st_touch", json!({"uri": "note://b"})).await),
+        "touched"
+    );
+    assert_eq!(
+        text(&c.call_tool("st_touch", json!({"uri": "note://a"})).await),
+        "touched"
+    );
+    let update = events.next_message().await.expect("a resource update").data;
+    assert_eq!(update["method"], "notifications/resources/updated", "{update}");
+    assert_eq!(
+        update["params"],
+        json!({"uri": "note://a"}),
+        "only what was subscribed, without the backend's subscription id"
+    );
+    c.request("resources/unsubscribe", json!({"uri": "note://a"})).await;
+    c.call_tool("st_touch", json!({"uri": "note://a"})).await;
+    c.call_tool("st_grow", json!({"name": "shoot"})).await;
+    let next = events.next_message().await.expect("the next change").data;
+    assert_eq!(
+        next["method"], "notifications/tools/list_changed",
+        "no update after unsubscribing: {next}"
+    );
+
+    // A 2026-07-28 client listening on its pooled session.
+    let meta = json!({"io.modelcontextprotocol/protocolVersion": "2026-07-28", "io.modelcontextprotocol/clientCapabilities": {}});
+    let modern = |method: &str, id: u32, params: Value| {
+        let mut params = params;
+        params["_meta"] = meta.clone();
+        let mut request = support::http()
+            .post(&vmcp.url)
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .header("mcp-protocol-version", "2026-07-28")
+            .header("mcp-method", method);
+        if let Some(name) = params["name"].as_str() {
+            request = request.header("mcp-name", name);
+        }
+        request
+            .body(json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string())
+            .send()
+    };
+    let listening = modern(
+        "subscriptions/listen",
+        7,
+        json!({"notifications": {"toolsListChanged": true}}),
+    )
+    .await
+    .expect("sent");
+    let mut listen = support::events::Events::of(listening);
+    let ack = listen.next_message().await.expect("the acknowledgement").data;
+    assert_eq!(ack["method"], "notifications/subscriptions/acknowledged", "{ack}");
+    let grown: Value = modern(
+        "tools/call",
+        8,
+        json!({"name": "st_grow", "arguments": {"name": "twig"}}),
+    )
+    .await
+    .expect("sent")
+    .json()
+    .await
+    .expect("JSON");
+    assert_eq!(grown["result"]["content"][0]["text"], "grown", "{grown}");
+    let note = listen.next_message().await.expect("a list change").data;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    assert_eq!(note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7);
+}

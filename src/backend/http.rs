@@ -376,6 +376,9 @@ impl HttpSession {
         // 2026-07-28: an `InputRequiredResult` is asked of the client (as
         // this backend's own requests, for a handshake-era client) and the
         // request sent again with its answers, until a result comes.
+        if let Some(taken) = state.subscription(method, params) {
+            return taken.and_then(|()| serde_json::from_str("{}").map_err(|e| BackendError::Protocol(e.to_string())));
+        }
         let mut params = stateless::with_envelope(params, &state.envelope);
         for _ in 0..stateless::MAX_ROUNDS {
             let result: Value = self.send_request(id, method, Some(&params), relay).await?;
@@ -438,6 +441,16 @@ impl HttpSession {
         self.sender(message)?.await
     }
 
+    /// What a request of this session needs, owned: for a request that
+    /// outlives the borrow of the session (a listen stream).
+    pub(super) fn poster(&self) -> Poster {
+        Poster {
+            endpoint: Arc::clone(&self.endpoint),
+            headers: self.headers(),
+            caller: self.caller.clone(),
+        }
+    }
+
     /// The sending of `message` as a future that owns what it needs, so a
     /// notice can go out in the background (bounded by `notice_timeout`).
     pub fn sender(
@@ -469,8 +482,10 @@ impl HttpSession {
     /// Opens the backend's stream of messages it sends on its own (GET).
     /// `Ok(None)`: the backend offers no such stream (405).
     pub async fn listen(&self) -> Result<Option<BoxStream<'static, Value>>, BackendError> {
-        if self.envelope.is_some() {
-            return Ok(None); // 2026-07-28 has no GET stream
+        if let Some(state) = &self.envelope {
+            // 2026-07-28 has no GET stream: a `subscriptions/listen` request stands for it.
+            let capabilities = self.init.get("capabilities").cloned().unwrap_or_default();
+            return super::subscriptions::listen(self.poster(), Arc::clone(state), &capabilities).await;
         }
         let bound = self.endpoint.notice_timeout;
         let response = tokio::time::timeout(bound, self.open_stream(None))
@@ -576,6 +591,34 @@ impl Drop for HttpSession {
     }
 }
 
+/// A session's way to POST, owned (see [`HttpSession::poster`]).
+pub(super) struct Poster {
+    endpoint: Arc<Endpoint>,
+    headers: HeaderMap,
+    caller: Option<Arc<CallerToken>>,
+}
+
+impl Poster {
+    /// POSTs `message` (its method, and name, mirrored in the headers);
+    /// bounded by the backend's connect and notice timeouts until the
+    /// response's head arrives, the body is the caller's to read.
+    pub(super) async fn post(&self, message: &Value) -> Result<Response, BackendError> {
+        let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
+        let mut headers = self.headers.clone();
+        let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
+        stateless::mirror(&mut headers, method, message.get("params"));
+        let bound = self.endpoint.notice_timeout;
+        tokio::time::timeout(bound, post(&self.endpoint, self.caller.as_deref(), headers, body))
+            .await
+            .unwrap_or(Err(BackendError::Timeout(bound)))
+    }
+
+    /// How long a message nobody waits on may take.
+    pub(super) fn notice_timeout(&self) -> Duration {
+        self.endpoint.notice_timeout
+    }
+}
+
 async fn post(
     endpoint: &Endpoint,
     caller: Option<&CallerToken>,
@@ -619,7 +662,7 @@ async fn read_response<R: DeserializeOwned>(
     }
 }
 
-fn is_event_stream(response: &Response) -> bool {
+pub(super) fn is_event_stream(response: &Response) -> bool {
     response
         .headers()
         .get(http::header::CONTENT_TYPE)

@@ -19,6 +19,7 @@ mod sse;
 mod stateless;
 mod stdio;
 mod stdio_client;
+mod subscriptions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -2,13 +2,13 @@
 //! every request self-contained. A request carries the client session's
 //! envelope in `params._meta` and mirrors its method (and name) in headers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, Notify};
 
 use super::BackendError;
 use crate::sync::lock;
@@ -16,12 +16,20 @@ use crate::sync::lock;
 /// Most rounds of input requests one call may go through.
 pub const MAX_ROUNDS: usize = 8;
 
-/// A stateless backend session: the envelope its requests carry, and the
-/// input requests of its calls waiting for the client's answers.
+/// A stateless backend session: the envelope its requests carry, the
+/// input requests of its calls waiting for the client's answers, and the
+/// resources its client subscribed to.
 pub struct Stateless {
     pub envelope: Value,
     waiting: Mutex<HashMap<String, oneshot::Sender<Result<Value, Value>>>>,
     next: AtomicU64,
+    /// 2026-07-28 has no `resources/subscribe`: a subscription is a URI in
+    /// the filter of the `subscriptions/listen` stream ([`super::subscriptions`]).
+    subscribed: Mutex<BTreeSet<String>>,
+    /// How many times `subscribed` changed, and the wake-up of the stream
+    /// that must reopen with the new filter.
+    generation: AtomicU64,
+    changed: Notify,
 }
 
 impl Stateless {
@@ -30,7 +38,60 @@ impl Stateless {
             envelope,
             waiting: Mutex::default(),
             next: AtomicU64::new(1),
+            subscribed: Mutex::default(),
+            generation: AtomicU64::new(0),
+            changed: Notify::new(),
         }
+    }
+
+    /// Takes `resources/subscribe` or `resources/unsubscribe` here (the
+    /// backend hears of it through the listen stream's filter): `Some` with
+    /// the (empty) result for those two methods, `None` for any other.
+    pub fn subscription(&self, method: &str, params: Option<&Value>) -> Option<Result<(), BackendError>> {
+        let subscribe = match method {
+            "resources/subscribe" => true,
+            "resources/unsubscribe" => false,
+            _ => return None,
+        };
+        let Some(uri) = params.and_then(|p| p.get("uri")).and_then(Value::as_str) else {
+            return Some(Err(BackendError::Rpc {
+                code: -32602,
+                message: format!("{method} needs a `uri`"),
+                data: None,
+            }));
+        };
+        let changed = {
+            let mut subscribed = lock(&self.subscribed);
+            if subscribe {
+                subscribed.insert(uri.to_owned())
+            } else {
+                subscribed.remove(uri)
+            }
+        };
+        if changed {
+            self.generation.fetch_add(1, Ordering::AcqRel);
+            self.changed.notify_waiters();
+        }
+        Some(Ok(()))
+    }
+
+    /// The subscribed URIs, and the generation they belong to.
+    pub fn subscribed(&self) -> (Vec<String>, u64) {
+        let subscribed = lock(&self.subscribed);
+        (
+            subscribed.iter().cloned().collect(),
+            self.generation.load(Ordering::Acquire),
+        )
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Resolves on the next change of the subscriptions (enable it before
+    /// reading [`Self::generation`] so that no change falls in between).
+    pub fn changed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.changed.notified()
     }
 
     /// Asks the client each of `requests` (an `InputRequiredResult`'s

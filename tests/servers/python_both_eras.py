@@ -40,5 +40,30 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
+@app.resource("note://a")
+def note() -> str:
+    """A resource whose updates `touch` announces."""
+    return "a note"
+
+
+@app.tool()
+async def grow(name: str, ctx: Context) -> str:
+    """Adds a tool called `name` and announces the change (on `subscriptions/listen`)."""
+
+    def grown() -> str:
+        return name
+
+    app.add_tool(grown, name=name, description="added at run time")
+    await ctx.notify_tools_changed()
+    return "grown"
+
+
+@app.tool()
+async def touch(uri: str, ctx: Context) -> str:
+    """Announces an update of resource `uri` (on `subscriptions/listen`)."""
+    await ctx.notify_resource_updated(uri)
+    return "touched"
+
+
 transport = "sse" if sys.argv[2:] == ["sse"] else "streamable-http"
 app.run(transport=transport, host="127.0.0.1", port=int(sys.argv[1]))
