@@ -43,6 +43,8 @@ pub async fn run_memory(plan: &Plan) {
 pub enum SoakPath {
     /// `true`: replica `a` of the throughput table's pair (Redis, two members).
     Vmcp(bool),
+    /// One replica driven by 2026-07-28 clients (one pooled session per caller).
+    Stateless,
     Bare,
     /// `true`: with vmcp's per-call guarantees (`--guarded`).
     Floor(bool),
@@ -65,7 +67,7 @@ pub async fn soak(length: Duration, path: SoakPath) {
             let hop = _hop.insert(proxy::spawn_self(&args));
             (hop.url.clone(), hop.pid())
         }
-        SoakPath::Vmcp(false) => {
+        SoakPath::Vmcp(false) | SoakPath::Stateless => {
             let yaml = format!("{}log:\n  format: json\n", backends_yaml(&fast.url, 1, &[]));
             let p = _vmcp.insert(VmcpProcess::start(&yaml).await);
             (p.url.clone(), p.pid().expect("pid"))
@@ -83,7 +85,12 @@ pub async fn soak(length: Duration, path: SoakPath) {
     };
     println!("gateway pid {pid}, backend pid {}", fast.pid());
     let window = (Duration::from_secs(1), length);
-    let run = drive::load(
+    let era = match path {
+        SoakPath::Stateless => drive::Era::Stateless,
+        _ => drive::Era::Handshake,
+    };
+    let run = drive::load_in(
+        era,
         &url,
         &url,
         tool,
