@@ -153,10 +153,7 @@ impl AuditRecord<'_> {
 /// The first 16 hex digits of SHA-256 of a session id.
 pub fn session_hash(id: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(id.as_bytes())[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(id.as_bytes())[..8])
 }
 
 /// Writes audit records to the configured sink; a no-op when disabled.

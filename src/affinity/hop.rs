@@ -169,7 +169,7 @@ fn tag(key: &[u8], header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(bytes)
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {

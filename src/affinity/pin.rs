@@ -35,12 +35,12 @@ impl Pins {
             mac.update(part.as_bytes());
         }
         let tag = mac.finalize().into_bytes();
-        tag.iter().take(MAC_HEX / 2).map(|b| format!("{b:02x}")).collect()
+        hex::encode(&tag[..MAC_HEX / 2])
     }
 
     /// A new id pinned to `owner`, from 16 random bytes.
     pub fn mint(&self, random: &[u8; RANDOM_HEX / 2], owner: &str) -> String {
-        let random: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let random = hex::encode(random);
         let mac = self.mac(&random, owner);
         format!("{random}.{owner}.{mac}")
     }

@@ -157,10 +157,7 @@ impl RedisBuckets {
 /// Hex of the first 16 bytes of SHA-256 of the principal key.
 fn principal_hash(principal: &str) -> String {
     use sha2::{Digest, Sha256};
-    Sha256::digest(principal.as_bytes())[..16]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&Sha256::digest(principal.as_bytes())[..16])
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ impl RandomError {
 pub fn new_session_id() -> Result<String, RandomError> {
     let mut bytes = [0u8; ID_BYTES];
     getrandom::fill(&mut bytes).map_err(|e| RandomError(e.to_string()))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    Ok(hex::encode(bytes))
 }
 
 /// Whether `id` could be a session id at all (cheap check before any lookup).

@@ -129,9 +129,10 @@ impl IdentityHasher {
     pub async fn pool_id(&self, store: &dyn SessionStore, caller: Caller<'_>) -> Result<String, StoreError> {
         let identity = self.identify(store, caller).await?;
         let key = self.key.get_or_try_init(|| store.identity_salt()).await?;
-        let tagged = hash(key, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
-        // `p:` + 64 hex digits: a well-formed session id no client is given.
-        Ok(tagged.replacen(':', "-", 1))
+        let mut tagged = hash(key, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
+        // `p-` + 64 hex digits: a well-formed session id no client is given.
+        tagged.replace_range(1..2, "-");
+        Ok(tagged)
     }
 }
 
@@ -148,8 +149,11 @@ fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
         }
     }
     let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("{kind}:{hex}")
+    let mut out = String::with_capacity(2 + 2 * digest.len());
+    out.push(kind);
+    out.push(':');
+    out.push_str(&hex::encode(digest));
+    out
 }
 
 #[cfg(test)]

@@ -234,7 +234,7 @@ fn subject_hash(issuer: &str, subject: &str) -> String {
         hasher.update((part.len() as u64).to_be_bytes());
         hasher.update(part.as_bytes());
     }
-    hasher.finalize()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(&hasher.finalize()[..16])
 }
 
 fn decode(json: &str) -> Result<SessionMetadata, StoreError> {
@@ -396,7 +396,7 @@ impl SessionStore for RedisStore {
             let key = self.salt_key();
             let mut fresh = [0u8; 32];
             getrandom::fill(&mut fresh).map_err(unavailable)?;
-            let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+            let fresh = hex::encode(fresh);
             let _: bool = conn.set_nx(&key, fresh).await.map_err(unavailable)?;
             let salt: Option<String> = conn.get(&key).await.map_err(unavailable)?;
             salt.map(String::into_bytes)
