@@ -15,6 +15,8 @@
 //! reaches the backend.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -40,12 +42,45 @@ pub const INPUT_KEY: &str = "vmcp-0";
 
 type Outcome = Result<Reply, RpcError>;
 
-/// A call waiting in the background: its task, its backend's messages, and
-/// the id of the backend request the client must answer.
+/// A call under way: the call, its backend's messages, its session.
 pub struct Running {
-    pub task: JoinHandle<Outcome>,
+    pub call: Call,
     pub relayed: UnboundedReceiver<FromBackend>,
     pub session: Arc<Session>,
+}
+
+/// Where a call runs: inside the request that started it (no task, no
+/// cross-thread wake-up) until its backend asks the client something; from
+/// then on in a task of its own, since it outlives that request.
+pub enum Call {
+    Here(Pin<Box<dyn Future<Output = Outcome> + Send>>),
+    Own(JoinHandle<Outcome>),
+}
+
+impl Call {
+    async fn outcome(&mut self) -> Outcome {
+        match self {
+            Call::Here(call) => call.await,
+            Call::Own(task) => task
+                .await
+                .unwrap_or_else(|e| Err(RpcError::internal(format!("the call ended: {e}")))),
+        }
+    }
+
+    /// Ends the call (one still inside its request ends when dropped).
+    pub fn abort(&self) {
+        if let Call::Own(task) = self {
+            task.abort();
+        }
+    }
+
+    /// The call, running on its own.
+    fn detached(self) -> Self {
+        match self {
+            Call::Here(call) => Call::Own(tokio::spawn(call)),
+            own => own,
+        }
+    }
 }
 
 struct Paused {
@@ -113,9 +148,13 @@ impl PausedCalls {
     /// Pauses `running` (whose backend asked `request`) for the caller of
     /// `pool`; the `InputRequiredResult` to answer with.
     pub fn pause(&self, running: Running, request: Value, pool: &str) -> Value {
+        let running = Running {
+            call: running.call.detached(),
+            ..running
+        };
         let mut token = [0u8; 16];
         let _ = getrandom::fill(&mut token);
-        let token: String = token.iter().map(|b| format!("{b:02x}")).collect();
+        let token = hex::encode(token);
         let expires_ms = unix_ms() + PAUSE_FOR.as_millis() as u64;
         let state = State {
             t: token.clone(),
@@ -135,7 +174,7 @@ impl PausedCalls {
         calls.retain(|_, p| {
             let live = p.expires_ms > now;
             if !live {
-                p.running.task.abort(); // nobody came back: the backend call ends
+                p.running.call.abort(); // nobody came back: the backend call ends
             }
             live
         });
@@ -186,7 +225,7 @@ impl PausedCalls {
             .ok_or_else(|| refused("was used already or its call ended"))?;
         let message = json!({ "jsonrpc": "2.0", "id": paused.asked, "result": answer });
         if let Err(e) = paused.running.session.answer(message).await {
-            paused.running.task.abort();
+            paused.running.call.abort();
             return Err(RpcError::internal(format!("the answer did not reach the backend: {e}")));
         }
         Ok(paused.running)
@@ -210,9 +249,7 @@ pub async fn step(mut running: Running) -> Step {
                     return Step::Asks { running, request: out };
                 }
             }
-            done = &mut running.task => {
-                return Step::Done(done.unwrap_or_else(|e| Err(RpcError::internal(format!("the call ended: {e}")))));
-            }
+            done = running.call.outcome() => return Step::Done(done),
         }
     }
 }

@@ -10,9 +10,10 @@
 //! handshake era's; only the envelope and the results' stateless fields are
 //! this module's.
 //!
-//! `subscriptions/listen` is [`listen`]'s. Not yet: input requests (a backend's elicitation
-//! or sampling during a call: the pooled session declares neither, so
-//! backends do not ask), modern backends called statelessly.
+//! `subscriptions/listen` is [`listen`]'s; a backend's question to the client
+//! mid-call (elicitation, sampling, roots) becomes an `InputRequiredResult`
+//! and the retry resumes the paused call ([`input`]). Backends of this era
+//! are called statelessly below the session (`crate::backend::stateless`).
 
 mod input;
 mod listen;
@@ -157,13 +158,14 @@ async fn run(
     if !command.reaches_backend() {
         return apply_with(app, session, method, command, guard.as_ref(), &CallContext::default()).await;
     }
-    // The call runs on its own: it may pause for the client's input and
-    // outlive this request. What the backend says meanwhile has no stream
-    // to go to in this era; a list change still refreshes the pool's catalog.
+    // The call runs here until its backend asks the client something; then
+    // it pauses on its own and outlives this request. What the backend says
+    // meanwhile has no stream to go to in this era; a list change still
+    // refreshes the pool's catalog.
     let (relay, relayed) = tokio::sync::mpsc::unbounded_channel();
     let (metrics, running_session) = (Arc::clone(&app.metrics), Arc::clone(session));
     let label = Command::method_label(method);
-    let task = tokio::spawn(
+    let call = Box::pin(
         async move {
             let ctx = CallContext::new(relay, CancellationToken::new());
             super::exec::run(&metrics, &running_session, label, command, guard.as_deref(), &ctx).await
@@ -171,7 +173,7 @@ async fn run(
         .in_current_span(),
     );
     let running = input::Running {
-        task,
+        call: input::Call::Here(call),
         relayed,
         session: Arc::clone(session),
     };
@@ -195,7 +197,7 @@ async fn finish(app: &App, running: input::Running, pool: &str, capabilities: &V
         input::Step::Asks { running, request } => {
             // A question this request's client declared it cannot answer: -32021, the call ends.
             if let Some(capability) = needed(&request).filter(|c| capabilities.get(*c).is_none()) {
-                running.task.abort();
+                running.call.abort();
                 return Err(RpcError {
                     code: era::MISSING_CAPABILITY,
                     message: format!(
@@ -250,35 +252,44 @@ fn strip_envelope(params: &mut Value) {
 /// A result as 2026-07-28 shapes it: `resultType`, and cache hints where they
 /// apply (private to the caller, not to be reused: today's backends give none).
 fn stateless_result(reply: Reply, cacheable: bool) -> Reply {
-    let mut extra: Vec<(&str, Value)> = vec![("resultType", json!("complete"))];
-    if cacheable {
-        extra.push(("cacheScope", json!("private")));
-        extra.push(("ttlMs", json!(0)));
-    }
+    const COMPLETE: &[(&str, &str)] = &[("resultType", r#""complete""#)];
+    const CACHED: &[(&str, &str)] = &[
+        ("resultType", r#""complete""#),
+        ("cacheScope", r#""private""#),
+        ("ttlMs", "0"),
+    ];
+    let extra = if cacheable { CACHED } else { COMPLETE };
     match reply {
         Reply::Tree(Value::Object(mut map)) => {
             for (k, v) in extra {
-                map.entry(k).or_insert(v);
+                map.entry(*k)
+                    .or_insert_with(|| serde_json::from_str(v).unwrap_or(Value::Null));
             }
             Reply::Tree(Value::Object(map))
         }
-        Reply::Raw(raw) => Reply::Raw(with_fields(raw, &extra)),
+        Reply::Raw(raw) => Reply::Raw(with_fields(raw, extra)),
         other => other,
     }
 }
 
-/// `raw` (a backend's object, kept as its bytes) with `extra` fields in front
-/// of its own, unless it has them already.
-fn with_fields(raw: Box<RawValue>, extra: &[(&str, Value)]) -> Box<RawValue> {
+/// `raw` (a backend's object, kept as its bytes) with `extra` fields (name,
+/// JSON text) in front of its own, unless it names them already.
+fn with_fields(raw: Box<RawValue>, extra: &[(&str, &str)]) -> Box<RawValue> {
     let text = raw.get().trim_start();
     let Some(rest) = text.strip_prefix('{') else {
         return raw;
     };
+    let names = |key: &str| {
+        text.match_indices(key)
+            .any(|(at, _)| text[..at].ends_with('"') && text[at + key.len()..].starts_with('"'))
+    };
     let mut out = String::with_capacity(text.len() + 64);
     out.push('{');
     for (key, value) in extra {
-        if !text.contains(&format!("\"{key}\"")) {
-            out.push_str(&format!("\"{key}\":{value},"));
+        if !names(key) {
+            for part in ["\"", key, "\":", value, ","] {
+                out.push_str(part);
+            }
         }
     }
     if rest.trim_start().starts_with('}') && out.ends_with(',') {
