@@ -83,6 +83,8 @@ async fn main() {
         let secs: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
         let path = if args.iter().any(|a| a == "--bare") {
             scenarios::SoakPath::Bare
+        } else if args.iter().any(|a| a == "--forward") {
+            scenarios::SoakPath::Forward
         } else if args.iter().any(|a| a == "--stateless") {
             scenarios::SoakPath::Stateless
         } else if args.iter().any(|a| a == "--floor") {

@@ -45,17 +45,21 @@ pub enum SoakPath {
     Vmcp(bool),
     /// One replica driven by 2026-07-28 clients (one pooled session per caller).
     Stateless,
+    /// The pair's non-owner path: sessions created at `a` (their owner),
+    /// called at `b`, which forwards; the gateway is `b`, the forwarder.
+    Forward,
     Bare,
     /// `true`: with vmcp's per-call guarantees (`--guarded`).
     Floor(bool),
 }
 
-/// `--soak SECS [--bare | --floor [--guarded]]`: only the owner path (or the
+/// `--soak SECS [--bare | --floor [--guarded] | --replicated | --stateless | --forward]`: only the owner path (or the
 /// bare hop, or the minimal MCP hop) at 16 sessions, for as long as asked, with the
 /// gateway's pid printed first (attach `perf record -p` or `strace -c -f -p` to it).
 pub async fn soak(length: Duration, path: SoakPath) {
     let fast = proxy::spawn_self(&["--backend"]);
     let (mut _vmcp, mut _hop, mut _pair) = (None, None, None);
+    let mut create = None;
     let (url, pid) = match path {
         SoakPath::Bare => {
             let hop = _hop.insert(proxy::spawn(&base(&fast.url)));
@@ -77,6 +81,12 @@ pub async fn soak(length: Duration, path: SoakPath) {
             let _ = (redis, b);
             (a.url.clone(), a.pid().expect("pid"))
         }
+        SoakPath::Forward => {
+            let (_, a, b) = _pair.insert(replicated_pair(&fast.url).await);
+            println!("owner pid {}", a.pid().expect("pid"));
+            create = Some(a.url.clone());
+            (b.url.clone(), b.pid().expect("pid"))
+        }
     };
     let tool = if matches!(path, SoakPath::Bare) {
         "echo"
@@ -91,7 +101,7 @@ pub async fn soak(length: Duration, path: SoakPath) {
     };
     let run = drive::load_in(
         era,
-        &url,
+        create.as_deref().unwrap_or(&url),
         &url,
         tool,
         16,
