@@ -285,6 +285,8 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
             tokio::time::sleep(http.drain_delay).await;
             app.streams_stop.cancel();
             stop_accepting.cancel();
+            // No retry can reach a paused call from now on.
+            app.paused.end_all();
         }
     };
     let admin = async {

@@ -11,6 +11,7 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use support::redis::RedisServer;
 use support::{Replica, TestBackend};
+use vmcp::affinity::ring::Member;
 
 /// Two replicas on one Redis that know each other: each pool has one owner,
 /// and a request entering at the other is forwarded there.
@@ -339,4 +340,73 @@ async fn a_question_the_client_cannot_answer_is_minus_32021() {
         answer["error"]["data"]["requiredCapabilities"],
         json!({"elicitation": {}})
     );
+}
+
+/// The replica a `requestState` names (`r` in its sealed JSON).
+fn holder_of(state: &str) -> String {
+    use base64::Engine;
+    let body = state.split('.').next().unwrap_or_default();
+    let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(body)
+        .expect("base64url");
+    let state: Value = serde_json::from_slice(&json).expect("JSON");
+    state["r"].as_str().expect("a replica").to_owned()
+}
+
+#[tokio::test]
+async fn a_paused_call_is_resumed_where_it_waits_after_its_pool_moved() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("t").await;
+    let (mut a, mut b) = pair(&backend, &redis).await;
+    let (_, first) = ask(&a.url, "mover", json!({"name": "t_ask", "arguments": {}})).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let key = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let state = result["requestState"].as_str().unwrap().to_owned();
+
+    // The replica holding the paused call starts draining (a rollout): it
+    // leaves the ring, so the caller's pool now belongs to the other one,
+    // but it still serves what it holds.
+    let holder = holder_of(&state);
+    let (held, other, other_id) = if holder == "a" { (&a, &b, "b") } else { (&b, &a, "a") };
+    let member = |id: &str, r: &Replica| Member::new(id, r.base.trim_start_matches("http://"));
+    for replica in [&a, &b] {
+        replica
+            .app
+            .membership
+            .set_with_draining(vec![member(other_id, other)], vec![member(&holder, held)]);
+    }
+
+    // The answer enters at the pool's new owner: it reaches the paused call.
+    let (status, done) = ask(&other.url, "mover", answered(&state, &key, "Ada")).await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+    assert_eq!(done["result"]["resultType"], "complete", "{done}");
+    let text = done["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    assert!(text.contains("Ada"), "{done}");
+
+    // A call paused on a replica that is then gone: its retry is told so.
+    let (_, paused) = ask(&other.url, "mover", json!({"name": "t_ask", "arguments": {}})).await;
+    let state = paused["result"]["requestState"].as_str().expect("paused").to_owned();
+    assert_eq!(holder_of(&state), other_id, "the pool's owner now holds it");
+    let (gone, survivor, survivor_id) = if other_id == "a" {
+        (&mut a, &b, "b")
+    } else {
+        (&mut b, &a, "a")
+    };
+    // Once its listener closes nobody can answer: the paused call ends, and
+    // does not hold the replica's exit until the shutdown deadline (25 s).
+    tokio::time::timeout(std::time::Duration::from_secs(12), gone.shutdown())
+        .await
+        .expect("the drain (5 s) is not held up by a paused call");
+    survivor.app.membership.set(vec![member(survivor_id, survivor)]);
+    let (_, lost) = ask(&survivor.url, "mover", answered(&state, &key, "Ada")).await;
+    assert_eq!(lost["error"]["code"], -32602, "{lost}");
+    let message = lost["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("start the call again"), "{lost}");
 }

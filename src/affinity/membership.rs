@@ -135,6 +135,16 @@ impl Membership {
         }
     }
 
+    /// Replica `id`, if it is a member (draining included: it still serves
+    /// what it holds until it is gone).
+    pub fn member(&self, id: &str) -> Option<Member> {
+        let view = self.tx.borrow();
+        view.ring
+            .get(id)
+            .or_else(|| view.draining.iter().find(|m| &*m.id == id))
+            .cloned()
+    }
+
     /// Whether the member list is known (for `/readyz`).
     pub fn is_known(&self) -> bool {
         self.tx.borrow().known

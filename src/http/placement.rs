@@ -25,35 +25,8 @@ pub async fn to_owner(app: &App, parts: &Parts, body: &Bytes) -> Option<Response
 
 /// [`to_owner`] for the session `session` (a stateless request's pooled session).
 pub async fn to_owner_of(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Response<Body>> {
-    if let Some(hop) = parts.headers.get(HOP_HEADER) {
-        let target = HopTarget {
-            to: &app.config.replica_id,
-            method: parts.method.as_str(),
-            path: parts.uri.path(),
-            session,
-            host: parts.headers.get(http::header::HOST).map(http::HeaderValue::as_bytes),
-            origin: parts.headers.get(http::header::ORIGIN).map(http::HeaderValue::as_bytes),
-            body,
-        };
-        let verdict = hop
-            .to_str()
-            .map_err(|_| crate::affinity::hop::HopError::Malformed)
-            .and_then(|h| app.hops.verify(h, &target, crate::store::unix_ms()));
-        return match verdict {
-            Ok(from) => {
-                tracing::debug!(from = %from, "serving a forwarded request");
-                None
-            }
-            Err(e) => {
-                // Counted, and logged once at info by `reject`: any client
-                // can send a hop header, so a warning here would let it flood the logs.
-                app.metrics.hops_refused.inc();
-                Some(reject(
-                    RpcError::invalid_request(e.to_string()).with_status(StatusCode::FORBIDDEN),
-                    None,
-                ))
-            }
-        };
+    if let Some(verdict) = over_hop(app, parts, body, session) {
+        return verdict;
     }
     // An owner that just refused connections counts as gone: the session
     // goes where every replica that saw the same failure sends it (its
@@ -73,6 +46,66 @@ pub async fn to_owner_of(app: &App, parts: &Parts, body: &Bytes, session: &str) 
             Forwarded::NotSent => tried = Some(owner.id.clone()),
         }
     }
+}
+
+/// [`to_owner_of`], but to the replica `replica` rather than the session's
+/// owner: a request for something only that replica holds (a paused call),
+/// wherever the session's owner is now. `None` (serve here) when this is
+/// that replica, or it is no longer a member or cannot be reached: what it
+/// held is gone, and serving here says so.
+pub async fn to_replica(
+    app: &App,
+    parts: &Parts,
+    body: &Bytes,
+    session: &str,
+    replica: &str,
+) -> Option<Response<Body>> {
+    if let Some(verdict) = over_hop(app, parts, body, session) {
+        return verdict;
+    }
+    if replica == app.config.replica_id || app.forwarder.is_down(replica) {
+        return None;
+    }
+    let member = app.membership.member(replica)?;
+    match forward_once(app, &member, parts, body, session).await {
+        Forwarded::Answered(response) => response,
+        Forwarded::NotSent => None,
+    }
+}
+
+/// For a request that came over a hop: `Some(None)` to serve it here (a
+/// valid hop), `Some(Some(refusal))` for a bad hop header; `None` if it came
+/// from a client.
+fn over_hop(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Option<Response<Body>>> {
+    let hop = parts.headers.get(HOP_HEADER)?;
+    let target = HopTarget {
+        to: &app.config.replica_id,
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        session,
+        host: parts.headers.get(http::header::HOST).map(http::HeaderValue::as_bytes),
+        origin: parts.headers.get(http::header::ORIGIN).map(http::HeaderValue::as_bytes),
+        body,
+    };
+    let verdict = hop
+        .to_str()
+        .map_err(|_| crate::affinity::hop::HopError::Malformed)
+        .and_then(|h| app.hops.verify(h, &target, crate::store::unix_ms()));
+    Some(match verdict {
+        Ok(from) => {
+            tracing::debug!(from = %from, "serving a forwarded request");
+            None
+        }
+        Err(e) => {
+            // Counted, and logged once at info by `reject`: any client
+            // can send a hop header, so a warning here would let it flood the logs.
+            app.metrics.hops_refused.inc();
+            Some(reject(
+                RpcError::invalid_request(e.to_string()).with_status(StatusCode::FORBIDDEN),
+                None,
+            ))
+        }
+    })
 }
 
 enum Forwarded {

@@ -193,10 +193,29 @@ impl PausedCalls {
         })
     }
 
+    /// Ends every paused call (their backend calls cancelled): once this
+    /// replica's listener closes, no retry can reach them, and a call left
+    /// waiting would hold its session's release until the shutdown deadline.
+    pub fn end_all(&self) {
+        let ended = std::mem::take(&mut *lock(&self.calls));
+        if !ended.is_empty() {
+            tracing::info!(calls = ended.len(), "shutting down: paused calls ended unanswered");
+        }
+        for paused in ended.values() {
+            paused.running.call.abort();
+        }
+    }
+
     /// The paused call `sealed` names, for the caller of `pool`, with the
     /// answer the client gave; once.
     pub async fn resume(&self, sealed: &str, pool: &str, responses: Option<&Value>) -> Result<Running, RpcError> {
         let (body, mac) = sealed.split_once('.').ok_or_else(|| refused("is malformed"))?;
+        if holder(sealed).is_some_and(|r| r != self.replica) {
+            // Retries are sent to the replica a state names; here means it is gone.
+            return Err(refused(
+                "names a call paused on a replica that is gone: start the call again",
+            ));
+        }
         let given = B64.decode(mac).map_err(|_| refused("is malformed"))?;
         let Ok(mut check) = Hmac::<Sha256>::new_from_slice(&self.key) else {
             unreachable!("HMAC accepts keys of any length")
@@ -230,6 +249,14 @@ impl PausedCalls {
         }
         Ok(paused.running)
     }
+}
+
+/// The replica a sealed state names, unverified: where to send the retry
+/// (that replica checks the seal).
+pub fn holder(sealed: &str) -> Option<String> {
+    let body = sealed.split_once('.')?.0;
+    let state: State = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+    Some(state.r)
 }
 
 /// Waits for `running` to end or to ask the client something; what else the

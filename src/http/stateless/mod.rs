@@ -95,6 +95,23 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         Ok(pool) => pool,
         Err(e) => return reject(unavailable(&e), Some(&id)),
     };
+    let cacheable = CACHEABLE.contains(&method.as_str());
+    // A retry with the client's answers goes to the paused call, on the
+    // replica that holds it, wherever the caller's pool is now.
+    if let Some(state) = request_state(params.as_ref()) {
+        if let Some(holder) = input::holder(state) {
+            if let Some(response) = super::placement::to_replica(app, parts, body, &pool, &holder).await {
+                return response;
+            }
+        }
+        tracing::Span::current().record("session.id", pool.as_str());
+        let answers = params.as_ref().and_then(|p| p.get("inputResponses"));
+        let outcome = match app.paused.resume(state, &pool, answers).await {
+            Ok(running) => finish(app, running, &pool, &envelope.capabilities).await,
+            Err(e) => Err(e),
+        };
+        return answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format);
+    }
     if let Some(response) = super::placement::to_owner_of(app, parts, body, &pool).await {
         return response;
     }
@@ -127,7 +144,6 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
     } else {
         run(app, &session, &method, params, who, &pool, &envelope.capabilities).await
     };
-    let cacheable = CACHEABLE.contains(&method.as_str());
     answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format)
 }
 
@@ -140,16 +156,6 @@ async fn run(
     pool: &str,
     capabilities: &Value,
 ) -> Result<Reply, RpcError> {
-    // A retry with the client's answers: the paused call goes on (judged once, when it started).
-    let state = params
-        .as_ref()
-        .and_then(|p| p.get("requestState"))
-        .and_then(Value::as_str);
-    if let Some(state) = state {
-        let answers = params.as_ref().and_then(|p| p.get("inputResponses"));
-        let running = app.paused.resume(state, pool, answers).await?;
-        return finish(app, running, pool, capabilities).await;
-    }
     if let Some(p) = params.as_mut() {
         strip_envelope(p);
     }
@@ -180,7 +186,11 @@ async fn run(
     finish(app, running, pool, capabilities).await
 }
 
-/// The call's result, or an `InputRequiredResult` if its backend asks the client something.
+/// A retry's `requestState`: the paused call goes on (judged once, when it started).
+fn request_state(params: Option<&Value>) -> Option<&str> {
+    params?.get("requestState")?.as_str()
+}
+
 /// The capability a client needs to answer a backend's question.
 fn needed(request: &Value) -> Option<&'static str> {
     match request.get("method").and_then(Value::as_str)? {
@@ -191,6 +201,7 @@ fn needed(request: &Value) -> Option<&'static str> {
     }
 }
 
+/// The call's result, or an `InputRequiredResult` if its backend asks the client something.
 async fn finish(app: &App, running: input::Running, pool: &str, capabilities: &Value) -> Result<Reply, RpcError> {
     match input::step(running).await {
         input::Step::Done(outcome) => outcome,
