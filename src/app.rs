@@ -76,6 +76,8 @@ pub struct App {
     pub admin: crate::admin::AdminAuth,
     /// Calls of 2026-07-28 clients waiting for the client's input.
     pub paused: crate::http::PausedCalls,
+    /// Under pinned placement: where callers' pooled sessions live.
+    pub pool_homes: Option<crate::affinity::homes::PoolHomes>,
     /// What guards calls: policies, rate limits, the audit log.
     pub guards: crate::policy::Guards,
     /// `x-vmcp-replica` on every `/mcp` answer (`None`: the id is not a valid header value).
@@ -182,6 +184,7 @@ impl App {
             admin,
             guards,
             paused: crate::http::PausedCalls::new(&config.replica_id),
+            pool_homes: membership.is_pinned().then(Default::default),
             replica_header,
             config: Arc::new(config),
             manager: Arc::new(manager),

@@ -3,7 +3,8 @@
 //! pinned to the pod that created them: entering anywhere keeps the
 //! server's per-session state, adding a pod moves no session, a pod's death
 //! moves only its sessions (re-initialized there, and the client is told),
-//! and a drained pod fails no call.
+//! and a drained pod fails no call. A 2026-07-28 caller's pooled session
+//! stays on the pod that created it the same way.
 
 mod support;
 
@@ -235,4 +236,92 @@ async fn a_draining_pod_finishes_its_calls_and_none_fails() {
     }
     assert!(failed.is_empty(), "no call failed during the drain: {failed:?}");
     a.vmcp.wait().await;
+}
+
+/// `server_counter` as a 2026-07-28 caller `token` (no session: its pooled
+/// one), entering at `entry`; returns (count, replica that served it).
+async fn count_stateless(token: &str, entry: &str) -> (u64, String) {
+    let version = "2026-07-28";
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+        "name": "server_counter", "arguments": {},
+        "_meta": {"io.modelcontextprotocol/protocolVersion": version,
+                  "io.modelcontextprotocol/clientCapabilities": {}}}});
+    let response = support::http()
+        .post(entry)
+        .bearer_auth(token)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", version)
+        .header("mcp-method", "tools/call")
+        .header("mcp-name", "server_counter")
+        .body(body.to_string())
+        .send()
+        .await
+        .expect("sent");
+    let by = response
+        .headers()
+        .get("x-vmcp-replica")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("?")
+        .to_owned();
+    let answer: serde_json::Value = response.json().await.expect("JSON");
+    let text = answer["result"]["content"][0]["text"].as_str().unwrap_or_default();
+    (text.parse().unwrap_or_else(|_| panic!("a count: {answer}")), by)
+}
+
+#[tokio::test]
+async fn stateless_callers_keep_their_pods_server_state_through_scale_out() {
+    let redis = RedisServer::start().await;
+    let mut members = with_ports(&["a", "b", "c"]);
+    let mut pods = Vec::new();
+    for id in ["a", "b", "c"] {
+        pods.push(start_pod(&redis, id, &members).await);
+    }
+    let entries = |pods: &[Pod]| pods.iter().map(|p| p.vmcp.url.clone()).collect::<Vec<_>>();
+    // Sixteen callers, each with its pooled session on some pod.
+    let mut callers = Vec::new();
+    for c in 0..16 {
+        let token = format!("caller-{c}");
+        let (n, home) = count_stateless(&token, &entries(&pods)[c % 3]).await;
+        assert_eq!(n, 1);
+        callers.push((token, home, 1u64));
+    }
+    // Scale out: pod d joins. No caller's pool moves: its server state stays.
+    members.insert("d".into(), format!("127.0.0.1:{}", deps::free_port()));
+    pods.push(start_pod(&redis, "d", &members).await);
+    for pod in &pods[..3] {
+        pod.vmcp
+            .reconfigure(&pod_yaml(&redis, &pod.id, &pod._server.url, &members));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await; // past release_grace
+    for (token, home, seen) in &mut callers {
+        for entry in entries(&pods) {
+            *seen += 1;
+            assert_eq!(
+                count_stateless(token, &entry).await,
+                (*seen, home.clone()),
+                "{token}: state kept after scale-out"
+            );
+        }
+    }
+
+    // The home of caller-0's pool dies: its callers go on elsewhere, all
+    // entries agreeing where (a fresh server session there), the others untouched.
+    let dead = callers[0].1.clone();
+    let at = pods.iter().position(|p| p.id == dead).expect("its pod");
+    let pod = pods.remove(at);
+    pod.vmcp.kill().await;
+    drop(pod._server);
+    for (token, home, seen) in &mut callers {
+        if *home == dead {
+            let (n, now) = count_stateless(token, &entries(&pods)[0]).await;
+            assert_eq!(n, 1, "{token}: a fresh server session on its new pod");
+            assert_ne!(now, dead);
+            (*home, *seen) = (now, 1);
+        }
+        for entry in entries(&pods) {
+            *seen += 1;
+            assert_eq!(count_stateless(token, &entry).await, (*seen, home.clone()), "{token}");
+        }
+    }
 }

@@ -67,6 +67,11 @@ impl Membership {
         self.pins.as_ref().map(|p| p.mint(random, &self.self_id))
     }
 
+    /// Whether placement is pinned (sessions stay where they were created).
+    pub fn is_pinned(&self) -> bool {
+        self.pins.is_some()
+    }
+
     pub fn self_id(&self) -> &str {
         &self.self_id
     }

@@ -3,6 +3,7 @@
 //! (`forward`, authenticated by `hop`).
 
 pub mod forward;
+pub mod homes;
 pub mod hop;
 #[cfg(feature = "kubernetes")]
 pub mod kubernetes;

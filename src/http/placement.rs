@@ -48,6 +48,40 @@ pub async fn to_owner_of(app: &App, parts: &Parts, body: &Bytes, session: &str) 
     }
 }
 
+/// [`to_owner_of`] for a caller's pooled session: under pinned placement
+/// it stays on the replica that created it, like a pinned session (see
+/// [`crate::affinity::homes`]), while that replica is a member and answers;
+/// otherwise it is placed by its hash.
+pub async fn to_pool_owner(app: &App, parts: &Parts, body: &Bytes, pool: &str) -> Option<Response<Body>> {
+    if let Some(verdict) = over_hop(app, parts, body, pool) {
+        return verdict;
+    }
+    if let Some(home) = pool_home(app, pool).await {
+        if *home == *app.config.replica_id {
+            return None;
+        }
+        let member = app.membership.member(&home).filter(|_| !app.forwarder.is_down(&home));
+        if let Some(member) = member {
+            if let Forwarded::Answered(response) = forward_once(app, &member, parts, body, pool).await {
+                return response;
+            }
+        }
+    }
+    to_owner_of(app, parts, body, pool).await
+}
+
+/// The replica that created `pool` (pinned placement only): remembered, or
+/// read from its record in the store once. `None` for a pool not created
+/// yet, or when the store cannot say (it is then placed by its hash).
+async fn pool_home(app: &App, pool: &str) -> Option<std::sync::Arc<str>> {
+    let homes = app.pool_homes.as_ref()?;
+    if let Some(home) = homes.get(pool) {
+        return Some(home);
+    }
+    let record = app.manager.store().get(pool).await.ok()??;
+    Some(homes.remember(pool, record.replica.as_deref()?))
+}
+
 /// [`to_owner_of`], but to the replica `replica` rather than the session's
 /// owner: a request for something only that replica holds (a paused call),
 /// wherever the session's owner is now. `None` (serve here) when this is

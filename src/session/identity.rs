@@ -136,6 +136,11 @@ impl IdentityHasher {
     }
 }
 
+/// Whether `id` is a caller's pooled session ([`IdentityHasher::pool_id`]).
+pub fn is_pool_id(id: &str) -> bool {
+    id.starts_with("p-")
+}
+
 fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
         unreachable!("HMAC accepts keys of any length")

@@ -598,6 +598,16 @@ impl SessionManager {
         }
     }
 
+    /// Whether session `id`, live here, now belongs to another replica.
+    /// Under pinned placement a caller's pool stays where it lives, like a
+    /// pinned session (see `crate::affinity::homes`).
+    fn moved(&self, id: &str) -> bool {
+        if self.membership.is_pinned() && super::identity::is_pool_id(id) {
+            return false;
+        }
+        self.membership.place(id) != Placement::Local
+    }
+
     /// When the members change, sessions that now belong to another replica
     /// are released after `release_grace` (their backend sessions stay open
     /// for the new owner, which resumes them on its first request).
@@ -615,10 +625,7 @@ impl SessionManager {
                 .keys()
                 .cloned()
                 .collect();
-            let moved: Vec<String> = ids
-                .into_iter()
-                .filter(|id| self.membership.place(id) != Placement::Local)
-                .collect();
+            let moved: Vec<String> = ids.into_iter().filter(|id| self.moved(id)).collect();
             if moved.is_empty() {
                 continue;
             }
@@ -627,7 +634,7 @@ impl SessionManager {
             tokio::spawn(async move {
                 tokio::time::sleep(manager.limits.release_grace).await;
                 for id in moved {
-                    if manager.membership.place(&id) != Placement::Local {
+                    if manager.moved(&id) {
                         manager.remove(&id, CloseReason::Released);
                     }
                 }

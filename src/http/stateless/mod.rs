@@ -112,7 +112,7 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         };
         return answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format);
     }
-    if let Some(response) = super::placement::to_owner_of(app, parts, body, &pool).await {
+    if let Some(response) = super::placement::to_pool_owner(app, parts, body, &pool).await {
         return response;
     }
     tracing::Span::current().record("session.id", pool.as_str());
