@@ -62,9 +62,12 @@ struct Session {
     running: Mutex<HashMap<String, CancellationToken>>,
 }
 
-/// vmcp's per-call guarantees, for `--guarded`.
+/// vmcp's per-call guarantees, for `--guarded`. `VMCP_FLOOR_WITHOUT`
+/// (comma-separated: `deadline`, `cancel`, `relay`, `metrics`,
+/// `header-timeout`) leaves some out, to price each one.
 struct Guards {
     deadline: Duration,
+    without: Vec<String>,
     requests: IntCounter,
     request_seconds: Histogram,
     backend_calls: IntCounter,
@@ -75,13 +78,19 @@ impl Guards {
     fn new() -> Self {
         let hist = |name: &str| Histogram::with_opts(HistogramOpts::new(name, "seconds")).expect("histogram");
         let counter = |name: &str| IntCounter::new(name, "calls").expect("counter");
+        let without = std::env::var("VMCP_FLOOR_WITHOUT").unwrap_or_default();
         Guards {
             deadline: Duration::from_secs(60),
+            without: without.split(',').map(str::to_owned).collect(),
             requests: counter("requests"),
             request_seconds: hist("request_seconds"),
             backend_calls: counter("backend_calls"),
             backend_seconds: hist("backend_seconds"),
         }
+    }
+
+    fn with(&self, guarantee: &str) -> bool {
+        !self.without.iter().any(|w| w == guarantee)
     }
 }
 
@@ -156,7 +165,7 @@ pub async fn serve(upstream: String, guarded: bool) {
                 async move { Ok::<_, Infallible>(floor.handle(req).await) }
             });
             let mut http = hyper::server::conn::http1::Builder::new();
-            if guarded {
+            if guarded && std::env::var("VMCP_FLOOR_WITHOUT").map_or(true, |w| !w.contains("header-timeout")) {
                 http.timer(TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(30));
             }
@@ -252,36 +261,60 @@ impl Floor {
         params: &RawValue,
     ) -> Response<Full<Bytes>> {
         let started = Instant::now();
-        let (key, token) = (id.get().to_owned(), CancellationToken::new());
-        if let Ok(mut running) = session.running.lock() {
-            running.insert(key.clone(), token.clone());
-        }
-        let (_relay, mut relayed) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+        let token = guards.with("cancel").then(|| {
+            let (key, token) = (id.get().to_owned(), CancellationToken::new());
+            if let Ok(mut running) = session.running.lock() {
+                running.insert(key.clone(), token.clone());
+            }
+            (key, token)
+        });
+        let metrics = guards.with("metrics");
         let work = async {
             let backend_started = Instant::now();
-            let response = tokio::select! {
-                r = tokio::time::timeout(guards.deadline, self.call(session, id, params)) => {
-                    r.unwrap_or_else(|_| status(StatusCode::GATEWAY_TIMEOUT))
+            let call = async {
+                if guards.with("deadline") {
+                    tokio::time::timeout(guards.deadline, self.call(session, id, params))
+                        .await
+                        .unwrap_or_else(|_| status(StatusCode::GATEWAY_TIMEOUT))
+                } else {
+                    self.call(session, id, params).await
                 }
-                _ = token.cancelled() => status(StatusCode::OK),
             };
-            guards.backend_calls.inc();
-            guards.backend_seconds.observe(backend_started.elapsed().as_secs_f64());
+            let response = match &token {
+                Some((_, token)) => tokio::select! {
+                    r = call => r,
+                    _ = token.cancelled() => status(StatusCode::OK),
+                },
+                None => call.await,
+            };
+            if metrics {
+                guards.backend_calls.inc();
+                guards.backend_seconds.observe(backend_started.elapsed().as_secs_f64());
+            }
             response
         };
         tokio::pin!(work);
-        let response = loop {
-            tokio::select! {
-                biased;
-                Some(_) = relayed.recv() => {}
-                r = &mut work => break r,
+        let response = if guards.with("relay") {
+            let (_relay, mut relayed) = tokio::sync::mpsc::unbounded_channel::<serde_json::Value>();
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(_) = relayed.recv() => {}
+                    r = &mut work => break r,
+                }
             }
+        } else {
+            (&mut work).await
         };
-        if let Ok(mut running) = session.running.lock() {
-            running.remove(&key);
+        if let Some((key, _)) = &token {
+            if let Ok(mut running) = session.running.lock() {
+                running.remove(key);
+            }
         }
-        guards.requests.inc();
-        guards.request_seconds.observe(started.elapsed().as_secs_f64());
+        if metrics {
+            guards.requests.inc();
+            guards.request_seconds.observe(started.elapsed().as_secs_f64());
+        }
         response
     }
 
