@@ -87,15 +87,35 @@ async fn count(client: &Client, entry: &str) -> (u64, String) {
     (reply.text().parse().expect("a count"), served_by(&reply))
 }
 
+/// Pods a, b and c, each knowing the three.
+async fn three_pods(redis: &RedisServer) -> (BTreeMap<String, String>, Vec<Pod>) {
+    let members = with_ports(&["a", "b", "c"]);
+    let mut pods = Vec::new();
+    for id in ["a", "b", "c"] {
+        pods.push(start_pod(redis, id, &members).await);
+    }
+    (members, pods)
+}
+
+/// Pod d joins: started, and every other pod told (SIGHUP with the new list).
+async fn scale_out(redis: &RedisServer, members: &mut BTreeMap<String, String>, pods: &mut Vec<Pod>) {
+    members.insert("d".into(), format!("127.0.0.1:{}", deps::free_port()));
+    pods.push(start_pod(redis, "d", members).await);
+    for pod in &pods[..pods.len() - 1] {
+        pod.vmcp
+            .reconfigure(&pod_yaml(redis, &pod.id, &pod._server.url, members));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await; // past release_grace
+}
+
+fn entries(pods: &[Pod]) -> Vec<String> {
+    pods.iter().map(|p| p.vmcp.url.clone()).collect()
+}
+
 #[tokio::test]
 async fn sessions_stay_on_their_pod_through_scale_out_and_move_only_when_it_dies() {
     let redis = RedisServer::start().await;
-    let mut members = with_ports(&["a", "b", "c"]);
-    let mut pods = Vec::new();
-    for id in ["a", "b", "c"] {
-        pods.push(start_pod(&redis, id, &members).await);
-    }
-    let entries = |pods: &[Pod]| pods.iter().map(|p| p.vmcp.url.clone()).collect::<Vec<_>>();
+    let (mut members, mut pods) = three_pods(&redis).await;
 
     // Nine sessions, created round-robin; every call, entering anywhere, sees the same server state.
     let mut sessions = Vec::new();
@@ -109,14 +129,8 @@ async fn sessions_stay_on_their_pod_through_scale_out_and_move_only_when_it_dies
         sessions.push((client, owner, 3u64));
     }
 
-    // Scale out: pod d joins (SIGHUP with the new list everywhere). No session moves.
-    members.insert("d".into(), format!("127.0.0.1:{}", deps::free_port()));
-    pods.push(start_pod(&redis, "d", &members).await);
-    for pod in &pods[..3] {
-        pod.vmcp
-            .reconfigure(&pod_yaml(&redis, &pod.id, &pod._server.url, &members));
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await; // past release_grace
+    // Scale out: pod d joins. No session moves.
+    scale_out(&redis, &mut members, &mut pods).await;
     for (client, owner, seen) in &mut sessions {
         for entry in entries(&pods) {
             *seen += 1;
@@ -272,12 +286,7 @@ async fn count_stateless(token: &str, entry: &str) -> (u64, String) {
 #[tokio::test]
 async fn stateless_callers_keep_their_pods_server_state_through_scale_out() {
     let redis = RedisServer::start().await;
-    let mut members = with_ports(&["a", "b", "c"]);
-    let mut pods = Vec::new();
-    for id in ["a", "b", "c"] {
-        pods.push(start_pod(&redis, id, &members).await);
-    }
-    let entries = |pods: &[Pod]| pods.iter().map(|p| p.vmcp.url.clone()).collect::<Vec<_>>();
+    let (mut members, mut pods) = three_pods(&redis).await;
     // Sixteen callers, each with its pooled session on some pod.
     let mut callers = Vec::new();
     for c in 0..16 {
@@ -287,13 +296,7 @@ async fn stateless_callers_keep_their_pods_server_state_through_scale_out() {
         callers.push((token, home, 1u64));
     }
     // Scale out: pod d joins. No caller's pool moves: its server state stays.
-    members.insert("d".into(), format!("127.0.0.1:{}", deps::free_port()));
-    pods.push(start_pod(&redis, "d", &members).await);
-    for pod in &pods[..3] {
-        pod.vmcp
-            .reconfigure(&pod_yaml(&redis, &pod.id, &pod._server.url, &members));
-    }
-    tokio::time::sleep(Duration::from_millis(800)).await; // past release_grace
+    scale_out(&redis, &mut members, &mut pods).await;
     for (token, home, seen) in &mut callers {
         for entry in entries(&pods) {
             *seen += 1;
