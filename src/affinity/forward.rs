@@ -37,7 +37,13 @@ pub enum ForwardError {
     /// it may or may not have run there.
     #[error("owner failed after the request was sent: {}", error_chain(.0))]
     MaybeSent(#[source] hyper_util::client::legacy::Error),
+    /// The owner's answer broke off after it began: the request ran, or may have.
+    #[error("owner's answer was cut off: {}", error_chain(.0))]
+    Cut(#[source] hyper::Error),
 }
+
+/// JSON answers up to this size are read whole before they are sent on.
+const WHOLE_UP_TO: usize = 64 * 1024;
 
 /// The ways a request provably did not reach its owner.
 #[derive(Debug, thiserror::Error)]
@@ -260,6 +266,23 @@ impl Forwarder {
             );
         }
         strip(&mut parts.headers);
+        // A small JSON answer is read whole before it is sent on: the client
+        // gets it in one write (head and body together), and an owner that
+        // fails halfway through it is an error here, not a cut response.
+        let small_json = parts
+            .headers
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"))
+            && parts
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+                .is_some_and(|n| n <= WHOLE_UP_TO);
+        if small_json {
+            let whole = body.collect().await.map_err(ForwardError::Cut)?.to_bytes();
+            let body = Full::new(whole).map_err(|never| match never {}).boxed_unsync();
+            return Ok(Response::from_parts(parts, body));
+        }
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
     }
 }

@@ -167,7 +167,7 @@ async fn forward_once(
             tracing::debug!(owner = %owner.id, error = %e, "owner unreachable; placing the session again");
             Forwarded::NotSent
         }
-        Err(e @ ForwardError::MaybeSent(_)) => match rerun(&parts.method, body) {
+        Err(e @ (ForwardError::MaybeSent(_) | ForwardError::Cut(_))) => match rerun(&parts.method, body) {
             Rerun::Safe => {
                 app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
                 tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
