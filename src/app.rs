@@ -157,6 +157,7 @@ impl App {
             Arc::clone(&hops),
             config.affinity.connect_timeout,
             config.http.header_read_timeout / 2,
+            config.http.body_read_timeout,
         );
         let identity = IdentityHasher::new(config.session.identity_key.as_deref());
         let factory = SessionFactory::new(

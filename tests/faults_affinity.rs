@@ -96,6 +96,63 @@ async fn swallowing_owner(addr: &str) -> tokio::task::JoinHandle<()> {
     })
 }
 
+/// A replica "owner" that reads each request, begins a JSON answer (its
+/// head and a few bytes of a 200-byte body) and then, if `stall`, sends
+/// nothing more for 10 s, else closes the connection.
+async fn cutting_owner(addr: &str, stall: bool) -> tokio::task::JoinHandle<()> {
+    let listener = TcpListener::bind(addr).await.expect("bind the owner's port");
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let mut buf = vec![0u8; 65536];
+                while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(100), stream.read(&mut buf)).await {
+                    if n == 0 {
+                        return;
+                    }
+                }
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 200\r\n\r\n";
+                let _ = stream
+                    .write_all(format!("{head}{{\"jsonrpc\":\"2.0\",").as_bytes())
+                    .await;
+                if stall {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_owners_answer_that_breaks_off_is_an_error_not_a_cut_response() {
+    let redis = RedisServer::start().await;
+    let backend = TestBackend::start("c").await;
+    let m = members(&["a", "b"]);
+    let extra = "  body_read_timeout: 500ms\n";
+    let a = VmcpProcess::start_on(port(&m["a"]), &cluster_yaml(&redis, &backend.url, &m, "a", extra)).await;
+    let b = VmcpProcess::start_on(port(&m["b"]), &cluster_yaml(&redis, &backend.url, &m, "b", extra)).await;
+    let mut client = Client::new(&a.url);
+    assert_eq!(served_by(&client.initialize().await), "a");
+    let via_b = client.via(&b.url);
+    a.kill().await;
+    for stall in [false, true] {
+        let owner = cutting_owner(&m["a"], stall).await;
+        let call = via_b.call_tool("c_echo", json!({"message": "x"})).await;
+        assert_eq!(call.status, StatusCode::BAD_GATEWAY, "stall {stall}: {call:?}");
+        assert_eq!(call.error_code(), OUTCOME_UNKNOWN, "stall {stall}: {call:?}");
+        let list = via_b.request("tools/list", json!({})).await;
+        assert_eq!(list.status, StatusCode::OK, "a read is retried here: {list:?}");
+        assert_eq!(served_by(&list), "b");
+        owner.abort();
+        let _ = owner.await;
+    }
+    assert_eq!(
+        backend.stats.calls.load(Ordering::SeqCst),
+        0,
+        "the call never ran anywhere"
+    );
+}
+
 #[tokio::test]
 async fn a_call_whose_owner_dies_after_receiving_it_runs_once_and_reports_an_unknown_outcome() {
     let redis = RedisServer::start().await;

@@ -40,6 +40,9 @@ pub enum ForwardError {
     /// The owner's answer broke off after it began: the request ran, or may have.
     #[error("owner's answer was cut off: {}", error_chain(.0))]
     Cut(#[source] hyper::Error),
+    /// The owner's answer began, then stopped arriving.
+    #[error("owner's answer stalled for {0:?} after it began")]
+    Stalled(Duration),
 }
 
 /// JSON answers up to this size are read whole before they are sent on.
@@ -106,6 +109,8 @@ fn strip(headers: &mut http::HeaderMap) {
 
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// How long a small JSON answer may take to arrive whole once its head has.
+    body_timeout: Duration,
     self_id: Arc<str>,
     hops: Arc<Hops>,
     /// Owners that just failed, skipped until the instant given: a dead or
@@ -141,7 +146,14 @@ impl Forwarder {
     /// connections), or a request could be written to a connection the peer
     /// is closing, and a written request that fails is one whose outcome is
     /// unknown.
-    pub fn new(self_id: &str, hops: Arc<Hops>, connect_timeout: Duration, idle: Duration) -> Self {
+    /// `body_timeout`: how long an answer read whole may take after its head.
+    pub fn new(
+        self_id: &str,
+        hops: Arc<Hops>,
+        connect_timeout: Duration,
+        idle: Duration,
+        body_timeout: Duration,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
@@ -153,6 +165,7 @@ impl Forwarder {
             .build(connector);
         Self {
             client,
+            body_timeout,
             self_id: Arc::from(self_id),
             hops,
             down: Mutex::default(),
@@ -265,7 +278,6 @@ impl Forwarder {
                 },
             );
         }
-        strip(&mut parts.headers);
         // A small JSON answer is read whole before it is sent on: the client
         // gets it in one write (head and body together), and an owner that
         // fails halfway through it is an error here, not a cut response.
@@ -278,8 +290,13 @@ impl Forwarder {
                 .get(header::CONTENT_LENGTH)
                 .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
                 .is_some_and(|n| n <= WHOLE_UP_TO);
+        strip(&mut parts.headers);
         if small_json {
-            let whole = body.collect().await.map_err(ForwardError::Cut)?.to_bytes();
+            let whole = tokio::time::timeout(self.body_timeout, body.collect())
+                .await
+                .map_err(|_| ForwardError::Stalled(self.body_timeout))?
+                .map_err(ForwardError::Cut)?
+                .to_bytes();
             let body = Full::new(whole).map_err(|never| match never {}).boxed_unsync();
             return Ok(Response::from_parts(parts, body));
         }

@@ -167,21 +167,23 @@ async fn forward_once(
             tracing::debug!(owner = %owner.id, error = %e, "owner unreachable; placing the session again");
             Forwarded::NotSent
         }
-        Err(e @ (ForwardError::MaybeSent(_) | ForwardError::Cut(_))) => match rerun(&parts.method, body) {
-            Rerun::Safe => {
-                app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
-                tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
-                Forwarded::Answered(None)
+        Err(e @ (ForwardError::MaybeSent(_) | ForwardError::Cut(_) | ForwardError::Stalled(_))) => {
+            match rerun(&parts.method, body) {
+                Rerun::Safe => {
+                    app.metrics.requests_forwarded.with_label_values(&["retried"]).inc();
+                    tracing::warn!(owner = %owner.id, error = %e, "owner failed; retrying an idempotent request here");
+                    Forwarded::Answered(None)
+                }
+                Rerun::Unsafe(id) => {
+                    app.metrics
+                        .requests_forwarded
+                        .with_label_values(&["outcome_unknown"])
+                        .inc();
+                    tracing::warn!(owner = %owner.id, error = %e, "owner failed after the request was sent; outcome unknown");
+                    Forwarded::Answered(Some(reply::error(&RpcError::outcome_unknown(), id.as_ref())))
+                }
             }
-            Rerun::Unsafe(id) => {
-                app.metrics
-                    .requests_forwarded
-                    .with_label_values(&["outcome_unknown"])
-                    .inc();
-                tracing::warn!(owner = %owner.id, error = %e, "owner failed after the request was sent; outcome unknown");
-                Forwarded::Answered(Some(reply::error(&RpcError::outcome_unknown(), id.as_ref())))
-            }
-        },
+        }
     }
 }
 
