@@ -173,20 +173,6 @@ fn tag(key: &[u8], header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
     )
 }
 
-fn hex(bytes: &[u8]) -> String {
-    hex::encode(bytes)
-}
-
-fn unhex(text: &str) -> Option<Vec<u8>> {
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
 impl Hops {
     pub fn new(key: Option<&str>, max_age: Duration) -> Self {
         let mut nonce_prefix = [0u8; 8];
@@ -219,11 +205,15 @@ impl Hops {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&self.nonce_prefix);
         nonce[8..].copy_from_slice(&self.nonces.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        let (ts, nonce) = (now_ms.to_string(), hex(&nonce));
+        let (ts, nonce) = (now_ms.to_string(), hex::encode(nonce));
         let tag = tag(key, [VERSION, from, target.to, &ts, &nonce], target)
             .finalize()
             .into_bytes();
-        Ok(format!("{VERSION};{from};{};{ts};{nonce};{}", target.to, hex(&tag)))
+        Ok(format!(
+            "{VERSION};{from};{};{ts};{nonce};{}",
+            target.to,
+            hex::encode(tag)
+        ))
     }
 
     /// Checks a hop header received by `target.to` (this replica); returns
@@ -238,7 +228,7 @@ impl Hops {
             return Err(HopError::Malformed);
         }
         let sent: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
-        let claimed = unhex(tag_hex).ok_or(HopError::Malformed)?;
+        let claimed = hex::decode(tag_hex).map_err(|_| HopError::Malformed)?;
         tag(key, [version, from, to, ts, nonce], target)
             .verify_slice(&claimed)
             .map_err(|_| HopError::BadSignature)?;

@@ -28,6 +28,12 @@ pub async fn to_owner_of(app: &App, parts: &Parts, body: &Bytes, session: &str) 
     if let Some(verdict) = over_hop(app, parts, body, session) {
         return verdict;
     }
+    to_hashed_owner(app, parts, body, session).await
+}
+
+/// The session's owner by placement (pinned, or its hash), as [`to_owner_of`]
+/// says, for a request that did not come over a hop.
+async fn to_hashed_owner(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Response<Body>> {
     // An owner that just refused connections counts as gone: the session
     // goes where every replica that saw the same failure sends it (its
     // rendezvous owner among the others), not to whichever replica the
@@ -60,14 +66,25 @@ pub async fn to_pool_owner(app: &App, parts: &Parts, body: &Bytes, pool: &str) -
         if *home == *app.config.replica_id {
             return None;
         }
-        let member = app.membership.member(&home).filter(|_| !app.forwarder.is_down(&home));
-        if let Some(member) = member {
-            if let Forwarded::Answered(response) = forward_once(app, &member, parts, body, pool).await {
-                return response;
-            }
+        if let Some(answered) = forward_to(app, &home, parts, body, pool).await {
+            return answered;
         }
     }
-    to_owner_of(app, parts, body, pool).await
+    to_hashed_owner(app, parts, body, pool).await
+}
+
+/// Forwards to replica `id` if it is another member (draining included)
+/// that is not down: `Some` with what to answer (`None` inside: serve here,
+/// as after a failed read), or `None` when the request was not sent.
+async fn forward_to(app: &App, id: &str, parts: &Parts, body: &Bytes, session: &str) -> Option<Option<Response<Body>>> {
+    if app.forwarder.is_down(id) {
+        return None;
+    }
+    let member = app.membership.member(id)?;
+    match forward_once(app, &member, parts, body, session).await {
+        Forwarded::Answered(response) => Some(response),
+        Forwarded::NotSent => None,
+    }
 }
 
 /// The replica that created `pool` (pinned placement only): remembered, or
@@ -97,14 +114,10 @@ pub async fn to_replica(
     if let Some(verdict) = over_hop(app, parts, body, session) {
         return verdict;
     }
-    if replica == app.config.replica_id || app.forwarder.is_down(replica) {
+    if replica == app.config.replica_id {
         return None;
     }
-    let member = app.membership.member(replica)?;
-    match forward_once(app, &member, parts, body, session).await {
-        Forwarded::Answered(response) => response,
-        Forwarded::NotSent => None,
-    }
+    forward_to(app, replica, parts, body, session).await.flatten()
 }
 
 /// For a request that came over a hop: `Some(None)` to serve it here (a

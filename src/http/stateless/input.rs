@@ -210,7 +210,8 @@ impl PausedCalls {
     /// answer the client gave; once.
     pub async fn resume(&self, sealed: &str, pool: &str, responses: Option<&Value>) -> Result<Running, RpcError> {
         let (body, mac) = sealed.split_once('.').ok_or_else(|| refused("is malformed"))?;
-        if holder(sealed).is_some_and(|r| r != self.replica) {
+        let state = unsealed(body);
+        if state.as_ref().is_some_and(|s| s.r != self.replica) {
             // Retries are sent to the replica a state names; here means it is gone.
             return Err(refused(
                 "names a call paused on a replica that is gone: start the call again",
@@ -224,11 +225,7 @@ impl PausedCalls {
         check
             .verify_slice(&given)
             .map_err(|_| refused("was not issued by this replica or was altered"))?;
-        let state: State = B64
-            .decode(body)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or_else(|| refused("is malformed"))?;
+        let state = state.ok_or_else(|| refused("is malformed"))?;
         if state.e <= unix_ms() {
             return Err(refused("has expired"));
         }
@@ -254,9 +251,12 @@ impl PausedCalls {
 /// The replica a sealed state names, unverified: where to send the retry
 /// (that replica checks the seal).
 pub fn holder(sealed: &str) -> Option<String> {
-    let body = sealed.split_once('.')?.0;
-    let state: State = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
-    Some(state.r)
+    Some(unsealed(sealed.split_once('.')?.0)?.r)
+}
+
+/// The state a sealed body carries, unverified.
+fn unsealed(body: &str) -> Option<State> {
+    serde_json::from_slice(&B64.decode(body).ok()?).ok()
 }
 
 /// Waits for `running` to end or to ask the client something; what else the
