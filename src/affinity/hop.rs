@@ -65,7 +65,9 @@ pub struct HopTarget<'a> {
 }
 
 pub struct Hops {
-    key: Option<Vec<u8>>,
+    /// The MAC keyed once with the hop key (its inner and outer pads
+    /// hashed); each header's MAC starts from a copy of it.
+    keyed: Option<Hmac<Sha256>>,
     /// Nonces are this replica's random prefix and a counter: unique without
     /// a `getrandom` system call per hop (the MAC makes them unforgeable).
     nonce_prefix: [u8; 8],
@@ -132,10 +134,8 @@ impl Seen {
 }
 
 /// HMAC over length-prefixed fields (no separator can be smuggled into one).
-fn mac(key: &[u8], fields: &[&[u8]]) -> Hmac<Sha256> {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
-        unreachable!("HMAC accepts keys of any length")
-    };
+fn mac(keyed: &Hmac<Sha256>, fields: &[&[u8]]) -> Hmac<Sha256> {
+    let mut mac = keyed.clone();
     for field in fields {
         mac.update(&(field.len() as u64).to_be_bytes());
         mac.update(field);
@@ -151,12 +151,12 @@ fn optional(value: Option<&[u8]>) -> Vec<u8> {
     }
 }
 
-fn tag(key: &[u8], header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
+fn tag(keyed: &Hmac<Sha256>, header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
     let [version, from, to, ts, nonce] = header;
     let digest = Sha256::digest(target.body);
     let (host, origin) = (optional(target.host), optional(target.origin));
     mac(
-        key,
+        keyed,
         &[
             version.as_bytes(),
             from.as_bytes(),
@@ -184,7 +184,9 @@ impl Hops {
             nonce_prefix = (nanos ^ (u64::from(std::process::id()) << 40)).to_be_bytes();
         }
         Self {
-            key: key.filter(|k| !k.is_empty()).map(|k| k.as_bytes().to_vec()),
+            keyed: key
+                .filter(|k| !k.is_empty())
+                .and_then(|k| Hmac::<Sha256>::new_from_slice(k.as_bytes()).ok()),
             nonce_prefix,
             nonces: AtomicU32::new(0),
             max_age_ms: max_age.as_millis() as u64,
@@ -201,12 +203,12 @@ impl Hops {
 
     /// The header value for a hop from `from` to `target.to` at `now_ms`.
     pub fn sign(&self, from: &str, target: &HopTarget<'_>, now_ms: u64) -> Result<String, HopError> {
-        let key = self.key.as_deref().ok_or(HopError::NoKey)?;
+        let keyed = self.keyed.as_ref().ok_or(HopError::NoKey)?;
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&self.nonce_prefix);
         nonce[8..].copy_from_slice(&self.nonces.fetch_add(1, Ordering::Relaxed).to_be_bytes());
         let (ts, nonce) = (now_ms.to_string(), hex::encode(nonce));
-        let tag = tag(key, [VERSION, from, target.to, &ts, &nonce], target)
+        let tag = tag(keyed, [VERSION, from, target.to, &ts, &nonce], target)
             .finalize()
             .into_bytes();
         Ok(format!(
@@ -219,7 +221,7 @@ impl Hops {
     /// Checks a hop header received by `target.to` (this replica); returns
     /// the sending replica.
     pub fn verify(&self, header: &str, target: &HopTarget<'_>, now_ms: u64) -> Result<String, HopError> {
-        let key = self.key.as_deref().ok_or(HopError::NoKey)?;
+        let keyed = self.keyed.as_ref().ok_or(HopError::NoKey)?;
         let parts: Vec<&str> = header.split(';').collect();
         let [version, from, to, ts, nonce, tag_hex] = parts[..] else {
             return Err(HopError::Malformed);
@@ -229,7 +231,7 @@ impl Hops {
         }
         let sent: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
         let claimed = hex::decode(tag_hex).map_err(|_| HopError::Malformed)?;
-        tag(key, [version, from, to, ts, nonce], target)
+        tag(keyed, [version, from, to, ts, nonce], target)
             .verify_slice(&claimed)
             .map_err(|_| HopError::BadSignature)?;
         if to != target.to {

@@ -195,7 +195,9 @@ impl Authenticator {
             .map(|(_, t)| t.trim())
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::Missing)?;
-        let principal = inbound.validate(token).await?;
+        // Boxed: validation may fetch the issuer's keys, a future (~2 KB)
+        // that would otherwise size every request's state, token or not.
+        let principal = Box::pin(inbound.validate(token)).await?;
         Ok(Identity::Principal(principal, token))
     }
 

@@ -446,7 +446,15 @@ impl BackendSession {
     ) -> Result<R, BackendError> {
         let id = s.next_id();
         let mut relay = |message| ctx.relay(self.name(), message);
-        let outcome = bounded(s.request::<R>(id, method, params, &mut relay), timeout, &ctx.cancel).await;
+        // At most `timeout`, unless the client cancels first. Selected
+        // here, not in a helper taking the request's future: an async fn
+        // keeps a future argument twice in its state (3.3 KB to 6.8 KB here).
+        let outcome = tokio::select! {
+            outcome = tokio::time::timeout(timeout, s.request::<R>(id, method, params, &mut relay)) => {
+                outcome.unwrap_or(Err(BackendError::Timeout(timeout)))
+            }
+            _ = ctx.cancel.cancelled() => Err(BackendError::Cancelled),
+        };
         if let Err(e @ (BackendError::Cancelled | BackendError::Timeout(_))) = &outcome {
             // In the background: a backend that did not answer in time
             // may not take the notice in time either.
@@ -542,18 +550,6 @@ fn shared_version(version: &str) -> Arc<str> {
         .iter()
         .find(|v| &***v == version)
         .map_or_else(|| Arc::from(version), Arc::clone)
-}
-
-/// Waits for `work`, at most `timeout`, unless the client cancels first.
-async fn bounded<R>(
-    work: impl std::future::Future<Output = Result<R, BackendError>>,
-    timeout: Duration,
-    cancel: &CancellationToken,
-) -> Result<R, BackendError> {
-    tokio::select! {
-        outcome = tokio::time::timeout(timeout, work) => outcome.unwrap_or(Err(BackendError::Timeout(timeout))),
-        _ = cancel.cancelled() => Err(BackendError::Cancelled),
-    }
 }
 
 /// The `initialize` params sent to a backend: the client's own, so a backend

@@ -14,6 +14,7 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
+use super::call::Answering;
 use super::exec::{answer, apply_here, header_str, reject};
 use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION};
 use crate::app::App;
@@ -60,7 +61,7 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
     }
     // Which era a request speaks is decided once, here.
     let stateless = super::era::is_stateless(&parts.method, &parts.headers);
-    let format = match parts.method {
+    let answering = match parts.method {
         Method::POST => match check_headers(&parts.headers, stateless) {
             Ok(f) => Some(f),
             Err(e) => return reject(e, None),
@@ -81,15 +82,17 @@ pub async fn handle_buffered(app: &App, req: Request<bytes::Bytes>) -> Response<
         Err(e) => return refuse(app, &e),
     };
     // A stateless-era request (2026-07-28) goes to its own front, which
-    // places it by its caller's pooled session.
-    if let (Some(format), true) = (format, stateless) {
-        return super::stateless::serve(app, &parts, &bytes, &who, format).await;
+    // places it by its caller's pooled session. Boxed: its future (~7 KB)
+    // would otherwise size every request's state, which is copied into
+    // place per request.
+    if let (Some(answering), true) = (answering, stateless) {
+        return Box::pin(super::stateless::serve(app, &parts, &bytes, &who, answering.format)).await;
     }
     if let Some(response) = super::placement::to_owner(app, &parts, &bytes).await {
         return response;
     }
-    match (parts.method, format) {
-        (Method::POST, Some(format)) => post(app, &parts.headers, &who, format, &bytes).await,
+    match (parts.method, answering) {
+        (Method::POST, Some(answering)) => post(app, &parts.headers, &who, answering, &bytes).await,
         (Method::DELETE, _) => delete(app, &parts.headers, &who).await,
         _ => stream(app, &parts.headers, &who).await,
     }
@@ -106,34 +109,39 @@ fn refuse(app: &App, e: &AuthError) -> Response<Body> {
     response
 }
 
-/// Whether the `Accept` header lists media type `t`.
-fn accepts(headers: &HeaderMap, t: &str) -> bool {
-    header_str(headers, header::ACCEPT).is_some_and(|accept| {
-        accept
-            .split(',')
-            .any(|part| part.trim().split(';').next().is_some_and(|m| m.trim() == t))
+/// How the client takes its answer, from its `Accept` header read in one
+/// pass: JSON if it accepts it (or says nothing), else SSE; `None` if
+/// neither. A stream only where it lists `text/event-stream` itself.
+fn negotiate(headers: &HeaderMap) -> Option<Answering> {
+    let Some(accept) = header_str(headers, header::ACCEPT) else {
+        return Some(Answering {
+            format: Format::Json,
+            accepts_sse: false,
+        });
+    };
+    let (mut json, mut sse) = (false, false);
+    for part in accept.split(',') {
+        match part.split(';').next().unwrap_or_default().trim() {
+            "application/json" | "*/*" | "application/*" => json = true,
+            "text/event-stream" => sse = true,
+            _ => {}
+        }
+    }
+    let format = match (json, sse) {
+        (true, _) => Format::Json,
+        (false, true) => Format::Sse,
+        (false, false) => return None,
+    };
+    Some(Answering {
+        format,
+        accepts_sse: sse,
     })
-}
-
-/// JSON if the client accepts it (or says nothing), else SSE; `None` if neither.
-fn negotiate_format(headers: &HeaderMap) -> Option<Format> {
-    if header_str(headers, header::ACCEPT).is_none() {
-        return Some(Format::Json);
-    }
-    let accepts = |t: &str| accepts(headers, t);
-    if accepts("application/json") || accepts("*/*") || accepts("application/*") {
-        Some(Format::Json)
-    } else if accepts("text/event-stream") {
-        Some(Format::Sse)
-    } else {
-        None
-    }
 }
 
 /// Checks the transport headers of a POST before its body is read
 /// (`stateless`: a 2026-07-28 request, whose version its own front checks).
-fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Format, RpcError> {
-    let format = negotiate_format(headers).ok_or_else(|| {
+fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Answering, RpcError> {
+    let answering = negotiate(headers).ok_or_else(|| {
         RpcError::invalid_request("Accept must allow application/json or text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE)
     })?;
@@ -158,7 +166,7 @@ fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Format, RpcErro
             )));
         }
     }
-    Ok(format)
+    Ok(answering)
 }
 
 /// Reads the whole body, refusing more than `max_body_bytes` with 413 and a
@@ -195,7 +203,16 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limits: &HttpConfig) -> 
     }
 }
 
-async fn post(app: &App, headers: &HeaderMap, who: &Identity<'_>, format: Format, bytes: &[u8]) -> Response<Body> {
+async fn post(
+    app: &App,
+    headers: &HeaderMap,
+    who: &Identity<'_>,
+    answering: Answering,
+    bytes: &[u8],
+) -> Response<Body> {
+    if let Some(request) = Message::plain_request(bytes) {
+        return one(app, Ok(request), headers, who, answering).await;
+    }
     let value: Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
@@ -209,8 +226,8 @@ async fn post(app: &App, headers: &HeaderMap, who: &Identity<'_>, format: Format
             )),
             None,
         ),
-        Value::Array(items) => batch(app, items, headers, who, format).await,
-        single => one(app, single, headers, who, format).await,
+        Value::Array(items) => batch(app, items, headers, who, answering.format).await,
+        single => one(app, Message::classify(single), headers, who, answering).await,
     }
 }
 
@@ -235,8 +252,15 @@ fn not_found() -> RpcError {
     RpcError::invalid_request("session not found").with_status(StatusCode::NOT_FOUND)
 }
 
-async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, format: Format) -> Response<Body> {
-    match Message::classify(value) {
+async fn one(
+    app: &App,
+    message: Result<Message, (Option<Value>, RpcError)>,
+    headers: &HeaderMap,
+    who: &Identity<'_>,
+    answering: Answering,
+) -> Response<Body> {
+    let format = answering.format;
+    match message {
         Err((id, e)) => reject(e, id.as_ref()),
         Ok(Message::Request { id, method, params }) => {
             tracing::Span::current().record("mcp.method", method.as_str());
@@ -245,7 +269,8 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, f
                 Err(e) => return reject(e, Some(&id)),
             };
             if let Command::Initialize(params) = command {
-                return initialize(app, &id, params, who, format).await;
+                // Boxed, once per session: its future would size every call's.
+                return Box::pin(initialize(app, &id, params, who, format)).await;
             }
             let session = match resolve(app, headers, who).await {
                 Ok(s) => s,
@@ -253,10 +278,6 @@ async fn one(app: &App, value: Value, headers: &HeaderMap, who: &Identity<'_>, f
             };
             let guard = app.guards.for_request(who);
             if command.reaches_backend() {
-                let answering = super::call::Answering {
-                    format,
-                    accepts_sse: format == Format::Sse || accepts(headers, "text/event-stream"),
-                };
                 return super::call::respond(&app.metrics, session, id, &method, command, answering, guard).await;
             }
             // Boxed, like the rarer branches below: their futures (~9 KB for

@@ -32,7 +32,10 @@ impl HostGuard {
         let Some(allowed) = &self.allowed else {
             return true;
         };
-        let ok = |authority: &str| allowed.iter().any(|a| *a == host_of(authority));
+        let ok = |authority: &str| {
+            let host = host_of(authority);
+            allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+        };
         let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
         let origin = headers.get(http::header::ORIGIN).map(|v| v.to_str().ok());
         host.is_some_and(ok)
@@ -44,14 +47,15 @@ impl HostGuard {
     }
 }
 
-/// The host of `host[:port]` (an IPv6 literal keeps its brackets), lower-cased.
-fn host_of(authority: &str) -> String {
+/// The host of `host[:port]` (an IPv6 literal keeps its brackets), as sent
+/// (compared without regard to case).
+fn host_of(authority: &str) -> &str {
     let authority = authority.trim().trim_end_matches('/');
     let host = match authority.rfind(']') {
         Some(end) => &authority[..=end],
         None => authority.split(':').next().unwrap_or(authority),
     };
-    host.to_ascii_lowercase()
+    host
 }
 
 #[cfg(test)]

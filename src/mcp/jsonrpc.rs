@@ -129,7 +129,37 @@ pub enum Incoming {
     },
 }
 
+/// A request with exactly `jsonrpc`, `id`, `method` and maybe `params`,
+/// read field by field: no tree of the envelope is built.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PlainRequest<'a> {
+    #[serde(borrow)]
+    jsonrpc: std::borrow::Cow<'a, str>,
+    id: Value,
+    #[serde(borrow)]
+    method: std::borrow::Cow<'a, str>,
+    params: Option<Value>,
+}
+
 impl Incoming {
+    /// The message in `bytes` when it is a plain, valid request (most are),
+    /// read without building a tree of its envelope (with serde_json's
+    /// `preserve_order`, which cedar-policy turns on, that tree is an
+    /// `IndexMap` with a hashed, allocated key per field). `None`: anything
+    /// else (a notification, a response, a batch, an extra or repeated field,
+    /// something invalid), which is read as a tree and [`Incoming::classify`]d,
+    /// with the errors that gives.
+    pub fn plain_request(bytes: &[u8]) -> Option<Self> {
+        let plain: PlainRequest = serde_json::from_slice(bytes).ok()?;
+        let valid = plain.jsonrpc == "2.0" && valid_id(&plain.id) && plain.params.as_ref().is_none_or(Value::is_object);
+        valid.then(|| Self::Request {
+            id: plain.id,
+            method: plain.method.into_owned(),
+            params: plain.params,
+        })
+    }
+
     /// Checks the envelope; on failure returns the id (if readable) and the error.
     pub fn classify(value: Value) -> Result<Self, (Option<Value>, RpcError)> {
         let Value::Object(mut obj) = value else {
@@ -180,6 +210,37 @@ mod tests {
         assert!(matches!(note, Incoming::Notification { .. }));
         let resp = Incoming::classify(json!({"jsonrpc": "2.0", "id": "a", "result": {}})).unwrap();
         assert!(matches!(resp, Incoming::Response { .. }));
+    }
+
+    #[test]
+    fn a_plain_request_is_read_as_classify_reads_it() {
+        let plain = [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1}}}"#,
+            r#"{"method":"ping","id":"a\"b","jsonrpc":"2.0"}"#,
+            r#" {"jsonrpc":"2\u002e0","id":18446744073709551615,"method":"tools/list","params":{}} "#,
+        ];
+        for text in plain {
+            let fast = Incoming::plain_request(text.as_bytes()).expect(text);
+            let slow = Incoming::classify(serde_json::from_str(text).unwrap()).unwrap();
+            assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "{text}");
+        }
+        // Everything else is left to `classify`, which gives the errors.
+        let other = [
+            r#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"result":{}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","extra":true}"#,
+            r#"{"jsonrpc":"2.0","id":1,"id":2,"method":"x"}"#,
+            r#"{"jsonrpc":"1.0","id":1,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":null,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1.5,"method":"x"}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":[1]}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
+            r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x"} trailing"#,
+        ];
+        for text in other {
+            assert!(Incoming::plain_request(text.as_bytes()).is_none(), "{text}");
+        }
     }
 
     #[test]

@@ -277,7 +277,9 @@ impl SessionManager {
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
         let session = match self.local(id) {
             Some(s) => s,
-            None => self.rebuild_once(id, identity.as_deref(), bearer).await?,
+            // Boxed: a rebuild's future (a store read, backend sessions
+            // resumed) would otherwise size every request's state.
+            None => Box::pin(self.rebuild_once(id, identity.as_deref(), bearer)).await?,
         };
         if session.identity() != identity.as_deref() {
             // Not a warning: any client that knows an id could flood the log with it.
