@@ -79,6 +79,11 @@ async fn main() {
             rounds: 3,
         }
     };
+    let sessions: Option<usize> = args
+        .iter()
+        .position(|a| a == "--sessions")
+        .and_then(|i| args.get(i + 1))
+        .and_then(|n| n.parse().ok());
     if let Some(i) = args.iter().position(|a| a == "--soak") {
         let secs: u64 = args.get(i + 1).and_then(|s| s.parse().ok()).unwrap_or(20);
         let path = if args.iter().any(|a| a == "--bare") {
@@ -92,15 +97,11 @@ async fn main() {
         } else {
             scenarios::SoakPath::Vmcp(args.iter().any(|a| a == "--replicated"))
         };
-        return scenarios::soak(Duration::from_secs(secs), path).await;
+        // `--soak 6 --sessions 1`: the same path with one caller (16 unless told).
+        return scenarios::soak(Duration::from_secs(secs), path, sessions.unwrap_or(16)).await;
     }
     let mut plan = plan;
-    if let Some(n) = args
-        .iter()
-        .position(|a| a == "--sessions")
-        .and_then(|i| args.get(i + 1))
-        .and_then(|n| n.parse().ok())
-    {
+    if let Some(n) = sessions {
         plan.memory_sessions = n; // `--memory --sessions 100000`
     }
     if args.iter().any(|a| a == "--memory") {

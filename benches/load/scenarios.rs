@@ -56,7 +56,7 @@ pub enum SoakPath {
 /// `--soak SECS [--bare | --floor [--guarded] | --replicated | --stateless | --forward]`: only the owner path (or the
 /// bare hop, or the minimal MCP hop) at 16 sessions, for as long as asked, with the
 /// gateway's pid printed first (attach `perf record -p` or `strace -c -f -p` to it).
-pub async fn soak(length: Duration, path: SoakPath) {
+pub async fn soak(length: Duration, path: SoakPath, sessions: usize) {
     let fast = proxy::spawn_self(&["--backend"]);
     let (mut _vmcp, mut _hop, mut _pair) = (None, None, None);
     let mut create = None;
@@ -104,7 +104,7 @@ pub async fn soak(length: Duration, path: SoakPath) {
         create.as_deref().unwrap_or(&url),
         &url,
         tool,
-        16,
+        sessions,
         window,
         &[&[pid], &[fast.pid()], &[std::process::id()]],
     )
