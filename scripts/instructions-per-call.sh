@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
-# User-space instructions per `tools/call` of one vmcp process, counted by
+# User-space instructions per `tools/call` of one process, counted by
 # valgrind's callgrind: unlike CPU time on shared cores, the same build and
-# load give the same count run after run, so a change of a few percent shows.
+# load give nearly the same count run after run (about 1% apart), so a change
+# of a few percent shows.
 #
-#   scripts/instructions-per-call.sh [owner|forwarder] [sessions]
+#   scripts/instructions-per-call.sh [owner|forwarder|bare|floor|guarded] [sessions]
 #
-# Runs `cargo bench --bench load -- --soak` with vmcp under callgrind (about
-# 50x slower, so it serves a few hundred calls per second), zeroes the counters
-# after warm-up, counts 10 s of calls (from the owner's `vmcp_requests_total`),
-# and prints instructions per call; the profile is left in target/callgrind/
-# for `callgrind_annotate`. Caveats: valgrind's CPU has no SHA extensions, so
-# the hop's HMAC runs in software (cheap on real hardware with SHA-NI), and a
-# `rep movsb` memcpy counts one instruction per byte or so.
+# owner: vmcp entered at the session's owner; forwarder: the vmcp replica that
+# forwards to it; bare: the bare hyper hop (the reference); floor / guarded:
+# the minimal MCP hop without / with vmcp's per-call guarantees (see the
+# README's floor rows). Runs `cargo bench --bench load -- --soak` with that
+# process under callgrind (about 50x slower), zeroes the counters after
+# warm-up, counts 10 s, and divides by the responses it wrote (calls of
+# hyper's server-side `encode`). The profile stays in target/callgrind/ for
+# `callgrind_annotate`. Caveats: valgrind's CPU has no SHA extensions, so a
+# hop's HMAC runs in software (cheap on hardware with SHA-NI), and a large
+# `rep movsb` memcpy counts about one instruction per byte.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 role=${1:-owner}
@@ -21,32 +25,43 @@ out="$PWD/target/callgrind"
 mkdir -p "$out"
 rm -f "$out"/cg.*
 cargo bench --bench load --no-run >/dev/null 2>&1
-wrapper="$out/vmcp-under-callgrind"
-cat >"$wrapper" <<WRAP
+under="valgrind --tool=callgrind --callgrind-out-file=$out/cg.%p.out"
+cat >"$out/vmcp" <<WRAP
 #!/bin/sh
-exec valgrind --tool=callgrind --callgrind-out-file=$out/cg.%p.out $PWD/target/release/vmcp "\$@"
+exec $under $PWD/target/release/vmcp "\$@"
 WRAP
-chmod +x "$wrapper"
-flags=()
-[ "$role" = forwarder ] && flags=(--forward)
+cat >"$out/hop" <<WRAP
+#!/bin/sh
+exec $under "\$@"
+WRAP
+chmod +x "$out/vmcp" "$out/hop"
+case "$role" in
+  owner) env=(VMCP_BIN="$out/vmcp"); flags=() ;;
+  forwarder) env=(VMCP_BIN="$out/vmcp"); flags=(--forward) ;;
+  bare) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--bare) ;;
+  floor) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--floor) ;;
+  guarded) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--floor --guarded) ;;
+  *) echo "role: owner, forwarder, bare, floor or guarded" >&2; exit 2 ;;
+esac
 log="$out/soak.log"
-VMCP_BIN="$wrapper" cargo bench --bench load -- --soak 25 --sessions "$sessions" "${flags[@]}" >"$log" 2>&1 &
+env "${env[@]}" cargo bench --bench load -- --soak 25 --sessions "$sessions" "${flags[@]}" >"$log" 2>&1 &
 soak=$!
 for _ in $(seq 1 120); do grep -q "gateway pid" "$log" && break; sleep 1; done
 gateway=$(grep -o "gateway pid [0-9]*" "$log" | grep -o "[0-9]*")
-counted=$gateway
-if [ "$role" = forwarder ]; then counted=$(grep -o "owner pid [0-9]*" "$log" | grep -o "[0-9]*"); fi
-port=$(ss -ltnp | grep "pid=$counted," | awk '{print $4}' | head -1)
-calls() { curl -s "http://$port/metrics" | awk '/requests_total\{method="tools\/call",status="ok"\}/ {print $2}'; }
 sleep 4
 callgrind_control -z "$gateway" >/dev/null
-before=$(calls)
 sleep 10
-after=$(calls)
 callgrind_control -d "$gateway" >/dev/null
 sleep 2
 profile=$(ls -S "$out"/cg."$gateway".out* | head -1)
 total=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-n=$((after - before))
+# Responses written: the calls of hyper's server-side response-head encoder.
+n=$(callgrind_annotate --inclusive=yes --threshold=100 --tree=caller "$profile" 2>/dev/null | awk '
+  /^ *[0-9,]+ .*< / { callers[k++] = $0 }
+  /^ *$/ { k = 0 }
+  /\* .*role::Server as hyper::proto::h1::Http1Transaction>::encode/ {
+    for (i = 0; i < k; i++) if (match(callers[i], /\(([0-9,]+)x\)/)) { c = substr(callers[i], RSTART + 1, RLENGTH - 3); gsub(",", "", c); sum += c }
+  }
+  END { print sum + 0 }')
 echo "$role, $sessions sessions: $n calls, $total instructions, $((total / n)) per call (profile: $profile)"
 wait "$soak" || true

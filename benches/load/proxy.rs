@@ -45,10 +45,21 @@ pub fn spawn(upstream: &str) -> ProxyProcess {
 }
 
 /// This benchmark binary re-executed with `args`; it prints its URL first.
+/// A hop (not the backend) runs under `VMCP_BENCH_HOP_WRAP` if that names a
+/// program (`scripts/instructions-per-call.sh`: callgrind), as `VMCP_BIN` does for vmcp.
 pub fn spawn_self(args: &[&str]) -> ProxyProcess {
     use std::io::BufRead;
     let exe = std::env::current_exe().expect("own executable");
-    let mut child = std::process::Command::new(exe)
+    let wrap = std::env::var_os("VMCP_BENCH_HOP_WRAP").filter(|_| args.first() != Some(&"--backend"));
+    let mut command = match wrap {
+        Some(wrapper) => {
+            let mut c = std::process::Command::new(wrapper);
+            c.arg(exe);
+            c
+        }
+        None => std::process::Command::new(exe),
+    };
+    let mut child = command
         .args(args)
         .stdout(std::process::Stdio::piped())
         .spawn()
