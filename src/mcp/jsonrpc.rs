@@ -152,7 +152,7 @@ impl Incoming {
     /// with the errors that gives.
     pub fn plain_request(bytes: &[u8]) -> Option<Self> {
         let plain: PlainRequest = serde_json::from_slice(bytes).ok()?;
-        let valid = plain.jsonrpc == "2.0" && valid_id(&plain.id) && plain.params.as_ref().is_none_or(Value::is_object);
+        let valid = plain.jsonrpc == "2.0" && valid_id(&plain.id) && valid_params(plain.params.as_ref());
         valid.then(|| Self::Request {
             id: plain.id,
             method: plain.method.into_owned(),
@@ -176,7 +176,7 @@ impl Incoming {
             }
         }
         let params = obj.remove("params");
-        if params.as_ref().is_some_and(|p| !p.is_object()) {
+        if !valid_params(params.as_ref()) {
             return fail(&id, "`params` must be an object");
         }
         match (obj.remove("method"), id) {
@@ -196,6 +196,11 @@ impl Incoming {
 
 fn valid_id(id: &Value) -> bool {
     id.is_string() || id.as_i64().is_some() || id.as_u64().is_some()
+}
+
+/// `params`, if sent, must be an object (MCP never sends them by position).
+fn valid_params(params: Option<&Value>) -> bool {
+    params.is_none_or(Value::is_object)
 }
 
 #[cfg(test)]
