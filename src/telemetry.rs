@@ -115,6 +115,8 @@ pub struct Metrics {
     /// Requests sent on to their owner replica; label `outcome` (ok, failed,
     /// retried, outcome_unknown: see `http::placement`).
     pub requests_forwarded: IntCounterVec,
+    /// Its `ok` child, looked up once (every forwarded request counts it).
+    pub forwarded_ok: IntCounter,
     /// Requests with a forged, stale or replayed hop header.
     pub hops_refused: IntCounter,
     pub ring_members: IntGauge,
@@ -136,6 +138,13 @@ impl Metrics {
         let hist = |name: &str, help: &str, labels: &[&str]| {
             HistogramVec::new(HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()), labels)
         };
+        let requests_forwarded = IntCounterVec::new(
+            Opts::new(
+                "vmcp_requests_forwarded_total",
+                "Requests forwarded to the owner replica, by outcome",
+            ),
+            &["outcome"],
+        )?;
         let metrics = Self {
             request_meters: std::sync::Arc::new(MeterSlots::new(crate::mcp::Command::METHOD_LABELS)),
             sessions_active: IntGauge::new("vmcp_sessions_active", "Client sessions held by this replica")?,
@@ -211,13 +220,8 @@ impl Metrics {
                 ),
                 &["backend"],
             )?,
-            requests_forwarded: IntCounterVec::new(
-                Opts::new(
-                    "vmcp_requests_forwarded_total",
-                    "Requests forwarded to the owner replica, by outcome",
-                ),
-                &["outcome"],
-            )?,
+            forwarded_ok: requests_forwarded.with_label_values(&["ok"]),
+            requests_forwarded,
             hops_refused: IntCounter::new("vmcp_hops_refused_total", "Requests refused for a bad hop header")?,
             ring_members: IntGauge::new("vmcp_ring_members", "Replicas in the placement ring")?,
             store_up: IntGauge::new(

@@ -7,19 +7,21 @@
 //! The response, SSE included, streams back untouched.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use http::request::Parts;
-use http::{HeaderValue, Request, Response};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use super::hop::{HopError, HopTarget, Hops, HOP_HEADER};
+use super::hop::{HopError, HopTarget, Hops, HOP};
 use super::ring::Member;
 use crate::http::reply::Body;
 use crate::redact::error_chain;
@@ -100,12 +102,30 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::CONTENT_LENGTH,
 ];
 
+/// Removes the hop-by-hop headers. One pass over the names finds which are
+/// there (usually only `Content-Length`); only those are looked up and removed.
 fn strip(headers: &mut http::HeaderMap) {
-    for name in HOP_BY_HOP {
+    let mut doomed: [Option<HeaderName>; 4] = Default::default();
+    let mut found = 0;
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive" {
+            if found == doomed.len() {
+                // More than a few: remove them all the long way.
+                for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE]) {
+                    headers.remove(name);
+                }
+                return;
+            }
+            doomed[found] = Some(name.clone());
+            found += 1;
+        }
+    }
+    for name in doomed.iter().flatten() {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
 }
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -117,6 +137,9 @@ pub struct Forwarder {
     /// blackholed replica (still listed in a static member list) then costs
     /// one connect attempt per few seconds, not one per request.
     down: Mutex<HashMap<Arc<str>, Down>>,
+    /// How many entries `down` has (written under its lock): while none, a
+    /// hop neither takes the lock nor hashes an id.
+    downs: AtomicUsize,
 }
 
 /// A replica not to send hops to, from `from` until `until`.
@@ -131,6 +154,7 @@ struct Down {
 
 /// On a draining replica's answers: milliseconds until its listener closes.
 pub const DRAINING_HEADER: &str = "x-vmcp-draining";
+static DRAINING: HeaderName = HeaderName::from_static(DRAINING_HEADER);
 
 /// Peers stop sending hops to a draining replica this long before its
 /// listener closes (transit and scheduling; a hop sent later could land on a
@@ -169,6 +193,7 @@ impl Forwarder {
             self_id: Arc::from(self_id),
             hops,
             down: Mutex::default(),
+            downs: AtomicUsize::new(0),
         }
     }
 
@@ -197,10 +222,15 @@ impl Forwarder {
                     until: now + DOWN_FOR,
                     leaving: false,
                 };
-                if lock(&self.down).insert(Arc::clone(&owner.id), mark).is_none() {
+                let mut down = lock(&self.down);
+                let fresh = down.insert(Arc::clone(&owner.id), mark).is_none();
+                self.downs.store(down.len(), Ordering::Release);
+                drop(down);
+                if fresh {
                     tracing::warn!(owner = %owner.id, error = %e, "replica unreachable: its sessions go to the next owner");
                 }
             }
+            Ok(_) if self.downs.load(Ordering::Acquire) == 0 => {}
             Ok(_) => {
                 let mut down = lock(&self.down);
                 // Reachable again. (A leave announced by a draining replica,
@@ -208,6 +238,7 @@ impl Forwarder {
                 let now = Instant::now();
                 if down.get(&owner.id).is_some_and(|d| !d.leaving || d.until <= now) {
                     down.remove(&owner.id);
+                    self.downs.store(down.len(), Ordering::Release);
                     tracing::info!(owner = %owner.id, "replica reachable again");
                 }
             }
@@ -219,6 +250,9 @@ impl Forwarder {
     /// Whether replica `id` failed to accept a connection in the last few
     /// seconds (after that it is tried again; the entry stays until it answers).
     pub fn is_down(&self, id: &str) -> bool {
+        if self.downs.load(Ordering::Acquire) == 0 {
+            return false;
+        }
         let now = Instant::now();
         lock(&self.down).get(id).is_some_and(|d| d.from <= now && now < d.until)
     }
@@ -230,7 +264,6 @@ impl Forwarder {
         body: Bytes,
         session: &str,
     ) -> Result<Response<Body>, ForwardError> {
-        let path = parts.uri.path_and_query().map_or("/mcp", |p| p.as_str());
         let target = HopTarget {
             to: &owner.id,
             method: parts.method.as_str(),
@@ -244,23 +277,36 @@ impl Forwarder {
             .hops
             .sign(&self.self_id, &target, crate::store::unix_ms())
             .map_err(NotSent::Hop)?;
-        let mut headers = parts.headers.clone();
-        strip(&mut headers);
-        headers.insert(
-            HOP_HEADER,
-            HeaderValue::from_str(&hop).map_err(|e| NotSent::Request(e.to_string()))?,
+        let mut uri = http::uri::Parts::default();
+        uri.scheme = Some(http::uri::Scheme::HTTP);
+        uri.authority = Some(
+            owner
+                .authority
+                .clone()
+                .ok_or_else(|| NotSent::Request(format!("replica address `{}` is not host:port", owner.addr)))?,
         );
-        let mut request = Request::builder()
-            .method(parts.method.clone())
-            .uri(format!("http://{}{path}", owner.addr))
-            .body(Full::new(body))
-            .map_err(|e| NotSent::Request(e.to_string()))?;
-        *request.headers_mut() = headers;
+        uri.path_and_query = Some(
+            parts
+                .uri
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| PathAndQuery::from_static("/mcp")),
+        );
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = Uri::from_parts(uri).map_err(|e| NotSent::Request(e.to_string()))?;
+        let headers = request.headers_mut();
+        headers.clone_from(&parts.headers);
+        strip(headers);
+        headers.insert(
+            HOP.clone(),
+            HeaderValue::try_from(hop).map_err(|e| NotSent::Request(e.to_string()))?,
+        );
         let response = self.client.request(request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         if let Some(left) = parts
             .headers
-            .remove(DRAINING_HEADER)
+            .remove(&DRAINING)
             .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
         {
             let leaving = Instant::now() + Duration::from_millis(left).saturating_sub(LEAVE_MARGIN);
@@ -277,6 +323,7 @@ impl Forwarder {
                     leaving: true,
                 },
             );
+            self.downs.store(down.len(), Ordering::Release);
         }
         // A small JSON answer is read whole before it is sent on: the client
         // gets it in one write (head and body together), and an owner that

@@ -21,6 +21,8 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 pub const HOP_HEADER: &str = "x-vmcp-hop";
+/// [`HOP_HEADER`] as a header name (a `&str` name is parsed at every use).
+pub static HOP: http::HeaderName = http::HeaderName::from_static(HOP_HEADER);
 
 /// The header format version; `v1` headers (no destination, no body digest)
 /// are refused.
@@ -31,7 +33,8 @@ const VERSION: &str = "v2";
 pub const MAX_FUTURE_SKEW: Duration = Duration::from_secs(2);
 
 /// Nonces remembered at most (both generations together): a flood of valid
-/// hops costs bounded memory (about 100 bytes a nonce).
+/// hops costs bounded memory (a nonce is a 16-byte integer in a hash set: under
+/// 40 bytes each).
 pub const REPLAY_CACHE_CAP: usize = 100_000;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -86,8 +89,8 @@ pub struct Hops {
 /// each check O(1) instead of a scan.
 #[derive(Default)]
 struct Seen {
-    current: HashSet<String>,
-    previous: HashSet<String>,
+    current: HashSet<u128, foldhash::fast::RandomState>,
+    previous: HashSet<u128, foldhash::fast::RandomState>,
     current_since: u64,
     /// The newest timestamp signed into each generation.
     current_newest: u64,
@@ -108,7 +111,7 @@ impl Seen {
     /// Records the nonce of a hop signed at `sent_ms`.
     fn insert(
         &mut self,
-        nonce: &str,
+        nonce: u128,
         sent_ms: u64,
         now_ms: u64,
         generation_ms: u64,
@@ -121,56 +124,49 @@ impl Seen {
             self.previous_newest = std::mem::take(&mut self.current_newest);
             self.current_since = now_ms;
         }
-        if self.previous.contains(nonce) || self.current.contains(nonce) {
+        if self.previous.contains(&nonce) || self.current.contains(&nonce) {
             return Err(Refusal::Replayed);
         }
         if sent_ms <= self.floor_ms {
             return Err(Refusal::Uncovered);
         }
-        self.current.insert(nonce.to_owned());
+        self.current.insert(nonce);
         self.current_newest = self.current_newest.max(sent_ms);
         Ok(())
     }
 }
 
-/// HMAC over length-prefixed fields (no separator can be smuggled into one).
-fn mac(keyed: &Hmac<Sha256>, fields: &[&[u8]]) -> Hmac<Sha256> {
-    let mut mac = keyed.clone();
-    for field in fields {
-        mac.update(&(field.len() as u64).to_be_bytes());
-        mac.update(field);
+/// One length-prefixed field of the MAC, given in parts (no separator can be
+/// smuggled into a field).
+fn field(mac: &mut Hmac<Sha256>, parts: &[&[u8]]) {
+    let len: usize = parts.iter().map(|p| p.len()).sum();
+    mac.update(&(len as u64).to_be_bytes());
+    for part in parts {
+        mac.update(part);
     }
-    mac
 }
 
-/// Distinguishes an absent header from an empty one.
-fn optional(value: Option<&[u8]>) -> Vec<u8> {
+/// A header that may be absent: `0` when it is, `1` and its value when it is
+/// (an absent header and an empty one differ).
+fn optional(mac: &mut Hmac<Sha256>, value: Option<&[u8]>) {
     match value {
-        None => vec![0],
-        Some(v) => [&[1u8][..], v].concat(),
+        None => field(mac, &[&[0]]),
+        Some(v) => field(mac, &[&[1], v]),
     }
 }
 
+/// The MAC of a hop: the header's own fields, then what it signs. Fed
+/// straight into the MAC, with no copy of any field.
 fn tag(keyed: &Hmac<Sha256>, header: [&str; 5], target: &HopTarget<'_>) -> Hmac<Sha256> {
-    let [version, from, to, ts, nonce] = header;
     let digest = Sha256::digest(target.body);
-    let (host, origin) = (optional(target.host), optional(target.origin));
-    mac(
-        keyed,
-        &[
-            version.as_bytes(),
-            from.as_bytes(),
-            to.as_bytes(),
-            ts.as_bytes(),
-            nonce.as_bytes(),
-            target.method.as_bytes(),
-            target.path.as_bytes(),
-            target.session.as_bytes(),
-            &host,
-            &origin,
-            &digest,
-        ],
-    )
+    let mut mac = keyed.clone();
+    for value in header.into_iter().chain([target.method, target.path, target.session]) {
+        field(&mut mac, &[value.as_bytes()]);
+    }
+    optional(&mut mac, target.host);
+    optional(&mut mac, target.origin);
+    field(&mut mac, &[&digest]);
+    mac
 }
 
 impl Hops {
@@ -207,30 +203,40 @@ impl Hops {
         let mut nonce = [0u8; 12];
         nonce[..8].copy_from_slice(&self.nonce_prefix);
         nonce[8..].copy_from_slice(&self.nonces.fetch_add(1, Ordering::Relaxed).to_be_bytes());
-        let (ts, nonce) = (now_ms.to_string(), hex::encode(nonce));
-        let tag = tag(keyed, [VERSION, from, target.to, &ts, &nonce], target)
+        let mut nonce_hex = [0u8; 24];
+        let mut ts = itoa::Buffer::new();
+        let ts = ts.format(now_ms);
+        let nonce = hex_str(&nonce, &mut nonce_hex);
+        let tag = tag(keyed, [VERSION, from, target.to, ts, nonce], target)
             .finalize()
             .into_bytes();
-        Ok(format!(
-            "{VERSION};{from};{};{ts};{nonce};{}",
-            target.to,
-            hex::encode(tag)
-        ))
+        let mut tag_hex = [0u8; 64];
+        let tag = hex_str(&tag, &mut tag_hex);
+        let mut header = String::with_capacity(VERSION.len() + from.len() + target.to.len() + ts.len() + 93);
+        for (i, part) in [VERSION, from, target.to, ts, nonce, tag].into_iter().enumerate() {
+            if i > 0 {
+                header.push(';');
+            }
+            header.push_str(part);
+        }
+        Ok(header)
     }
 
     /// Checks a hop header received by `target.to` (this replica); returns
     /// the sending replica.
-    pub fn verify(&self, header: &str, target: &HopTarget<'_>, now_ms: u64) -> Result<String, HopError> {
+    pub fn verify<'h>(&self, header: &'h str, target: &HopTarget<'_>, now_ms: u64) -> Result<&'h str, HopError> {
         let keyed = self.keyed.as_ref().ok_or(HopError::NoKey)?;
-        let parts: Vec<&str> = header.split(';').collect();
-        let [version, from, to, ts, nonce, tag_hex] = parts[..] else {
-            return Err(HopError::Malformed);
-        };
-        if version != VERSION || nonce.len() != 24 {
+        let mut parts = header.split(';');
+        let mut next = || parts.next().ok_or(HopError::Malformed);
+        let [version, from, to, ts, nonce, tag_hex] = [next()?, next()?, next()?, next()?, next()?, next()?];
+        if parts.next().is_some() || version != VERSION {
             return Err(HopError::Malformed);
         }
+        let mut nonce_bytes = [0u8; 16];
+        hex::decode_to_slice(nonce, &mut nonce_bytes[4..]).map_err(|_| HopError::Malformed)?;
         let sent: u64 = ts.parse().map_err(|_| HopError::Malformed)?;
-        let claimed = hex::decode(tag_hex).map_err(|_| HopError::Malformed)?;
+        let mut claimed = [0u8; 32];
+        hex::decode_to_slice(tag_hex, &mut claimed).map_err(|_| HopError::Malformed)?;
         tag(keyed, [version, from, to, ts, nonce], target)
             .verify_slice(&claimed)
             .map_err(|_| HopError::BadSignature)?;
@@ -243,12 +249,27 @@ impl Hops {
         }
         let generation = self.max_age_ms.saturating_add(skew);
         let mut seen = crate::sync::lock(&self.seen);
-        match seen.insert(nonce, sent, now_ms, generation, self.cache_cap) {
-            Ok(()) => Ok(from.to_owned()),
+        match seen.insert(
+            u128::from_be_bytes(nonce_bytes),
+            sent,
+            now_ms,
+            generation,
+            self.cache_cap,
+        ) {
+            Ok(()) => Ok(from),
             Err(Refusal::Uncovered) => Err(HopError::Stale),
             Err(Refusal::Replayed) => Err(HopError::Replayed),
         }
     }
+}
+
+/// `bytes` as lower-case hex in `out` (twice its length).
+fn hex_str<'a>(bytes: &[u8], out: &'a mut [u8]) -> &'a str {
+    // Both lengths are this module's own constants; hex is ASCII.
+    if hex::encode_to_slice(bytes, out).is_err() {
+        return "";
+    }
+    std::str::from_utf8(out).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -320,6 +341,28 @@ mod tests {
         assert_eq!(
             Hops::new(None, Duration::from_secs(1)).verify(&header, &T, 1_000_000),
             Err(HopError::NoKey)
+        );
+    }
+
+    /// The MAC's bytes are the wire format: replicas of two versions (a
+    /// rolling upgrade) must compute the same one, so it is pinned here.
+    #[test]
+    fn the_mac_is_the_one_every_v2_replica_computes() {
+        let keyed = Hmac::<Sha256>::new_from_slice(b"a-shared-hop-key-0123").unwrap();
+        let header = ["v2", "a", "b", "1000000", "0102030405060708090a0b0c"];
+        let mac = |target: &HopTarget<'_>| hex::encode(tag(&keyed, header, target).finalize().into_bytes());
+        assert_eq!(
+            mac(&T),
+            "992b6b631c8135eb1d564f60be6ba7ca40ab30529ca9532c83a58f9a632115a2"
+        );
+        let other = HopTarget {
+            host: None,
+            origin: Some(b""),
+            ..T
+        };
+        assert_eq!(
+            mac(&other),
+            "c4ec2c2cca3f864a469e53027d185aae765aa87a0060dd34908de1865c0da4df"
         );
     }
 

@@ -12,5 +12,5 @@ pub mod pin;
 pub mod ring;
 
 pub use forward::Forwarder;
-pub use hop::{HopTarget, Hops, HOP_HEADER};
+pub use hop::{HopTarget, Hops, HOP, HOP_HEADER};
 pub use membership::{Membership, Placement};

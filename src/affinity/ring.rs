@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use http::uri::Authority;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// One replica: its id (pod name) and where its MCP listener is.
@@ -19,6 +20,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 pub struct Member {
     pub id: Arc<str>,
     pub addr: Arc<str>,
+    /// `addr` as a URI authority, parsed once (`None` if it is not one):
+    /// a hop's URI is put together from parts, not formatted and parsed.
+    pub authority: Option<Authority>,
     seed: u64,
 }
 
@@ -27,6 +31,7 @@ impl Member {
         Self {
             id: Arc::from(id),
             addr: Arc::from(addr),
+            authority: Authority::try_from(addr).ok(),
             seed: xxh3_64(id.as_bytes()),
         }
     }

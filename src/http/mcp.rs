@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 
 use super::call::Answering;
 use super::exec::{answer, apply_here, header_str, reject};
-use super::reply::{self, Body, Format, PROTOCOL_HEADER, SESSION};
+use super::reply::{self, Body, Format, PROTOCOL, SESSION};
 use crate::app::App;
 use crate::auth::{AuthError, Identity};
 use crate::config::HttpConfig;
@@ -113,17 +113,19 @@ fn refuse(app: &App, e: &AuthError) -> Response<Body> {
 /// pass: JSON if it accepts it (or says nothing), else SSE; `None` if
 /// neither. A stream only where it lists `text/event-stream` itself.
 fn negotiate(headers: &HeaderMap) -> Option<Answering> {
-    let Some(accept) = header_str(headers, header::ACCEPT) else {
+    let Some(accept) = headers.get(header::ACCEPT) else {
         return Some(Answering {
             format: Format::Json,
             accepts_sse: false,
         });
     };
+    // On bytes: a media range is ASCII, and one pass over them is all it takes.
     let (mut json, mut sse) = (false, false);
-    for part in accept.split(',') {
-        match part.split(';').next().unwrap_or_default().trim() {
-            "application/json" | "*/*" | "application/*" => json = true,
-            "text/event-stream" => sse = true,
+    for part in accept.as_bytes().split(|b| *b == b',') {
+        let range = part.split(|b| *b == b';').next().unwrap_or_default().trim_ascii();
+        match range {
+            b"application/json" | b"*/*" | b"application/*" => json = true,
+            b"text/event-stream" => sse = true,
             _ => {}
         }
     }
@@ -145,11 +147,12 @@ fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Answering, RpcE
         RpcError::invalid_request("Accept must allow application/json or text/event-stream")
             .with_status(StatusCode::NOT_ACCEPTABLE)
     })?;
-    let content_type = header_str(headers, header::CONTENT_TYPE).unwrap_or_default();
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .map_or(&b""[..], HeaderValue::as_bytes);
     let json = b"application/json";
     if !content_type
-        .trim_start()
-        .as_bytes()
+        .trim_ascii_start()
         .get(..json.len())
         .is_some_and(|t| t.eq_ignore_ascii_case(json))
     {
@@ -157,7 +160,7 @@ fn check_headers(headers: &HeaderMap, stateless: bool) -> Result<Answering, RpcE
             .with_status(StatusCode::UNSUPPORTED_MEDIA_TYPE));
     }
     // A stateless-era request's version is its front's to check (-32022).
-    if let Some(version) = headers.get(PROTOCOL_HEADER).filter(|_| !stateless) {
+    if let Some(version) = headers.get(PROTOCOL).filter(|_| !stateless) {
         let version = version.to_str().unwrap_or_default();
         if !mcp::is_supported(version) {
             return Err(RpcError::invalid_request(format!(
@@ -460,5 +463,32 @@ const LISTEN_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
 async fn session_closed(session: Arc<Session>) {
     while !session.is_closed() {
         tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn answering(accept: Option<&'static str>) -> Option<(Format, bool)> {
+        let mut headers = HeaderMap::new();
+        if let Some(accept) = accept {
+            headers.insert(header::ACCEPT, HeaderValue::from_static(accept));
+        }
+        negotiate(&headers).map(|a| (a.format, a.accepts_sse))
+    }
+
+    #[test]
+    fn accept_is_read_by_media_range() {
+        assert_eq!(answering(None), Some((Format::Json, false)));
+        assert_eq!(
+            answering(Some("application/json, text/event-stream")),
+            Some((Format::Json, true))
+        );
+        assert_eq!(answering(Some("text/event-stream;q=0.9 ")), Some((Format::Sse, true)));
+        assert_eq!(answering(Some(" */* ; q=0.1")), Some((Format::Json, false)));
+        assert_eq!(answering(Some("application/*,text/html")), Some((Format::Json, false)));
+        assert_eq!(answering(Some("text/html, application/jsonx")), None);
+        assert_eq!(answering(Some("")), None);
     }
 }

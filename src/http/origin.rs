@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 
 /// Which `Host`/`Origin` names `/mcp` accepts.
 #[derive(Debug, Clone)]
@@ -28,34 +28,39 @@ impl HostGuard {
     }
 
     /// Whether the request's `Host` and (if sent) `Origin` name an allowed host.
+    /// Compared as bytes: a name that is not visible ASCII matches no allowed
+    /// name anyway, so there is nothing to decode.
     pub fn admits(&self, headers: &HeaderMap) -> bool {
         let Some(allowed) = &self.allowed else {
             return true;
         };
-        let ok = |authority: &str| {
+        let ok = |authority: &[u8]| {
             let host = host_of(authority);
-            allowed.iter().any(|a| a.eq_ignore_ascii_case(host))
+            allowed.iter().any(|a| a.as_bytes().eq_ignore_ascii_case(host))
         };
-        let host = headers.get(http::header::HOST).and_then(|v| v.to_str().ok());
-        let origin = headers.get(http::header::ORIGIN).map(|v| v.to_str().ok());
+        let host = headers.get(http::header::HOST).map(HeaderValue::as_bytes);
         host.is_some_and(ok)
-            && match origin {
-                None => true,
-                Some(Some(o)) => o.split_once("://").is_some_and(|(_, authority)| ok(authority)),
-                Some(None) => false,
-            }
+            && headers.get(http::header::ORIGIN).is_none_or(|origin| {
+                let origin = origin.as_bytes();
+                origin
+                    .windows(3)
+                    .position(|w| w == b"://")
+                    .is_some_and(|at| ok(&origin[at + 3..]))
+            })
     }
 }
 
 /// The host of `host[:port]` (an IPv6 literal keeps its brackets), as sent
 /// (compared without regard to case).
-fn host_of(authority: &str) -> &str {
-    let authority = authority.trim().trim_end_matches('/');
-    let host = match authority.rfind(']') {
+fn host_of(authority: &[u8]) -> &[u8] {
+    let mut authority = authority.trim_ascii();
+    while let [rest @ .., b'/'] = authority {
+        authority = rest;
+    }
+    match authority.iter().rposition(|b| *b == b']') {
         Some(end) => &authority[..=end],
-        None => authority.split(':').next().unwrap_or(authority),
-    };
-    host
+        None => authority.split(|b| *b == b':').next().unwrap_or(authority),
+    }
 }
 
 #[cfg(test)]
@@ -82,6 +87,9 @@ mod tests {
             ("origin", "http://evil.example.com")
         ])));
         assert!(!guard.admits(&headers(&[])));
+        assert!(guard.admits(&headers(&[("host", "localhost"), ("origin", "http://localhost//")])));
+        assert!(!guard.admits(&headers(&[("host", "localhost"), ("origin", "localhost")])));
+        assert!(!guard.admits(&headers(&[("host", "LOCALHOST.evil"), ("origin", "null")])));
     }
 
     #[test]

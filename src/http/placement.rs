@@ -9,7 +9,7 @@ use serde_json::Value;
 use super::exec::{header_str, reject};
 use super::reply::{self, Body, SESSION};
 use crate::affinity::forward::ForwardError;
-use crate::affinity::{HopTarget, Placement, HOP_HEADER};
+use crate::affinity::{HopTarget, Placement, HOP};
 use crate::app::App;
 use crate::mcp::RpcError;
 
@@ -124,7 +124,7 @@ pub async fn to_replica(
 /// valid hop), `Some(Some(refusal))` for a bad hop header; `None` if it came
 /// from a client.
 fn over_hop(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Option<Response<Body>>> {
-    let hop = parts.headers.get(HOP_HEADER)?;
+    let hop = parts.headers.get(&HOP)?;
     let target = HopTarget {
         to: &app.config.replica_id,
         method: parts.method.as_str(),
@@ -171,7 +171,7 @@ async fn forward_once(
 ) -> Forwarded {
     match app.forwarder.forward(owner, parts, body.clone(), session).await {
         Ok(response) => {
-            app.metrics.requests_forwarded.with_label_values(&["ok"]).inc();
+            app.metrics.forwarded_ok.inc();
             Forwarded::Answered(Some(response))
         }
         Err(ForwardError::NotSent(e)) => {

@@ -22,6 +22,8 @@ pub const SESSION_HEADER: &str = "mcp-session-id";
 /// [`SESSION_HEADER`] as a name: looked up without parsing it first.
 pub const SESSION: http::HeaderName = http::HeaderName::from_static(SESSION_HEADER);
 pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// [`PROTOCOL_HEADER`] as a name.
+pub const PROTOCOL: http::HeaderName = http::HeaderName::from_static(PROTOCOL_HEADER);
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())

@@ -8,16 +8,20 @@ use crate::sync::lock;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
+/// The running calls by id. Ids are the client's, so the hasher is seeded per
+/// process (foldhash's quality variant), not a fixed one.
+type Running = Arc<Mutex<HashMap<Key, CancellationToken, foldhash::quality::RandomState>>>;
+
 #[derive(Default)]
 pub struct Calls {
-    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    running: Running,
 }
 
 /// One running call; dropping it forgets the call.
 pub struct CallTicket {
-    key: String,
+    key: Key,
     token: CancellationToken,
-    running: Arc<Mutex<HashMap<String, CancellationToken>>>,
+    running: Running,
 }
 
 impl CallTicket {
@@ -32,9 +36,24 @@ impl Drop for CallTicket {
     }
 }
 
-/// Ids as the client wrote them: `1` and `"1"` are different requests.
-fn key(id: &Value) -> String {
-    id.to_string()
+/// A request id as the client wrote it: `1` and `"1"` are different
+/// requests. Integers (what clients send) are kept without an allocation;
+/// anything else as its JSON text.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Signed(i64),
+    Unsigned(u64),
+    Text(Box<str>),
+}
+
+fn key(id: &Value) -> Key {
+    if let Some(n) = id.as_i64() {
+        Key::Signed(n)
+    } else if let Some(n) = id.as_u64() {
+        Key::Unsigned(n)
+    } else {
+        Key::Text(id.to_string().into())
+    }
 }
 
 impl Calls {
@@ -75,5 +94,10 @@ mod tests {
         assert!(ticket.token().is_cancelled());
         drop(ticket);
         assert!(!calls.cancel(&json!(1)));
+        let (big, float, text) = (json!(u64::MAX), json!(1.5), json!("1"));
+        let tickets = [calls.track(&big), calls.track(&float), calls.track(&text)];
+        assert!(!calls.cancel(&json!(-1)) && !calls.cancel(&json!(1)));
+        assert!(calls.cancel(&big) && calls.cancel(&float) && calls.cancel(&text));
+        assert!(tickets.iter().all(|t| t.token().is_cancelled()));
     }
 }
