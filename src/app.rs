@@ -344,4 +344,12 @@ pub async fn run(listener: TcpListener, app: Arc<App>, shutdown: CancellationTok
     {
         tracing::warn!("sessions did not close before the shutdown deadline");
     }
+    // The audit lines of the last calls, written before the process exits.
+    if let Some(auditor) = app.guards.auditor.clone() {
+        let until = deadline.into_std();
+        let written = tokio::task::spawn_blocking(move || auditor.finish(until)).await;
+        if !matches!(written, Ok(true)) {
+            tracing::warn!("audit log not fully written before the shutdown deadline");
+        }
+    }
 }

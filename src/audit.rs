@@ -34,7 +34,9 @@
 //! whenever the channel is empty, so lines reach the sink promptly when idle
 //! and in batches under load. When the sink cannot keep up and the queue is
 //! full, lines are dropped and counted ([`Auditor::dropped`]) with a warning
-//! per streak rather than slowing calls down.
+//! per streak rather than slowing calls down. At shutdown the replica waits
+//! (until its shutdown deadline) for the writer to take every queued line
+//! and flush it ([`Auditor::finish`]): a slow sink does not lose the last calls.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -156,9 +158,16 @@ pub fn session_hash(id: &str) -> String {
     hex::encode(&Sha256::digest(id.as_bytes())[..8])
 }
 
+/// What the writer thread is handed.
+enum Item {
+    Line(String),
+    /// Flush what came before, then say so.
+    Flush(mpsc::Sender<()>),
+}
+
 /// Writes audit records to the configured sink; a no-op when disabled.
 pub struct Auditor {
-    sender: Option<SyncSender<String>>,
+    sender: Option<SyncSender<Item>>,
     writer: Option<JoinHandle<()>>,
     include_arguments: bool,
     dropped: Arc<AtomicU64>,
@@ -216,7 +225,7 @@ impl Auditor {
                 return;
             }
         };
-        match sender.try_send(line) {
+        match sender.try_send(Item::Line(line)) {
             Ok(()) => {
                 if self.dropping.swap(false, Ordering::Relaxed) {
                     tracing::info!(dropped = self.dropped(), "audit log keeps up again");
@@ -234,6 +243,31 @@ impl Auditor {
     /// Records dropped so far because the sink did not keep up.
     pub fn dropped(&self) -> u64 {
         self.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Waits until every line queued so far is written and flushed, or
+    /// until `deadline`; blocking (call it off the async workers). Whether
+    /// everything was written in time.
+    pub fn finish(&self, deadline: std::time::Instant) -> bool {
+        let Some(sender) = &self.sender else {
+            return true;
+        };
+        let (done, written) = mpsc::channel();
+        let mut item = Item::Flush(done);
+        // The queue may be full (the sink is slow): wait for room, bounded.
+        loop {
+            match sender.try_send(item) {
+                Ok(()) => break,
+                Err(TrySendError::Full(back)) if std::time::Instant::now() < deadline => {
+                    item = back;
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(_) => return false,
+            }
+        }
+        written
+            .recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .is_ok()
     }
 
     /// Writes out every queued line and stops the writer (at shutdown).
@@ -260,12 +294,18 @@ fn open(path: &std::path::Path) -> Result<std::fs::File, AuditError> {
 
 /// The writer thread: a batch at a time, flushed when the queue is empty;
 /// ends when the [`Auditor`] is gone.
-fn write_lines(receiver: Receiver<String>, mut out: Box<dyn Write + Send>) {
+fn write_lines(receiver: Receiver<Item>, mut out: Box<dyn Write + Send>) {
     let mut failing = false;
     while let Ok(first) = receiver.recv() {
-        let mut result = write_line(&mut out, first);
-        while let Ok(line) = receiver.try_recv() {
-            result = result.and(write_line(&mut out, line));
+        let mut result = Ok(());
+        let mut flushed = Vec::new();
+        let mut item = Some(first);
+        while let Some(next) = item {
+            match next {
+                Item::Line(line) => result = result.and(write_line(&mut out, line)),
+                Item::Flush(done) => flushed.push(done),
+            }
+            item = receiver.try_recv().ok();
         }
         match result.and_then(|()| out.flush()) {
             Ok(()) => failing = false,
@@ -275,6 +315,9 @@ fn write_lines(receiver: Receiver<String>, mut out: Box<dyn Write + Send>) {
                 }
                 failing = true;
             }
+        }
+        for done in flushed {
+            let _ = done.send(());
         }
     }
     let _ = out.flush();

@@ -2,7 +2,8 @@
 //! replicas sharing one Redis: a limit of N calls per minute holds across
 //! both (exactly N of N+k succeed), a refusal is -32052 with HTTP 429 and
 //! `Retry-After`, Redis down fails open or closed as configured, and every
-//! call and refusal leaves one audit line without argument values.
+//! call and refusal leaves one audit line without argument values, all of
+//! them written before a stopping replica exits, however slow the sink.
 
 mod support;
 
@@ -162,4 +163,71 @@ async fn a_list_is_one_request_for_a_rule_that_counts_lists() {
     assert_eq!(third.body["error"]["code"], -32052, "{third:?}");
     // Calls are not lists: the rule does not count them.
     assert!(c.call_tool("t_echo", json!({"message": "x"})).await.body["result"].is_object());
+}
+
+/// A slow audit sink loses nothing at shutdown: on SIGTERM the replica waits
+/// (within its shutdown deadline) until the writer has taken every queued
+/// line. The sink is a FIFO nobody reads until after the signal, so the
+/// writer is stuck on a full pipe with most lines still queued.
+#[tokio::test]
+async fn a_stopping_replica_writes_every_queued_audit_line_first() {
+    use std::io::BufRead;
+    const CALLS: usize = 60;
+    let backend = TestBackend::start("t").await;
+    let fifo = std::env::temp_dir().join(format!("vmcp-audit-{}-fifo", std::process::id()));
+    let _ = std::fs::remove_file(&fifo);
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    // Read and write: opening it does not wait for a writer, and the pipe
+    // never reports an end (so a lost line shows as a missing one).
+    let pipe = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .expect("open the FIFO");
+    let extra = format!(
+        "audit:\n  enabled: true\n  sink: file\n  path: {}\n  include_arguments: true\n\
+         http:\n  drain_delay: 0s\n  shutdown_timeout: 10s\n",
+        fifo.display()
+    );
+    let vmcp = support::process::VmcpProcess::start(&support::config_yaml(&[("t", &backend.url)], &extra)).await;
+    let mut client = Client::new(&vmcp.url);
+    client.initialize().await;
+    // About 4 KB a line: the 64 KiB pipe holds the first fifteen or so.
+    let filler = "a".repeat(4000);
+    for i in 0..CALLS {
+        let reply = client
+            .call_tool("t_echo", json!({"message": format!("{i}-{filler}")}))
+            .await;
+        assert!(reply.body["result"].is_object(), "{:?}", reply.body);
+    }
+    vmcp.signal_term();
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    let (lines, read) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if lines.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut calls = 0;
+    while let Ok(line) = read.recv_timeout(std::time::Duration::from_secs(5)) {
+        let record: Value = serde_json::from_str(&line).expect("whole JSON lines");
+        assert_eq!(record["event"], "call");
+        calls += 1;
+        if calls == CALLS {
+            break;
+        }
+    }
+    let _ = std::fs::remove_file(&fifo);
+    assert_eq!(calls, CALLS, "every call's audit line reached the sink");
+    let status = tokio::time::timeout(std::time::Duration::from_secs(10), vmcp.wait())
+        .await
+        .expect("vmcp exits once the lines are written");
+    assert!(status.success(), "{status:?}");
 }
