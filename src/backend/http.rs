@@ -24,7 +24,6 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
 use hyper::body::Incoming as Body;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
 use super::client::{self, Client, ClientError, Target};
@@ -34,6 +33,11 @@ use super::BackendError;
 use crate::config::BackendEra;
 
 type Response = http::Response<Body>;
+
+mod open;
+mod wire;
+pub(super) use wire::is_event_stream;
+use wire::{read_response, Outgoing};
 
 /// The shared, pooled client of one Streamable HTTP backend.
 pub struct HttpBackend {
@@ -57,43 +61,6 @@ struct Endpoint {
     notice_timeout: Duration,
     /// OAuth tokens added to every request (`backends[].auth`).
     credentials: Option<Credentials>,
-}
-
-/// A JSON-RPC request as sent (borrowing its params: no copy).
-#[derive(Serialize)]
-struct Outgoing<'a> {
-    jsonrpc: &'static str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    id: Option<i64>,
-    method: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    params: Option<&'a Value>,
-}
-
-/// What a backend sends back, parsed once.
-#[derive(Deserialize)]
-struct Incoming<R> {
-    #[serde(default)]
-    id: Option<Value>,
-    #[serde(default)]
-    method: Option<String>,
-    #[serde(default = "none")]
-    result: Option<R>,
-    #[serde(default)]
-    error: Option<RpcErrorBody>,
-}
-
-fn none<R>() -> Option<R> {
-    None
-}
-
-#[derive(Deserialize)]
-struct RpcErrorBody {
-    code: i32,
-    #[serde(default)]
-    message: String,
-    #[serde(default)]
-    data: Option<Value>,
 }
 
 /// A transport failure, described without the URL: backend URLs may carry
@@ -161,151 +128,6 @@ impl HttpBackend {
             .as_ref()
             .is_some_and(Credentials::needs_caller)
     }
-
-    fn session(
-        &self,
-        session_id: Option<&str>,
-        protocol_version: &str,
-        init: Value,
-        origin: Origin,
-        caller: Option<Arc<CallerToken>>,
-    ) -> Result<HttpSession, BackendError> {
-        let (first_id, ours, envelope) = match origin {
-            Origin::Opened => (1, true, None),
-            Origin::Resumed => (random_first_id(), false, None),
-            Origin::Stateless(envelope) => (1, false, Some(envelope)),
-        };
-        let bad = |what: &str| BackendError::Protocol(format!("{what} is not a valid header value"));
-        // A known version is a static header value: no allocation per session.
-        let version = match crate::mcp::SUPPORTED_VERSIONS.iter().find(|v| **v == protocol_version) {
-            Some(known) => HeaderValue::from_static(known),
-            None => HeaderValue::from_str(protocol_version).map_err(|_| bad("protocol version"))?,
-        };
-        let session_id = session_id
-            .map(|s| HeaderValue::from_str(s).map_err(|_| bad("Mcp-Session-Id")))
-            .transpose()?;
-        Ok(HttpSession {
-            caller: caller.filter(|_| self.needs_caller()),
-            envelope,
-            endpoint: Arc::clone(&self.endpoint),
-            session_id,
-            version,
-            next_id: AtomicI64::new(first_id),
-            init: self.init.share(&init),
-            closed: AtomicBool::new(false),
-            delete_on_drop: AtomicBool::new(ours),
-        })
-    }
-
-    /// Handshake: `initialize`, then `notifications/initialized` on the new session.
-    pub async fn connect(&self, params: Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
-        let known = *crate::sync::lock(&self.probed);
-        let stateless = match (self.era, known) {
-            (BackendEra::Handshake, _) | (BackendEra::Auto, Some(false)) => false,
-            (BackendEra::Stateless, _) | (BackendEra::Auto, Some(true)) => true,
-            (BackendEra::Auto, None) => {
-                let found = self.discover(&params, caller.clone()).await;
-                *crate::sync::lock(&self.probed) = Some(found.is_ok());
-                match found {
-                    Ok(session) => return Ok(session),
-                    Err(e) => {
-                        tracing::debug!(url = %crate::redact::url(self.url()), error = %e, "backend speaks the handshake era");
-                        false
-                    }
-                }
-            }
-        };
-        if stateless {
-            let found = self.discover(&params, caller).await;
-            if found.is_err() && self.era == BackendEra::Auto {
-                *crate::sync::lock(&self.probed) = None; // probe again next time
-            }
-            return found;
-        }
-        self.handshake(params, caller).await
-    }
-
-    /// A stateless "session": `server/discover` for the backend's capabilities, then nothing to keep.
-    async fn discover(&self, params: &Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
-        let envelope = stateless::envelope(params);
-        let body = serde_json::to_vec(&Outgoing {
-            jsonrpc: "2.0",
-            id: Some(0),
-            method: "server/discover",
-            params: Some(&json!({ "_meta": envelope })),
-        })
-        .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let endpoint = &self.endpoint;
-        let mut headers = endpoint.headers.clone();
-        headers.insert(
-            HeaderName::from_static("mcp-protocol-version"),
-            HeaderValue::from_static(stateless::VERSION),
-        );
-        stateless::mirror(&mut headers, "server/discover", None);
-        let response = post(endpoint, caller.as_deref(), headers, body).await?;
-        let discovered: Value = read_response(response, 0, None, &mut |_| {}).await?;
-        if !stateless::is_modern(&discovered) {
-            return Err(BackendError::Protocol(format!(
-                "server/discover does not name {}",
-                stateless::VERSION
-            )));
-        }
-        let origin = Origin::Stateless(Arc::new(stateless::Stateless::new(envelope)));
-        self.session(None, stateless::VERSION, discovered, origin, caller)
-    }
-
-    /// The handshake: `initialize`, then `notifications/initialized`.
-    async fn handshake(&self, params: Value, caller: Option<Arc<CallerToken>>) -> Result<HttpSession, BackendError> {
-        let body = serde_json::to_vec(&Outgoing {
-            jsonrpc: "2.0",
-            id: Some(0),
-            method: "initialize",
-            params: Some(&params),
-        })
-        .map_err(|e| BackendError::Protocol(e.to_string()))?;
-        let endpoint = &self.endpoint;
-        let response = post(endpoint, caller.as_deref(), endpoint.headers.clone(), body).await?;
-        let session_id = response
-            .headers()
-            .get("mcp-session-id")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        let init: Value = read_response(response, 0, None, &mut |_| {}).await?;
-        let protocol_version = init
-            .get("protocolVersion")
-            .and_then(Value::as_str)
-            .ok_or_else(|| BackendError::Protocol("initialize result without protocolVersion".into()))?
-            .to_owned();
-        // From here on the session exists on the backend: dropped without
-        // `close()` (a timeout, a client gone mid-initialize) it is DELETEd.
-        let session = self.session(session_id.as_deref(), &protocol_version, init, Origin::Opened, caller)?;
-        session.notify("notifications/initialized", None).await?;
-        Ok(session)
-    }
-
-    /// A session the backend already knows (from stored metadata): no I/O.
-    pub fn resume(
-        &self,
-        session_id: &str,
-        protocol_version: String,
-        capabilities: Value,
-        caller: Option<Arc<CallerToken>>,
-    ) -> Result<HttpSession, BackendError> {
-        let init = json!({ "protocolVersion": protocol_version, "capabilities": capabilities });
-        // Not ours to end if dropped: another replica may still resume it.
-        self.session(Some(session_id), &protocol_version, init, Origin::Resumed, caller)
-    }
-}
-
-/// How a backend session came to be, which decides its first request id,
-/// whether it is DELETEd if dropped, and whether it is spoken to statelessly.
-enum Origin {
-    /// Opened here by a handshake: ours to end.
-    Opened,
-    /// Taken over from stored metadata: another replica may still use it.
-    Resumed,
-    /// No backend session at all (2026-07-28).
-    Stateless(Arc<stateless::Stateless>),
 }
 
 /// One backend session over Streamable HTTP: what is its own (ids, the
@@ -635,157 +457,4 @@ async fn post(
         Bytes::from(body),
     )
     .await
-}
-
-/// The result of request `id` from a JSON body or an SSE stream; other
-/// messages on the stream go to `relay`.
-async fn read_response<R: DeserializeOwned>(
-    response: Response,
-    id: i64,
-    session: Option<&HttpSession>,
-    relay: &mut (dyn FnMut(Value) + Send),
-) -> Result<R, BackendError> {
-    let status = response.status();
-    if status == StatusCode::NOT_FOUND && session.is_some_and(|s| s.session_id.is_some()) {
-        return Err(BackendError::SessionExpired);
-    }
-    if is_event_stream(&response) && status.is_success() {
-        return read_events(response, id, session, relay).await;
-    }
-    let body = client::bytes(response).await.map_err(transport)?;
-    match ours(&body, id) {
-        Some(result) => result,
-        None if status.is_success() => Err(BackendError::Protocol(
-            "answer is not the response to our request".into(),
-        )),
-        None => Err(BackendError::Protocol(format!("HTTP {status}"))),
-    }
-}
-
-pub(super) fn is_event_stream(response: &Response) -> bool {
-    response
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.starts_with("text/event-stream"))
-}
-
-/// How many times one request's stream may be resumed without an answer.
-const MAX_RESUMES: usize = 10;
-/// The longest `retry` a backend may ask for before we resume.
-const MAX_RETRY: Duration = Duration::from_secs(5);
-
-/// The result of request `id` from an SSE stream; other messages go to
-/// `relay`. A backend may close the stream before answering (2025-11-25
-/// polling, SEP-1699) once it has given an event id: the stream is then
-/// resumed with a GET carrying `Last-Event-ID`, after the backend's `retry`.
-async fn read_events<R: DeserializeOwned>(
-    response: Response,
-    id: i64,
-    session: Option<&HttpSession>,
-    relay: &mut (dyn FnMut(Value) + Send),
-) -> Result<R, BackendError> {
-    let mut events = sse_stream::SseStream::new(response.into_body());
-    let (mut last_event_id, mut retry) = (None::<String>, Duration::ZERO);
-    let mut resumes = 0;
-    loop {
-        while let Some(event) = events.next().await {
-            let event = event.map_err(|e| BackendError::Transport(format!("SSE: {e}")))?;
-            last_event_id = event.id.or(last_event_id);
-            retry = event.retry.map_or(retry, |ms| Duration::from_millis(ms).min(MAX_RETRY));
-            let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
-                continue;
-            };
-            match ours(data.as_bytes(), id) {
-                Some(result) => return result,
-                None => {
-                    if let Ok(other) = serde_json::from_str::<Value>(&data) {
-                        relay(other);
-                    }
-                }
-            }
-        }
-        let (Some(session), Some(last)) = (session, last_event_id.as_deref()) else {
-            return Err(BackendError::Transport("SSE stream ended before the response".into()));
-        };
-        resumes += 1;
-        if resumes > MAX_RESUMES {
-            return Err(BackendError::Transport(format!(
-                "no response after {MAX_RESUMES} resumed streams"
-            )));
-        }
-        tracing::debug!(url = %crate::redact::url(&session.endpoint.url), last_event_id = last, "resuming a backend's SSE stream");
-        tokio::time::sleep(retry).await;
-        let resumed = session.open_stream(Some(last)).await?;
-        if !resumed.status().is_success() || !is_event_stream(&resumed) {
-            return Err(BackendError::Protocol(format!(
-                "resuming the stream answered {}",
-                resumed.status()
-            )));
-        }
-        events = sse_stream::SseStream::new(resumed.into_body());
-    }
-}
-
-/// `Some` if `text` is the response to request `id`; `None` for anything
-/// else (notifications and requests from the backend, other responses).
-fn ours<R: DeserializeOwned>(text: &[u8], id: i64) -> Option<Result<R, BackendError>> {
-    let message: Incoming<R> = serde_json::from_slice(text).ok()?;
-    if message.method.is_some() || message.id.as_ref().is_some_and(|m| m.as_i64() != Some(id)) {
-        return None;
-    }
-    match (message.result, message.error) {
-        (_, Some(e)) => Some(Err(BackendError::Rpc {
-            code: e.code,
-            message: e.message,
-            data: e.data,
-        })),
-        (Some(result), None) => Some(Ok(result)),
-        (None, None) => None,
-    }
-}
-
-/// Request ids of a resumed session start at a random offset, so they cannot
-/// collide with ids the previous holder of the session may still have in flight.
-fn random_first_id() -> i64 {
-    let mut bytes = [0u8; 4];
-    let _ = getrandom::fill(&mut bytes);
-    (i64::from(u32::from_le_bytes(bytes)) << 16) + 1
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn only_our_response_is_taken() {
-        assert!(ours::<Value>(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#, 1).is_none());
-        assert!(ours::<Value>(br#"{"jsonrpc":"2.0","id":2,"result":{}}"#, 1).is_none());
-        assert_eq!(
-            ours::<Value>(br#"{"jsonrpc":"2.0","id":1,"result":{"x":1}}"#, 1)
-                .unwrap()
-                .unwrap(),
-            json!({"x": 1})
-        );
-        let err = ours::<Value>(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, BackendError::Rpc { code: -32602, .. }));
-        assert!(ours::<Value>(b"not json", 1).is_none());
-    }
-
-    #[test]
-    fn a_raw_result_is_the_backends_bytes() {
-        type Raw = Box<serde_json::value::RawValue>;
-        let raw = ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"result": {"b":1, "a":[2]}}"#, 1)
-            .unwrap()
-            .unwrap();
-        assert_eq!(raw.get(), r#"{"b":1, "a":[2]}"#);
-        assert!(ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"result":null}"#, 1).is_none());
-        assert!(ours::<Raw>(br#"{"jsonrpc":"2.0","method":"x","params":{}}"#, 1).is_none());
-        let err = ours::<Raw>(br#"{"jsonrpc":"2.0","id":1,"error":{"code":-32602,"message":"no"}}"#, 1)
-            .unwrap()
-            .unwrap_err();
-        assert!(matches!(err, BackendError::Rpc { code: -32602, .. }));
-    }
 }
