@@ -410,3 +410,52 @@ async fn a_paused_call_is_resumed_where_it_waits_after_its_pool_moved() {
     let message = lost["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("start the call again"), "{lost}");
 }
+
+/// A call resumed while its replica drains, whose backend asks again after
+/// the listener closed: nobody can answer it any more, so it ends at once
+/// (an error says to start again) rather than waiting, paused, until the
+/// shutdown deadline.
+#[tokio::test]
+async fn a_call_that_asks_again_after_the_listener_closed_ends_at_once() {
+    let backend = TestBackend::start("t").await;
+    let mut vmcp = Replica::start(&support::config_yaml(
+        &[("t", &backend.url)],
+        "http:\n  drain_delay: 1s\n  shutdown_timeout: 30s\n",
+    ))
+    .await;
+    let twice = json!({"name": "t_ask", "arguments": {"again_after_ms": 1500}});
+    let (_, first) = ask(&vmcp.url, "asker", twice).await;
+    let result = &first["result"];
+    assert_eq!(result["resultType"], "input_required", "{first}");
+    let key = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let state = result["requestState"].as_str().unwrap().to_owned();
+    let url = vmcp.url.clone();
+    let started = std::time::Instant::now();
+    let answer = async move {
+        // Answered while the replica drains (its listener still open); the
+        // backend asks again 1.5 s later, after the listener closed at 1 s.
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        let mut params = answered(&state, &key, "Ada");
+        params["arguments"] = json!({"again_after_ms": 1500});
+        ask(&url, "asker", params).await
+    };
+    let (stopped, (status, again)) = tokio::join!(
+        tokio::time::timeout(std::time::Duration::from_secs(15), vmcp.shutdown()),
+        answer
+    );
+    assert!(stopped.is_ok(), "the shutdown ends");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(8),
+        "not held until the deadline: {:?}",
+        started.elapsed()
+    );
+    assert_eq!(status, StatusCode::OK, "{again}");
+    let message = again["error"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("start the call again"), "{again}");
+}

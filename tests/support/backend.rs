@@ -175,7 +175,12 @@ impl ServerHandler for Handler {
                     "message": "your name?",
                     "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}}
                 }));
-                let answer = ctx.peer.create_elicitation(params).await.map_err(internal)?;
+                let answer = ctx.peer.create_elicitation(params.clone()).await.map_err(internal)?;
+                // `again_after_ms`: a second question, that long after the first answer.
+                if let Some(ms) = args.get("again_after_ms").and_then(Value::as_u64) {
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                    ctx.peer.create_elicitation(params).await.map_err(internal)?;
+                }
                 Ok(text_result(format!(
                     "{}:{}",
                     self.name,

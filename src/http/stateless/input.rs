@@ -93,7 +93,8 @@ struct Paused {
 pub struct PausedCalls {
     key: [u8; 32],
     replica: String,
-    calls: Mutex<HashMap<String, Paused>>,
+    /// `None` once [`PausedCalls::end_all`] ran: no call pauses any more.
+    calls: Mutex<Option<HashMap<String, Paused>>>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -133,7 +134,7 @@ impl PausedCalls {
         Self {
             key,
             replica: replica.to_owned(),
-            calls: Mutex::default(),
+            calls: Mutex::new(Some(HashMap::new())),
         }
     }
 
@@ -146,8 +147,10 @@ impl PausedCalls {
     }
 
     /// Pauses `running` (whose backend asked `request`) for the caller of
-    /// `pool`; the `InputRequiredResult` to answer with.
-    pub fn pause(&self, running: Running, request: Value, pool: &str) -> Value {
+    /// `pool`; the `InputRequiredResult` to answer with. Once the replica's
+    /// listener has closed ([`PausedCalls::end_all`]) nobody could answer:
+    /// the call ends here, and the client is told to start it again.
+    pub fn pause(&self, running: Running, request: Value, pool: &str) -> Result<Value, RpcError> {
         let running = Running {
             call: running.call.detached(),
             ..running
@@ -170,6 +173,12 @@ impl PausedCalls {
             "params": request.get("params").cloned().unwrap_or_else(|| json!({})),
         });
         let mut calls = lock(&self.calls);
+        let Some(calls) = calls.as_mut() else {
+            running.call.abort();
+            return Err(RpcError::internal(
+                "this replica is shutting down: the call was ended; start the call again",
+            ));
+        };
         let now = unix_ms();
         calls.retain(|_, p| {
             let live = p.expires_ms > now;
@@ -186,18 +195,20 @@ impl PausedCalls {
                 expires_ms,
             },
         );
-        json!({
+        Ok(json!({
             "resultType": "input_required",
             "inputRequests": { INPUT_KEY: input },
             "requestState": sealed,
-        })
+        }))
     }
 
     /// Ends every paused call (their backend calls cancelled): once this
     /// replica's listener closes, no retry can reach them, and a call left
     /// waiting would hold its session's release until the shutdown deadline.
+    /// A call running now (resumed) that asks again later ends then
+    /// ([`PausedCalls::pause`]).
     pub fn end_all(&self) {
-        let ended = std::mem::take(&mut *lock(&self.calls));
+        let ended = lock(&self.calls).take().unwrap_or_default();
         if !ended.is_empty() {
             tracing::info!(calls = ended.len(), "shutting down: paused calls ended unanswered");
         }
@@ -237,7 +248,8 @@ impl PausedCalls {
             .cloned()
             .ok_or_else(|| RpcError::invalid_params(format!("inputResponses.{INPUT_KEY} is missing")))?;
         let paused = lock(&self.calls)
-            .remove(&state.t)
+            .as_mut()
+            .and_then(|calls| calls.remove(&state.t))
             .ok_or_else(|| refused("was used already or its call ended"))?;
         let message = json!({ "jsonrpc": "2.0", "id": paused.asked, "result": answer });
         if let Err(e) = paused.running.session.answer(message).await {

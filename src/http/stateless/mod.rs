@@ -218,7 +218,7 @@ async fn finish(app: &App, running: input::Running, pool: &str, capabilities: &V
                     status: StatusCode::OK,
                 });
             }
-            Ok(Reply::Tree(app.paused.pause(running, request, pool)))
+            app.paused.pause(running, request, pool).map(Reply::Tree)
         }
     }
 }
