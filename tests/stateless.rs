@@ -250,6 +250,20 @@ fn answered(state: &str, key: &str, name: &str) -> Value {
            "inputResponses": {key: {"action": "accept", "content": {"name": name}}}})
 }
 
+/// The input request's key and the state of a call that paused (asserted).
+fn paused(reply: &Value) -> (String, String) {
+    let result = &reply["result"];
+    assert_eq!(result["resultType"], "input_required", "{reply}");
+    let key = result["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    (key, result["requestState"].as_str().unwrap().to_owned())
+}
+
 /// A raw stateless `t_ask` call as `token`, declaring it can be asked for input.
 async fn ask(url: &str, token: &str, params: Value) -> (StatusCode, Value) {
     let capabilities = json!({"elicitation": {}});
@@ -359,16 +373,7 @@ async fn a_paused_call_is_resumed_where_it_waits_after_its_pool_moved() {
     let backend = TestBackend::start("t").await;
     let (mut a, mut b) = pair(&backend, &redis).await;
     let (_, first) = ask(&a.url, "mover", json!({"name": "t_ask", "arguments": {}})).await;
-    let result = &first["result"];
-    assert_eq!(result["resultType"], "input_required", "{first}");
-    let key = result["inputRequests"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    let state = result["requestState"].as_str().unwrap().to_owned();
+    let (key, state) = paused(&first);
 
     // The replica holding the paused call starts draining (a rollout): it
     // leaves the ring, so the caller's pool now belongs to the other one,
@@ -425,16 +430,7 @@ async fn a_call_that_asks_again_after_the_listener_closed_ends_at_once() {
     .await;
     let twice = json!({"name": "t_ask", "arguments": {"again_after_ms": 1500}});
     let (_, first) = ask(&vmcp.url, "asker", twice).await;
-    let result = &first["result"];
-    assert_eq!(result["resultType"], "input_required", "{first}");
-    let key = result["inputRequests"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    let state = result["requestState"].as_str().unwrap().to_owned();
+    let (key, state) = paused(&first);
     let url = vmcp.url.clone();
     let started = std::time::Instant::now();
     let answer = async move {

@@ -102,30 +102,15 @@ const HOP_BY_HOP: &[HeaderName] = &[
     header::CONTENT_LENGTH,
 ];
 
-/// Removes the hop-by-hop headers. One pass over the names finds which are
-/// there (usually only `Content-Length`); only those are looked up and removed.
+/// Removes the hop-by-hop headers. Each pass over the names finds one that
+/// is there (usually only `Content-Length`), so only those are looked up and
+/// removed, not every name in [`HOP_BY_HOP`].
 fn strip(headers: &mut http::HeaderMap) {
-    let mut doomed: [Option<HeaderName>; 4] = Default::default();
-    let mut found = 0;
-    for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive" {
-            if found == doomed.len() {
-                // More than a few: remove them all the long way.
-                for name in HOP_BY_HOP.iter().chain([&KEEP_ALIVE]) {
-                    headers.remove(name);
-                }
-                return;
-            }
-            doomed[found] = Some(name.clone());
-            found += 1;
-        }
-    }
-    for name in doomed.iter().flatten() {
-        headers.remove(name);
+    let hop_by_hop = |name: &&HeaderName| HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive";
+    while let Some(name) = headers.keys().find(hop_by_hop).cloned() {
+        headers.remove(&name);
     }
 }
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 
 pub struct Forwarder {
     client: Client<HttpConnector, Full<Bytes>>,
@@ -154,7 +139,7 @@ struct Down {
 
 /// On a draining replica's answers: milliseconds until its listener closes.
 pub const DRAINING_HEADER: &str = "x-vmcp-draining";
-static DRAINING: HeaderName = HeaderName::from_static(DRAINING_HEADER);
+const DRAINING: HeaderName = HeaderName::from_static(DRAINING_HEADER);
 
 /// Peers stop sending hops to a draining replica this long before its
 /// listener closes (transit and scheduling; a hop sent later could land on a
@@ -299,14 +284,14 @@ impl Forwarder {
         headers.clone_from(&parts.headers);
         strip(headers);
         headers.insert(
-            HOP.clone(),
+            HOP,
             HeaderValue::try_from(hop).map_err(|e| NotSent::Request(e.to_string()))?,
         );
         let response = self.client.request(request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         if let Some(left) = parts
             .headers
-            .remove(&DRAINING)
+            .remove(DRAINING)
             .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u64>().ok()))
         {
             let leaving = Instant::now() + Duration::from_millis(left).saturating_sub(LEAVE_MARGIN);
@@ -348,5 +333,31 @@ impl Forwarder {
             return Ok(Response::from_parts(parts, body));
         }
         Ok(Response::from_parts(parts, body.map_err(Into::into).boxed_unsync()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn strip_removes_every_hop_by_hop_header_and_keeps_the_rest() {
+        let mut headers = http::HeaderMap::new();
+        for (name, value) in [
+            ("connection", "keep-alive"),
+            ("keep-alive", "timeout=5"),
+            ("content-length", "12"),
+            ("te", "trailers"),
+            ("transfer-encoding", "chunked"),
+            ("host", "mcp.example.com"),
+            ("mcp-session-id", "s1"),
+        ] {
+            headers.append(name, HeaderValue::from_static(value));
+        }
+        headers.append("connection", HeaderValue::from_static("close"));
+        strip(&mut headers);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(left, ["host", "mcp-session-id"]);
     }
 }

@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 
 pub const HOP_HEADER: &str = "x-vmcp-hop";
 /// [`HOP_HEADER`] as a header name (a `&str` name is parsed at every use).
-pub static HOP: http::HeaderName = http::HeaderName::from_static(HOP_HEADER);
+pub const HOP: http::HeaderName = http::HeaderName::from_static(HOP_HEADER);
 
 /// The header format version; `v1` headers (no destination, no body digest)
 /// are refused.
@@ -212,14 +212,7 @@ impl Hops {
             .into_bytes();
         let mut tag_hex = [0u8; 64];
         let tag = hex_str(&tag, &mut tag_hex);
-        let mut header = String::with_capacity(VERSION.len() + from.len() + target.to.len() + ts.len() + 93);
-        for (i, part) in [VERSION, from, target.to, ts, nonce, tag].into_iter().enumerate() {
-            if i > 0 {
-                header.push(';');
-            }
-            header.push_str(part);
-        }
-        Ok(header)
+        Ok([VERSION, from, target.to, ts, nonce, tag].join(";"))
     }
 
     /// Checks a hop header received by `target.to` (this replica); returns

@@ -14,7 +14,6 @@ pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
 
 pub const METHOD: HeaderName = HeaderName::from_static("mcp-method");
 pub const NAME: HeaderName = HeaderName::from_static("mcp-name");
-const VERSION: HeaderName = HeaderName::from_static("mcp-protocol-version");
 
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -33,7 +32,7 @@ pub fn is_stateless(method: &http::Method, headers: &HeaderMap) -> bool {
     if method != http::Method::POST || headers.contains_key(super::reply::SESSION) {
         return false;
     }
-    let version = headers.get(VERSION).and_then(|v| v.to_str().ok());
+    let version = headers.get(super::reply::PROTOCOL).and_then(|v| v.to_str().ok());
     headers.contains_key(METHOD) || version.is_some_and(|v| !crate::mcp::is_supported(v))
 }
 
@@ -53,7 +52,7 @@ fn mismatch(what: &str) -> RpcError {
 pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Envelope, RpcError> {
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     // A version vmcp does not speak is said first: the client can pick another.
-    if let Some(named) = header(&VERSION).filter(|v| !MODERN_VERSIONS.contains(v)) {
+    if let Some(named) = header(&super::reply::PROTOCOL).filter(|v| !MODERN_VERSIONS.contains(v)) {
         if !crate::mcp::is_supported(named) {
             return Err(unsupported(named));
         }
@@ -85,7 +84,7 @@ pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Resul
     let Some(version) = MODERN_VERSIONS.iter().copied().find(|v| *v == requested) else {
         return Err(unsupported(requested));
     };
-    if header(&VERSION) != Some(version) {
+    if header(&super::reply::PROTOCOL) != Some(version) {
         return Err(mismatch("MCP-Protocol-Version header does not match params._meta"));
     }
     let capabilities = field(META_CAPABILITIES)

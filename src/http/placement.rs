@@ -124,7 +124,7 @@ pub async fn to_replica(
 /// valid hop), `Some(Some(refusal))` for a bad hop header; `None` if it came
 /// from a client.
 fn over_hop(app: &App, parts: &Parts, body: &Bytes, session: &str) -> Option<Option<Response<Body>>> {
-    let hop = parts.headers.get(&HOP)?;
+    let hop = parts.headers.get(HOP)?;
     let target = HopTarget {
         to: &app.config.replica_id,
         method: parts.method.as_str(),

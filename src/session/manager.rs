@@ -257,6 +257,16 @@ impl SessionManager {
         self.metrics.sessions_active.inc();
     }
 
+    /// The ids of the sessions held here now.
+    fn session_ids(&self) -> Vec<String> {
+        self.sessions
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     fn local(&self, id: &str) -> Option<Arc<Session>> {
         self.sessions.read().unwrap_or_else(|p| p.into_inner()).get(id).cloned()
     }
@@ -405,13 +415,7 @@ impl SessionManager {
     /// Ends every session here, waiting for their in-flight calls. With a
     /// shared store the backend sessions stay open for the next replica.
     pub async fn close_all(&self) {
-        let ids: Vec<String> = self
-            .sessions
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .keys()
-            .cloned()
-            .collect();
+        let ids = self.session_ids();
         for id in &ids {
             self.remove(id, CloseReason::Shutdown);
         }

@@ -96,13 +96,7 @@ impl SessionManager {
             self.metrics
                 .ring_members
                 .set(changes.borrow_and_update().ring.len() as i64);
-            let ids: Vec<String> = self
-                .sessions
-                .read()
-                .unwrap_or_else(|p| p.into_inner())
-                .keys()
-                .cloned()
-                .collect();
+            let ids = self.session_ids();
             let moved: Vec<String> = ids.into_iter().filter(|id| self.moved(id)).collect();
             if moved.is_empty() {
                 continue;
