@@ -25,6 +25,7 @@ pub mod http;
 pub mod limits;
 pub mod mcp;
 pub mod policy;
+pub mod pool;
 pub mod redact;
 pub mod session;
 pub mod store;

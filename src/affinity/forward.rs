@@ -1,6 +1,7 @@
 //! Forwarding a request to the replica that owns its session.
 //!
-//! One pooled keep-alive HTTP/1 client (TCP_NODELAY) serves all hops. The
+//! One pool of keep-alive HTTP/1 connections (`crate::pool`, TCP_NODELAY)
+//! serves all hops. The
 //! request body is already buffered (it is bounded by `max_body_bytes`), so
 //! when the owner cannot be reached the caller still has it and serves the
 //! request itself if the owner provably never got it (see [`ForwardError`]).
@@ -18,12 +19,11 @@ use http::uri::PathAndQuery;
 use http::{HeaderValue, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 
 use super::hop::{HopError, HopTarget, Hops, HOP};
 use super::ring::Member;
 use crate::http::reply::Body;
+use crate::pool::{Pool, PoolError};
 use crate::redact::error_chain;
 use crate::sync::lock;
 
@@ -38,7 +38,7 @@ pub enum ForwardError {
     /// The request was (or may have been) written, then the owner failed:
     /// it may or may not have run there.
     #[error("owner failed after the request was sent: {}", error_chain(.0))]
-    MaybeSent(#[source] hyper_util::client::legacy::Error),
+    MaybeSent(#[source] hyper::Error),
     /// The owner's answer broke off after it began: the request ran, or may have.
     #[error("owner's answer was cut off: {}", error_chain(.0))]
     Cut(#[source] hyper::Error),
@@ -60,29 +60,20 @@ pub enum NotSent {
     #[error("owner was unreachable less than {DOWN_FOR:?} ago")]
     RecentlyDown,
     /// Connection refused or timed out.
-    #[error("cannot connect: {}", error_chain(.0))]
-    Connect(#[source] hyper_util::client::legacy::Error),
-    /// A fresh connection closed before the request was written (a reused
-    /// one is retried by the client itself).
-    #[error("connection closed before the request was written: {}", error_chain(.0))]
-    Unwritten(#[source] hyper_util::client::legacy::Error),
+    #[error("{}", error_chain(.0))]
+    Connect(#[source] PoolError),
+    /// A fresh connection closed before the request was written (a pooled
+    /// one is retried on another connection by the pool itself).
+    #[error("{}", error_chain(.0))]
+    Unwritten(#[source] PoolError),
 }
 
-/// Sorts a client error by whether the request may have been written. The
-/// legacy client reports a connect failure as `is_connect`, and a request it
-/// got back unwritten (hyper gave the message back) with a canceled
-/// `hyper::Error` as source; anything else happened after writing began.
-fn classify(e: hyper_util::client::legacy::Error) -> ForwardError {
-    if e.is_connect() {
-        return NotSent::Connect(e).into();
-    }
-    let unwritten = std::error::Error::source(&e)
-        .and_then(|s| s.downcast_ref::<hyper::Error>())
-        .is_some_and(hyper::Error::is_canceled);
-    if unwritten {
-        NotSent::Unwritten(e).into()
-    } else {
-        ForwardError::MaybeSent(e)
+/// Sorts a pool error by whether the request may have been written.
+fn classify(e: PoolError) -> ForwardError {
+    match e {
+        PoolError::Sent(e) => ForwardError::MaybeSent(e),
+        e @ PoolError::Unwritten(_) => NotSent::Unwritten(e).into(),
+        e @ (PoolError::Connect(_) | PoolError::Uri) => NotSent::Connect(e).into(),
     }
 }
 
@@ -113,7 +104,7 @@ fn strip(headers: &mut http::HeaderMap) {
 }
 
 pub struct Forwarder {
-    client: Client<HttpConnector, Full<Bytes>>,
+    pool: Pool<HttpConnector>,
     /// How long a small JSON answer may take to arrive whole once its head has.
     body_timeout: Duration,
     self_id: Arc<str>,
@@ -166,14 +157,10 @@ impl Forwarder {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
-        // `set_host(false)`: the request carries exactly the `Host` the hop
-        // signs (the client's, or none), never one made up from the owner's address.
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(idle)
-            .set_host(false)
-            .build(connector);
+        // The request carries exactly the `Host` the hop signs (the
+        // client's, or none), never one made up from the owner's address.
         Self {
-            client,
+            pool: Pool::new(connector, idle),
             body_timeout,
             self_id: Arc::from(self_id),
             hops,
@@ -262,24 +249,20 @@ impl Forwarder {
             .hops
             .sign(&self.self_id, &target, crate::store::unix_ms())
             .map_err(NotSent::Hop)?;
-        let mut uri = http::uri::Parts::default();
-        uri.scheme = Some(http::uri::Scheme::HTTP);
-        uri.authority = Some(
-            owner
-                .authority
-                .clone()
-                .ok_or_else(|| NotSent::Request(format!("replica address `{}` is not host:port", owner.addr)))?,
-        );
-        uri.path_and_query = Some(
+        let owner_uri = owner
+            .uri
+            .as_ref()
+            .ok_or_else(|| NotSent::Request(format!("replica address `{}` is not host:port", owner.addr)))?;
+        let mut request = Request::new(Full::new(body));
+        *request.method_mut() = parts.method.clone();
+        // Origin form on the wire: the pool connects to the owner's address.
+        *request.uri_mut() = Uri::from(
             parts
                 .uri
                 .path_and_query()
                 .cloned()
                 .unwrap_or_else(|| PathAndQuery::from_static("/mcp")),
         );
-        let mut request = Request::new(Full::new(body));
-        *request.method_mut() = parts.method.clone();
-        *request.uri_mut() = Uri::from_parts(uri).map_err(|e| NotSent::Request(e.to_string()))?;
         let headers = request.headers_mut();
         headers.clone_from(&parts.headers);
         strip(headers);
@@ -287,7 +270,7 @@ impl Forwarder {
             HOP,
             HeaderValue::try_from(hop).map_err(|e| NotSent::Request(e.to_string()))?,
         );
-        let response = self.client.request(request).await.map_err(classify)?;
+        let response = self.pool.send(owner_uri, request).await.map_err(classify)?;
         let (mut parts, body) = response.into_parts();
         if let Some(left) = parts
             .headers

@@ -12,7 +12,8 @@
 
 use std::sync::Arc;
 
-use http::uri::Authority;
+use http::uri::{Authority, Scheme};
+use http::Uri;
 use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 
 /// One replica: its id (pod name) and where its MCP listener is.
@@ -20,9 +21,9 @@ use xxhash_rust::xxh3::{xxh3_64, xxh3_64_with_seed};
 pub struct Member {
     pub id: Arc<str>,
     pub addr: Arc<str>,
-    /// `addr` as a URI authority, parsed once (`None` if it is not one):
-    /// a hop's URI is put together from parts, not formatted and parsed.
-    pub authority: Option<Authority>,
+    /// `http://addr/`, parsed once (`None` if `addr` is not host:port): where
+    /// the connection pool connects for a hop, not formatted and parsed per hop.
+    pub uri: Option<Uri>,
     seed: u64,
 }
 
@@ -31,7 +32,14 @@ impl Member {
         Self {
             id: Arc::from(id),
             addr: Arc::from(addr),
-            authority: Authority::try_from(addr).ok(),
+            uri: Authority::try_from(addr).ok().and_then(|authority| {
+                Uri::builder()
+                    .scheme(Scheme::HTTP)
+                    .authority(authority)
+                    .path_and_query("/")
+                    .build()
+                    .ok()
+            }),
             seed: xxh3_64(id.as_bytes()),
         }
     }

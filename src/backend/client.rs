@@ -1,5 +1,5 @@
-//! The HTTP client of the Streamable HTTP backends: hyper-util's pooled
-//! client, used directly.
+//! The HTTP client of the Streamable HTTP backends: vmcp's connection pool
+//! (`crate::pool`) on hyper-util's connector.
 //!
 //! reqwest, used here before, redid per request what a gateway does once per
 //! backend: cloning and re-parsing the URL, cloning its connector, applying a
@@ -14,13 +14,13 @@
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::{Entry, HOST};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, Uri};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client as Pool;
-use hyper_util::rt::TokioExecutor;
 
+pub use crate::pool::Body;
+use crate::pool::Pool;
 use crate::redact::error_chain;
 
 #[cfg(feature = "tls")]
@@ -87,7 +87,7 @@ impl Target {
 /// One backend's pooled keep-alive client (clones share the pool).
 #[derive(Clone)]
 pub struct Client {
-    pool: Pool<Connector, Full<Bytes>>,
+    pool: Pool<Connector>,
 }
 
 impl Client {
@@ -113,10 +113,9 @@ impl Client {
         };
         #[cfg(not(feature = "tls"))]
         let connector = http;
-        let pool = Pool::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .build(connector);
-        Ok(Self { pool })
+        Ok(Self {
+            pool: Pool::new(connector, Duration::from_secs(90)),
+        })
     }
 
     /// Sends one request; the response's body is left to read.
@@ -126,20 +125,44 @@ impl Client {
         uri: &Uri,
         headers: HeaderMap,
         body: Bytes,
-    ) -> Result<Response<Incoming>, ClientError> {
+    ) -> Result<Response<Body>, ClientError> {
         let mut request = Request::new(Full::new(body));
         *request.method_mut() = method;
-        *request.uri_mut() = uri.clone();
+        // Origin form (path and query) on the wire; the pool connects to
+        // `uri`'s scheme and authority.
+        if let Some(path) = uri.path_and_query() {
+            *request.uri_mut() = Uri::from(path.clone());
+        }
         *request.headers_mut() = headers;
+        if let Some(authority) = uri.authority() {
+            if let Entry::Vacant(host) = request.headers_mut().entry(HOST) {
+                let value = HeaderValue::from_str(authority_without_default_port(uri, authority))
+                    .map_err(|_| ClientError::Url("host not encodable".into()))?;
+                host.insert(value);
+            }
+        }
         self.pool
-            .request(request)
+            .send(uri, request)
             .await
             .map_err(|e| ClientError::Transport(error_chain(&e)))
     }
 }
 
+/// `Host` as a browser sends it: the authority, without a port that is the
+/// scheme's default (and without credentials, which `Target` already took out).
+fn authority_without_default_port<'a>(uri: &Uri, authority: &'a http::uri::Authority) -> &'a str {
+    let default = match uri.scheme_str() {
+        Some("https") => 443,
+        _ => 80,
+    };
+    match authority.port_u16() {
+        Some(port) if port == default => authority.host(),
+        _ => authority.as_str(),
+    }
+}
+
 /// A response's whole body.
-pub async fn bytes(response: Response<Incoming>) -> Result<Bytes, ClientError> {
+pub async fn bytes(response: Response<Body>) -> Result<Bytes, ClientError> {
     response
         .into_body()
         .collect()

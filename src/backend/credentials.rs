@@ -121,7 +121,7 @@ pub(super) async fn send(
     method: Method,
     mut headers: HeaderMap,
     body: Bytes,
-) -> Result<http::Response<hyper::body::Incoming>, BackendError> {
+) -> Result<http::Response<super::client::Body>, BackendError> {
     let Some(credentials) = credentials else {
         return client
             .send(method, uri, headers, body)

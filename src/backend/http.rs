@@ -18,11 +18,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::client::Body;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri};
-use hyper::body::Incoming as Body;
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
