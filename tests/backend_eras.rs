@@ -233,3 +233,39 @@ async fn a_stateless_backends_changes_reach_the_clients_of_both_eras() {
     assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
     assert_eq!(note["params"]["_meta"]["io.modelcontextprotocol/subscriptionId"], 7);
 }
+
+/// When the client's subscriptions change, vmcp reopens the backend's
+/// listen stream once, with the new filter, and keeps it: not again after
+/// every message that follows (each reopen loses what the stream it
+/// replaces had in flight). Every list change reaches the client.
+#[tokio::test]
+async fn a_listen_stream_is_reopened_once_per_subscription_change() {
+    let py = python_backend().await;
+    let target = py.url.trim_start_matches("http://").trim_end_matches("/mcp");
+    let proxy = support::proxy::FreezableProxy::start(target).await;
+    let config = format!("backends:\n  - name: st\n    url: {}\n    era: stateless\n", proxy.url);
+    let vmcp = Replica::start(&config).await;
+    const LISTEN: &str = "\"method\":\"subscriptions/listen\"";
+
+    let mut c = vmcp.client();
+    c.initialize().await;
+    let mut events = c.get_events(None).await;
+    assert_eq!(text(&c.call_tool("st_grow", json!({"name": "seed"})).await), "grown");
+    let note = events.next_message().await.expect("a list change").data;
+    assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    let before = proxy.sent_count(LISTEN);
+
+    let subscribed = c.request("resources/subscribe", json!({"uri": "note://a"})).await;
+    assert_eq!(subscribed.body["result"], json!({}), "{subscribed:?}");
+    for name in ["one", "two", "three"] {
+        assert_eq!(text(&c.call_tool("st_grow", json!({"name": name})).await), "grown");
+        let note = events.next_message().await.expect("a list change").data;
+        assert_eq!(note["method"], "notifications/tools/list_changed", "{note}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        proxy.sent_count(LISTEN) - before,
+        1,
+        "one reopen for one change of the subscriptions"
+    );
+}

@@ -84,6 +84,11 @@ impl Stateless {
         )
     }
 
+    /// Whether the client subscribes to resource `uri`.
+    pub fn is_subscribed(&self, uri: &str) -> bool {
+        lock(&self.subscribed).contains(uri)
+    }
+
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }

@@ -2,18 +2,21 @@
 //! the backend session's stream is one long `subscriptions/listen` request
 //! asking for every list change the backend offers and the resources the
 //! client subscribed to. The filter is fixed per request: when the
-//! subscriptions change, a new listen opens (acknowledged) before the old
-//! one is dropped, so no update falls between the two.
+//! subscriptions change, a new listen opens (acknowledged) and the old one
+//! is read on for a moment before it is dropped, so no update falls between
+//! the two.
 //!
 //! What comes out looks like what a handshake-era backend sends on its GET
 //! stream: the acknowledgement, the request's final result and the
 //! subscription id in each notification's `_meta` stay here.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::stream::{self, BoxStream};
 use futures_util::StreamExt;
 use serde_json::{json, Map, Value};
+use tokio::time::Instant;
 
 use super::http::{is_event_stream, transport, Poster};
 use super::stateless::{self, Stateless};
@@ -48,53 +51,109 @@ pub(super) async fn listen(
     if flags.is_empty() && !subscribable {
         return Ok(None);
     }
-    let (uris, mut seen) = state.subscribed();
+    let (uris, seen) = state.subscribed();
     let Some(first) = open(&poster, &state, &flags, uris).await? else {
         return Ok(None);
     };
-    let frames = stream::unfold(
-        (poster, state, flags, first),
-        move |(poster, state, flags, mut current)| async move {
-            loop {
-                let step = {
-                    let changed = state.changed();
-                    tokio::pin!(changed);
-                    changed.as_mut().enable();
-                    if state.generation() == seen {
-                        tokio::select! {
-                            message = current.next() => Step::Pass(message),
-                            () = &mut changed => Step::Reopen,
-                        }
-                    } else {
-                        Step::Reopen
-                    }
-                };
-                match step {
-                    Step::Pass(message) => return message.map(|m| (m, (poster, state, flags, current))),
-                    Step::Reopen if state.generation() == seen => {}
-                    Step::Reopen => {
-                        let (uris, generation) = state.subscribed();
-                        seen = generation;
-                        // Make before break: the old stream goes once the new one is acknowledged.
-                        match open(&poster, &state, &flags, uris).await {
-                            Ok(Some(next)) => current = next,
-                            Ok(None) => return None,
-                            Err(e) => {
-                                tracing::debug!(error = %e, "reopening a backend's listen stream failed");
-                                return None; // the listener opens it again, with the filter of then
-                            }
-                        }
-                    }
-                }
-            }
-        },
-    );
-    Ok(Some(frames.boxed()))
+    let listening = Listening {
+        poster,
+        state,
+        flags,
+        seen,
+        current: first,
+        replaced: None,
+    };
+    Ok(Some(stream::unfold(listening, next).boxed()))
+}
+
+/// How long a replaced listen stream is still read after its successor was
+/// acknowledged: what the backend sent on it before it took the new filter
+/// may still be on its way.
+const OVERLAP: Duration = Duration::from_secs(1);
+
+/// The state of a backend session's stream between two messages.
+struct Listening {
+    poster: Poster,
+    state: Arc<Stateless>,
+    flags: Map<String, Value>,
+    /// The generation of the subscriptions `current` was opened with.
+    seen: u64,
+    current: BoxStream<'static, Value>,
+    /// The stream `current` replaced, read until its overlap is over.
+    replaced: Option<(BoxStream<'static, Value>, Instant)>,
 }
 
 enum Step {
     Pass(Option<Value>),
+    Replaced(Option<Value>),
     Reopen,
+}
+
+/// The next message for the session; `None` ends its stream.
+async fn next(mut l: Listening) -> Option<(Value, Listening)> {
+    loop {
+        let step = {
+            let changed = l.state.changed();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if l.state.generation() != l.seen {
+                Step::Reopen
+            } else {
+                tokio::select! {
+                    biased;
+                    message = l.current.next() => Step::Pass(message),
+                    message = from_replaced(&mut l.replaced) => Step::Replaced(message),
+                    () = &mut changed => Step::Reopen,
+                }
+            }
+        };
+        match step {
+            Step::Pass(message) => return message.map(|m| (m, l)),
+            // An update of a resource no longer subscribed stays here.
+            Step::Replaced(Some(m)) if wanted(&l.state, &m) => return Some((m, l)),
+            Step::Replaced(Some(_)) => {}
+            Step::Replaced(None) => l.replaced = None,
+            Step::Reopen if l.state.generation() == l.seen => {}
+            Step::Reopen => {
+                let (uris, generation) = l.state.subscribed();
+                l.seen = generation;
+                // Make before break: the old stream is read on for a moment
+                // once the new one is acknowledged.
+                match open(&l.poster, &l.state, &l.flags, uris).await {
+                    Ok(Some(next)) => {
+                        let old = std::mem::replace(&mut l.current, next);
+                        l.replaced = Some((old, Instant::now() + OVERLAP));
+                    }
+                    Ok(None) => return None,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "reopening a backend's listen stream failed");
+                        return None; // the listener opens it again, with the filter of then
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The next message of the replaced stream; `None` once it ended or its
+/// overlap is over; never, while there is none.
+async fn from_replaced(replaced: &mut Option<(BoxStream<'static, Value>, Instant)>) -> Option<Value> {
+    let Some((stream, until)) = replaced else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        message = stream.next() => message,
+        () = tokio::time::sleep_until(*until) => None,
+    }
+}
+
+/// Whether a message of a replaced stream still goes to the session: all
+/// but updates of resources it no longer subscribes to.
+fn wanted(state: &Stateless, message: &Value) -> bool {
+    message["method"] != "notifications/resources/updated"
+        || message["params"]["uri"]
+            .as_str()
+            .is_some_and(|uri| state.is_subscribed(uri))
 }
 
 /// One `subscriptions/listen` request, read up to its acknowledgement.

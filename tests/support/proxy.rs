@@ -4,7 +4,7 @@
 //! like from vmcp: connected, then silence.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,6 +18,8 @@ pub struct FreezableProxy {
     frozen: Arc<AtomicBool>,
     /// Connections accepted so far.
     pub accepted: Arc<AtomicUsize>,
+    /// Every byte sent toward the server, in order per connection.
+    upstream: Arc<Mutex<Vec<u8>>>,
     task: JoinHandle<()>,
 }
 
@@ -28,11 +30,13 @@ impl FreezableProxy {
         let addr = listener.local_addr().expect("addr").to_string();
         let frozen = Arc::new(AtomicBool::new(false));
         let accepted = Arc::new(AtomicUsize::new(0));
+        let upstream = Arc::new(Mutex::new(Vec::new()));
         let (target, flag, count) = (target.to_owned(), Arc::clone(&frozen), Arc::clone(&accepted));
+        let tap = Arc::clone(&upstream);
         let task = tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
                 count.fetch_add(1, Ordering::SeqCst);
-                let (target, flag) = (target.clone(), Arc::clone(&flag));
+                let (target, flag, tap) = (target.clone(), Arc::clone(&flag), Arc::clone(&tap));
                 tokio::spawn(async move {
                     let Ok(server) = TcpStream::connect(&target).await else {
                         return;
@@ -41,7 +45,7 @@ impl FreezableProxy {
                     let _ = server.set_nodelay(true);
                     let (cr, cw) = client.into_split();
                     let (sr, sw) = server.into_split();
-                    tokio::join!(pump(cr, sw, Arc::clone(&flag)), pump(sr, cw, flag));
+                    tokio::join!(pump(cr, sw, Arc::clone(&flag), Some(tap)), pump(sr, cw, flag, None));
                 });
             }
         });
@@ -50,8 +54,16 @@ impl FreezableProxy {
             addr,
             frozen,
             accepted,
+            upstream,
             task,
         }
+    }
+
+    /// How many times `needle` was sent toward the server (a request's
+    /// body arrives in one piece here: they are small and written at once).
+    pub fn sent_count(&self, needle: &str) -> usize {
+        let sent = self.upstream.lock().expect("tap");
+        sent.windows(needle.len()).filter(|w| *w == needle.as_bytes()).count()
     }
 
     /// From now on no byte moves (connections stay open).
@@ -76,6 +88,7 @@ async fn pump(
     mut from: tokio::net::tcp::OwnedReadHalf,
     mut to: tokio::net::tcp::OwnedWriteHalf,
     frozen: Arc<AtomicBool>,
+    tap: Option<Arc<Mutex<Vec<u8>>>>,
 ) {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
@@ -88,6 +101,9 @@ async fn pump(
         };
         while frozen.load(Ordering::SeqCst) {
             tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if let Some(tap) = &tap {
+            tap.lock().expect("tap").extend_from_slice(&buf[..n]);
         }
         if to.write_all(&buf[..n]).await.is_err() {
             break;
