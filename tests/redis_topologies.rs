@@ -206,7 +206,7 @@ async fn a_cluster_rides_out_a_killed_master() {
     let victim = cluster.nodes[0].port;
     assert_eq!(support::redis_topology::role(victim).await.as_deref(), Some("master"));
     let heir = cluster.replica_of(victim).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::redis_topology::replicated(victim).await;
     let (ok, failed, load) = light_load(before[0].via(&a.url));
 
     cluster.node(victim).kill().await;
@@ -264,7 +264,7 @@ async fn sentinel_shares_sessions_and_follows_a_failover() {
     assert_eq!(counter(&before).await, "1");
     // Let the replica copy the session before the switch (a failover loses
     // what the old master acknowledged but had not replicated).
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::redis_topology::replicated(group.current_master().await).await;
     let (ok, failed, load) = light_load(before.via(&a.url));
 
     let old = group.current_master().await;
@@ -301,7 +301,7 @@ async fn sentinel_finds_the_replica_promoted_after_the_master_dies() {
     let mut before = a.client();
     before.initialize().await;
     assert_eq!(counter(&before).await, "1");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::redis_topology::replicated(group.master.port).await;
     let (ok, failed, load) = light_load(before.via(&a.url));
 
     let old = group.master.port;
@@ -346,7 +346,7 @@ async fn sentinel_with_passwords_on_the_data_nodes_and_the_sentinels() {
     let mut before = a.client();
     before.initialize().await;
     assert_eq!(counter(&before).await, "1");
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    support::redis_topology::replicated(group.current_master().await).await;
     group.failover().await;
     let (fresh, _) = new_session_within(&b.url, Duration::from_secs(5)).await;
     assert_eq!(counter(&fresh).await, "1");

@@ -48,7 +48,30 @@ pub fn oidc_provider_deps() -> PathBuf {
 }
 
 /// A TCP port that was free a moment ago (for peers that take a port number).
+///
+/// Taken below the kernel's ephemeral range when there is room: a port the
+/// kernel handed out for `:0` is also what it hands to outgoing connections,
+/// so on a busy machine one of the suite's own connections could take it
+/// before the peer binds it (a Redis node or sentinel that then never starts).
+/// Each test process walks its own stretch of the range, checking each port.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next().and_then(|p| p.parse::<u32>().ok()))
+        .unwrap_or(32768);
+    const FIRST: u32 = 10_000;
+    if low > FIRST + 1_000 {
+        let span = low - FIRST;
+        let start = std::process::id().wrapping_mul(7_919) % span;
+        for _ in 0..span {
+            let port = FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % span;
+            if std::net::TcpListener::bind(("127.0.0.1", port as u16)).is_ok() {
+                return port as u16;
+            }
+        }
+    }
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())

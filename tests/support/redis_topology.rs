@@ -38,6 +38,48 @@ fn spawn(program: &str, args: &[String]) -> Child {
         .unwrap_or_else(|e| panic!("{program} runs (scripts/test.sh installs it): {e}"))
 }
 
+/// Starts `program` with the arguments `args(port)` gives on a free port,
+/// and waits until the server answering there is this very process (its
+/// `INFO server` names its pid). Another test's server can take a port
+/// between the check and the bind; then this one exits or answers under a
+/// foreign pid, and it starts again on another port.
+async fn start_node(program: &str, password: Option<&str>, args: impl Fn(u16) -> Vec<String>) -> Node {
+    for _ in 0..5 {
+        let port = free_port();
+        if let Some(pw) = password {
+            require_password(port, pw);
+        }
+        let mut child = spawn(program, &args(port));
+        if serves(&mut child, port).await {
+            return Node {
+                port,
+                child: Some(child),
+            };
+        }
+        let _ = child.kill().await;
+    }
+    panic!("{program} did not start on any of 5 free ports");
+}
+
+/// Whether `child` is what answers on `port` (10 s at most).
+async fn serves(child: &mut Child, port: u16) -> bool {
+    let Some(pid) = child.id() else { return false };
+    let client = redis::Client::open(url(port)).expect("url");
+    for _ in 0..400 {
+        if !matches!(child.try_wait(), Ok(None)) {
+            return false; // exited: most likely the port was taken
+        }
+        if let Ok(mut c) = client.get_multiplexed_async_connection().await {
+            if let Ok(info) = redis::cmd("INFO").arg("server").query_async::<String>(&mut c).await {
+                let theirs = info.lines().find_map(|l| l.strip_prefix("process_id:")).map(str::trim);
+                return theirs == Some(pid.to_string().as_str());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 /// The password of each server started with one, by port (for [`conn`] and [`role`]).
 static PASSWORDS: std::sync::Mutex<Vec<(u16, String)>> = std::sync::Mutex::new(Vec::new());
 
@@ -97,6 +139,46 @@ where
     panic!("not reached within {secs} s: {what}");
 }
 
+/// Waits until every replica of the master on `master` has applied all
+/// that the master had written when this was called (a failover loses what
+/// the old master acknowledged but had not replicated; a fixed sleep is not
+/// enough on a loaded machine).
+pub async fn replicated(master: u16) {
+    fn field<'a>(info: &'a str, name: &str) -> Option<&'a str> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .map(str::trim)
+    }
+    let info = |port: u16| async move {
+        let mut c = conn(port).await;
+        redis::cmd("INFO")
+            .arg("replication")
+            .query_async::<String>(&mut c)
+            .await
+            .unwrap_or_default()
+    };
+    let at_master = info(master).await;
+    let written: u64 = field(&at_master, "master_repl_offset")
+        .and_then(|o| o.parse().ok())
+        .expect("master_repl_offset");
+    // `slave0:ip=127.0.0.1,port=N,state=online,...`
+    let replicas: Vec<u16> = at_master
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("ip="))
+        .filter_map(|l| l.split(',').find_map(|kv| kv.strip_prefix("port=")))
+        .filter_map(|p| p.trim().parse().ok())
+        .collect();
+    for replica in replicas {
+        wait_for("the replica has applied the master's writes", 20, || async move {
+            let at_replica = info(replica).await;
+            field(&at_replica, "slave_repl_offset")
+                .and_then(|o| o.parse::<u64>().ok())
+                .is_some_and(|applied| applied >= written)
+        })
+        .await;
+    }
+}
+
 /// One node of a topology.
 pub struct Node {
     pub port: u16,
@@ -128,44 +210,39 @@ impl RedisCluster {
         let dir = TempDir::new("cluster");
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
-            let (port, bus) = (free_port(), free_port());
-            let args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--cluster-port",
-                &bus.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--cluster-enabled",
-                "yes",
-                "--cluster-config-file",
-                &format!("nodes-{port}.conf"),
-                "--cluster-node-timeout",
-                "1000",
-                "--dir",
-                &dir.0.to_string_lossy(),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--repl-diskless-sync-delay",
-                "0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            let mut args = args;
-            if let Some(pw) = password {
-                args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
-                require_password(port, pw);
-            }
-            nodes.push(Node {
-                port,
-                child: Some(spawn("redis-server", &args)),
-            });
-        }
-        for n in &nodes {
-            conn(n.port).await;
+            let node = start_node("redis-server", password, |port| {
+                let mut args: Vec<String> = [
+                    "--port",
+                    &port.to_string(),
+                    "--cluster-port",
+                    &free_port().to_string(),
+                    "--bind",
+                    "127.0.0.1",
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    &format!("nodes-{port}.conf"),
+                    "--cluster-node-timeout",
+                    "1000",
+                    "--dir",
+                    &dir.0.to_string_lossy(),
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--repl-diskless-sync-delay",
+                    "0",
+                ]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+                if let Some(pw) = password {
+                    args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
+                }
+                args
+            })
+            .await;
+            nodes.push(node);
         }
         let mut args: Vec<String> = Vec::new();
         if let Some(pw) = password {
@@ -374,22 +451,16 @@ impl SentinelGroup {
             }
             args
         };
-        let (mp, rp) = (free_port(), free_port());
-        if let Some((pw, _)) = passwords {
-            require_password(mp, pw);
-            require_password(rp, pw);
-        }
-        let master = Node {
-            port: mp,
-            child: Some(spawn("redis-server", &data(mp))),
-        };
-        conn(mp).await;
-        let mut replica_args = data(rp);
-        replica_args.extend(["--replicaof".into(), "127.0.0.1".into(), mp.to_string()]);
-        let replica = Node {
-            port: rp,
-            child: Some(spawn("redis-server", &replica_args)),
-        };
+        let data_pw = passwords.map(|(pw, _)| pw);
+        let master = start_node("redis-server", data_pw, &data).await;
+        let mp = master.port;
+        let replica = start_node("redis-server", data_pw, |port| {
+            let mut args = data(port);
+            args.extend(["--replicaof".into(), "127.0.0.1".into(), mp.to_string()]);
+            args
+        })
+        .await;
+        let rp = replica.port;
         wait_for("the replica is in sync", 20, || async move {
             let mut c = conn(rp).await;
             let info: String = redis::cmd("INFO")
@@ -402,33 +473,32 @@ impl SentinelGroup {
         .await;
         let mut sentinels = Vec::new();
         for _ in 0..3 {
-            let port = free_port();
-            let file = dir.0.join(format!("sentinel-{port}.conf"));
-            let mut conf = format!(
-                "port {port}\nbind 127.0.0.1\ndir {dir}\n\
-                 sentinel monitor {MASTER_NAME} 127.0.0.1 {mp} 2\n\
-                 sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
-                 sentinel failover-timeout {MASTER_NAME} 5000\n\
-                 sentinel parallel-syncs {MASTER_NAME} 1\n",
-                dir = dir.0.display()
-            );
-            if let Some((pw, spw)) = passwords {
-                conf.push_str(&format!(
-                    "sentinel auth-pass {MASTER_NAME} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n"
-                ));
-                require_password(port, spw);
-            }
-            std::fs::write(&file, conf).expect("sentinel.conf");
-            sentinels.push(Node {
-                port,
-                child: Some(spawn("redis-sentinel", &[file.to_string_lossy().into_owned()])),
-            });
+            let sentinel = start_node("redis-sentinel", passwords.map(|(_, spw)| spw), |port| {
+                let file = dir.0.join(format!("sentinel-{port}.conf"));
+                let mut conf = format!(
+                    "port {port}\nbind 127.0.0.1\ndir {dir}\n\
+                     sentinel monitor {MASTER_NAME} 127.0.0.1 {mp} 2\n\
+                     sentinel down-after-milliseconds {MASTER_NAME} 1000\n\
+                     sentinel failover-timeout {MASTER_NAME} 5000\n\
+                     sentinel parallel-syncs {MASTER_NAME} 1\n",
+                    dir = dir.0.display()
+                );
+                if let Some((pw, spw)) = passwords {
+                    conf.push_str(&format!(
+                        "sentinel auth-pass {MASTER_NAME} {pw}\nrequirepass {spw}\nsentinel sentinel-pass {spw}\n"
+                    ));
+                }
+                std::fs::write(&file, conf).expect("sentinel.conf");
+                vec![file.to_string_lossy().into_owned()]
+            })
+            .await;
+            sentinels.push(sentinel);
         }
         for s in &sentinels {
             let port = s.port;
             wait_for(
                 "each sentinel knows the replica and the other sentinels",
-                30,
+                60,
                 || async move {
                     let mut c = conn(port).await;
                     let fields: Vec<String> = redis::cmd("SENTINEL")
