@@ -61,6 +61,31 @@ async fn start_node(program: &str, password: Option<&str>, args: impl Fn(u16) ->
     panic!("{program} did not start on any of 5 free ports");
 }
 
+/// A data node's arguments: on 127.0.0.1, its files in `dir`, nothing
+/// persisted, full syncs at once, and `password` for clients and its master.
+fn data_args(port: u16, dir: &TempDir, password: Option<&str>) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "--port",
+        &port.to_string(),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        &dir.0.to_string_lossy(),
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--repl-diskless-sync-delay",
+        "0",
+    ]
+    .map(String::from)
+    .into();
+    if let Some(pw) = password {
+        args.extend(["--requirepass", pw, "--masterauth", pw].map(String::from));
+    }
+    args
+}
+
 /// Whether `child` is what answers on `port` (10 s at most).
 async fn serves(child: &mut Child, port: u16) -> bool {
     let Some(pid) = child.id() else { return false };
@@ -211,34 +236,22 @@ impl RedisCluster {
         let mut nodes = Vec::new();
         for _ in 0..masters * (1 + replicas) {
             let node = start_node("redis-server", password, |port| {
-                let mut args: Vec<String> = [
-                    "--port",
-                    &port.to_string(),
-                    "--cluster-port",
-                    &free_port().to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    &format!("nodes-{port}.conf"),
-                    "--cluster-node-timeout",
-                    "1000",
-                    "--dir",
-                    &dir.0.to_string_lossy(),
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--repl-diskless-sync-delay",
-                    "0",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                if let Some(pw) = password {
-                    args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
-                }
+                let mut args = data_args(port, &dir, password);
+                let bus = free_port().to_string();
+                let config = format!("nodes-{port}.conf");
+                args.extend(
+                    [
+                        "--cluster-enabled",
+                        "yes",
+                        "--cluster-port",
+                        &bus,
+                        "--cluster-config-file",
+                        &config,
+                        "--cluster-node-timeout",
+                        "1000",
+                    ]
+                    .map(String::from),
+                );
                 args
             })
             .await;
@@ -426,32 +439,12 @@ impl SentinelGroup {
     /// the replica (`masterauth` too), and on the sentinels.
     pub async fn start_with(passwords: Option<(&str, &str)>) -> Self {
         let dir = TempDir::new("sentinel");
+        let data_pw = passwords.map(|(pw, _)| pw);
         let data = |port: u16| -> Vec<String> {
-            let mut args: Vec<String> = [
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--dir",
-                &dir.0.to_string_lossy(),
-                "--dbfilename",
-                &format!("dump-{port}.rdb"),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--repl-diskless-sync-delay",
-                "0",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
-            if let Some((pw, _)) = passwords {
-                args.extend(["--requirepass".into(), pw.into(), "--masterauth".into(), pw.into()]);
-            }
+            let mut args = data_args(port, &dir, data_pw);
+            args.extend(["--dbfilename".into(), format!("dump-{port}.rdb")]);
             args
         };
-        let data_pw = passwords.map(|(pw, _)| pw);
         let master = start_node("redis-server", data_pw, &data).await;
         let mp = master.port;
         let replica = start_node("redis-server", data_pw, |port| {
