@@ -145,8 +145,9 @@ impl Conn {
     }
 
     pub async fn call(&mut self, session: &str, tool: &str, id: u64) {
+        let rows = extra_arguments();
         let body = format!(
-            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"hi"}}}}}}"#
+            r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"message":"hi"{rows}}}}}}}"#
         );
         let (_, answer) = self.post(Some(session), Bytes::from(body)).await;
         assert!(has_result(&answer), "call failed: {}", String::from_utf8_lossy(&answer));
@@ -290,4 +291,25 @@ pub async fn load_in(
         },
         cpu_us: before.iter().zip(&after).map(|(b, a)| (a - b) * 1e6 / calls).collect(),
     }
+}
+
+/// `BENCH_ARGUMENT_ROWS=N`: each handshake-era `tools/call` also carries N
+/// small objects in its arguments (`"rows":[{"id":0,"name":"row 0","tags":["a","b"]},…]`,
+/// ~45 bytes each), which the backend ignores: how a call's cost grows with
+/// the size of its arguments. Unset: none, as in the README's tables.
+fn extra_arguments() -> &'static str {
+    static ROWS: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ROWS.get_or_init(|| {
+        let n: usize = std::env::var("BENCH_ARGUMENT_ROWS")
+            .ok()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if n == 0 {
+            return String::new();
+        }
+        let rows: Vec<String> = (0..n)
+            .map(|i| format!(r#"{{"id":{i},"name":"row {i}","tags":["a","b"]}}"#))
+            .collect();
+        format!(r#","rows":[{}]"#, rows.join(","))
+    })
 }
