@@ -134,6 +134,15 @@ async fn policies_gate_calls_and_lists_the_same_way_on_every_replica() {
         // An argument a forbid looks at.
         let secret = c.call_tool("t_echo", json!({"message": "my secret"})).await;
         assert!(denied(&secret).is_some_and(|w| w.contains("no-secrets")), "{secret:?}");
+        // Arguments too deep to read are refused, never judged as absent
+        // (vmcp forwards arguments as raw text and reads them only here).
+        let deep = format!(
+            r#"{{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{{"name":"t_echo","arguments":{{"message":"my secret","x":{}1{}}}}}}}"#,
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        let deep = c.post_raw(deep, &[]).await;
+        assert_eq!(deep.body["error"]["code"], -32602, "{deep:?}");
         assert_eq!(
             s.backend.stats.calls.load(Ordering::SeqCst),
             calls,

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use super::client::{self, Client, ClientError, Target};
 use super::credentials::{self, CallerToken, Credentials};
 use super::stateless;
-use super::BackendError;
+use super::{BackendError, Params};
 use crate::config::BackendEra;
 
 type Response = http::Response<Body>;
@@ -189,7 +189,7 @@ impl HttpSession {
         &self,
         id: i64,
         method: &str,
-        params: Option<&Value>,
+        params: Option<Params<'_>>,
         relay: &mut (dyn FnMut(Value) + Send),
     ) -> Result<R, BackendError> {
         let Some(state) = &self.envelope else {
@@ -201,9 +201,11 @@ impl HttpSession {
         if let Some(taken) = state.subscription(method, params) {
             return taken.and_then(|()| serde_json::from_str("{}").map_err(|e| BackendError::Protocol(e.to_string())));
         }
-        let mut params = stateless::with_envelope(params, &state.envelope);
+        let mut params = stateless::with_envelope(params, &state.envelope)?;
         for _ in 0..stateless::MAX_ROUNDS {
-            let result: Value = self.send_request(id, method, Some(&params), relay).await?;
+            let result: Value = self
+                .send_request(id, method, Some(Params::Tree(&params)), relay)
+                .await?;
             let Some((requests, request_state)) = stateless::input_required(&result) else {
                 let text = serde_json::to_string(&result).map_err(|e| BackendError::Protocol(e.to_string()))?;
                 return serde_json::from_str(&text).map_err(|e| BackendError::Protocol(e.to_string()));
@@ -231,7 +233,7 @@ impl HttpSession {
         &self,
         id: i64,
         method: &str,
-        params: Option<&Value>,
+        params: Option<Params<'_>>,
         relay: &mut (dyn FnMut(Value) + Send),
     ) -> Result<R, BackendError> {
         let body = serde_json::to_vec(&Outgoing {
@@ -428,7 +430,7 @@ impl Poster {
         let body = serde_json::to_vec(message).map_err(|e| BackendError::Protocol(e.to_string()))?;
         let mut headers = self.headers.clone();
         let method = message.get("method").and_then(Value::as_str).unwrap_or_default();
-        stateless::mirror(&mut headers, method, message.get("params"));
+        stateless::mirror(&mut headers, method, message.get("params").map(Params::Tree));
         let bound = self.endpoint.notice_timeout;
         tokio::time::timeout(bound, post(&self.endpoint, self.caller.as_deref(), headers, body))
             .await

@@ -61,6 +61,7 @@ impl BackendSession {
         timeout: Duration,
         ctx: &CallContext,
     ) -> Result<Value, BackendError> {
+        let params = params.map(Params::Tree);
         match &self.conn {
             Conn::Http(s) => self.call_http(s, method, params, timeout, ctx).await,
             Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref()).await,
@@ -72,7 +73,7 @@ impl BackendSession {
     pub async fn call_through(
         &self,
         method: &str,
-        params: Option<&Value>,
+        params: Option<Params<'_>>,
         timeout: Duration,
         ctx: &CallContext,
     ) -> Result<Reply, BackendError> {
@@ -91,7 +92,7 @@ impl BackendSession {
         &self,
         s: &self::http::HttpSession,
         method: &str,
-        params: Option<&Value>,
+        params: Option<Params<'_>>,
         timeout: Duration,
         ctx: &CallContext,
     ) -> Result<R, BackendError> {

@@ -10,7 +10,7 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{json, Map, Value};
 use tokio::sync::{oneshot, Notify};
 
-use super::BackendError;
+use super::{BackendError, Params};
 use crate::sync::lock;
 
 /// Most rounds of input requests one call may go through.
@@ -47,7 +47,7 @@ impl Stateless {
     /// Takes `resources/subscribe` or `resources/unsubscribe` here (the
     /// backend hears of it through the listen stream's filter): `Some` with
     /// the (empty) result for those two methods, `None` for any other.
-    pub fn subscription(&self, method: &str, params: Option<&Value>) -> Option<Result<(), BackendError>> {
+    pub fn subscription(&self, method: &str, params: Option<Params<'_>>) -> Option<Result<(), BackendError>> {
         let subscribe = match method {
             "resources/subscribe" => true,
             "resources/unsubscribe" => false,
@@ -190,10 +190,10 @@ pub fn envelope(init: &Value) -> Value {
 }
 
 /// `params` with the envelope merged into its `_meta` (the caller's own keys kept).
-pub fn with_envelope(params: Option<&Value>, envelope: &Value) -> Value {
-    let mut params = params.cloned().unwrap_or_else(|| json!({}));
+pub fn with_envelope(params: Option<Params<'_>>, envelope: &Value) -> Result<Value, BackendError> {
+    let mut params = params.map_or_else(|| Ok(json!({})), Params::to_tree)?;
     if !params.is_object() {
-        return params;
+        return Ok(params);
     }
     if !params["_meta"].is_object() {
         params["_meta"] = json!({});
@@ -203,12 +203,12 @@ pub fn with_envelope(params: Option<&Value>, envelope: &Value) -> Value {
             meta.insert(k.clone(), v.clone());
         }
     }
-    params
+    Ok(params)
 }
 
 /// The headers that mirror the body: `Mcp-Method`, and `Mcp-Name` where the
 /// method names a tool, prompt or resource.
-pub fn mirror(headers: &mut HeaderMap, method: &str, params: Option<&Value>) {
+pub fn mirror(headers: &mut HeaderMap, method: &str, params: Option<Params<'_>>) {
     if let Ok(v) = HeaderValue::from_str(method) {
         headers.insert(METHOD, v);
     }
@@ -240,12 +240,16 @@ mod tests {
     #[test]
     fn the_envelope_joins_the_callers_meta() {
         let env = envelope(&json!({"capabilities": {"x": {}}, "clientInfo": {"name": "c", "version": "1"}}));
-        let p = with_envelope(Some(&json!({"name": "t", "_meta": {"progressToken": 1}})), &env);
+        let p = with_envelope(
+            Some(Params::Tree(&json!({"name": "t", "_meta": {"progressToken": 1}}))),
+            &env,
+        )
+        .unwrap();
         assert_eq!(p["_meta"]["progressToken"], 1);
         assert_eq!(p["_meta"]["io.modelcontextprotocol/protocolVersion"], VERSION);
         assert_eq!(p["_meta"]["io.modelcontextprotocol/clientInfo"]["name"], "c");
         let mut h = HeaderMap::new();
-        mirror(&mut h, "tools/call", Some(&p));
+        mirror(&mut h, "tools/call", Some(Params::Tree(&p)));
         assert_eq!(h["mcp-method"], "tools/call");
         assert_eq!(h["mcp-name"], "t");
         assert!(is_modern(&json!({"supportedVersions": ["2026-07-28"]})));

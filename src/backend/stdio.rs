@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::stdio_client::{CallRelay, StdioClient};
-use super::{rpc_error, BackendError};
+use super::{rpc_error, BackendError, Params};
 use crate::config::is_vmcp_variable;
 use crate::sync::lock;
 
@@ -191,14 +191,14 @@ impl StdioSession {
     pub async fn call(
         &self,
         method: &str,
-        params: Option<&Value>,
+        params: Option<Params<'_>>,
         timeout: Duration,
         cancel: &CancellationToken,
         relay: Option<&CallRelay>,
     ) -> Result<Value, BackendError> {
         let mut body = json!({"method": method});
         if let Some(p) = params {
-            body["params"] = p.clone();
+            body["params"] = p.to_tree()?;
         }
         let request: ClientRequest =
             serde_json::from_value(body).map_err(|e| BackendError::Protocol(format!("cannot encode request: {e}")))?;
@@ -211,7 +211,10 @@ impl StdioSession {
             .map_err(classify)?;
         // rmcp gave the child a progress token of its own: map it back to the client's.
         let ours = serde_json::to_value(&handle.progress_token).unwrap_or(Value::Null);
-        route.map_progress(&ours, params.and_then(|p| p.pointer("/_meta/progressToken")));
+        route.map_progress(
+            &ours,
+            params.and_then(|p| p.get("_meta")).and_then(|m| m.get("progressToken")),
+        );
         // `None`: cancelled by the client.
         let outcome = tokio::select! {
             answered = tokio::time::timeout(timeout, &mut handle.rx) => Some(answered),

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use super::http::{is_event_stream, transport, Poster};
 use super::stateless::{self, Stateless};
-use super::{client, BackendError};
+use super::{client, BackendError, Params};
 
 const ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
 const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
@@ -167,7 +167,7 @@ async fn open(
     if !uris.is_empty() {
         filter.insert("resourceSubscriptions".into(), json!(uris));
     }
-    let params = stateless::with_envelope(Some(&json!({ "notifications": filter })), &state.envelope);
+    let params = stateless::with_envelope(Some(Params::Tree(&json!({ "notifications": filter }))), &state.envelope)?;
     let request = json!({
         "jsonrpc": "2.0",
         "id": "vmcp-listen",

@@ -12,8 +12,9 @@ use rmcp::model::{
 use serde::de::DeserializeOwned;
 use serde_json::{json, Value};
 
+use super::jsonrpc::RequestParams;
 use super::RpcError;
-use crate::backend::{BackendError, CallContext, Reply};
+use crate::backend::{BackendError, CallContext, Reply, ToolCall};
 use crate::session::guard::{Guard, Refusal};
 use crate::session::{ListKind, Session, SessionError};
 
@@ -23,7 +24,7 @@ pub enum Command {
     Initialize(Value),
     Ping,
     List(ListKind, Option<String>),
-    CallTool(Value),
+    CallTool(ToolCall),
     GetPrompt(Value),
     ReadResource(Value),
     Complete(Value),
@@ -40,21 +41,6 @@ fn checked<T: DeserializeOwned>(params: Option<Value>) -> Result<Value, RpcError
     Ok(value)
 }
 
-/// `tools/call` is the hot path: its params are checked in place (a string
-/// `name`, an object `arguments`, an object `_meta`) rather than by building a
-/// typed copy of the arguments; what it accepts matches `CallToolRequestParams`.
-fn call_params(params: Option<Value>) -> Result<Value, RpcError> {
-    let value = params.unwrap_or_else(|| json!({}));
-    let object_or_absent = |key: &str| value.get(key).is_none_or(|v| v.is_object() || v.is_null());
-    if value.get("name").is_some_and(Value::is_string) && object_or_absent("arguments") && object_or_absent("_meta") {
-        Ok(value)
-    } else {
-        Err(RpcError::invalid_params(
-            "invalid params: tools/call needs a string `name` and an object `arguments`",
-        ))
-    }
-}
-
 fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
     let value = checked::<PaginatedRequestParams>(params)?;
     let cursor = value.get("cursor").and_then(Value::as_str).map(str::to_owned);
@@ -64,7 +50,21 @@ fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
 impl Command {
     /// Validates a request; `-32601` for unknown methods, `-32602` for bad params.
     #[allow(deprecated)] // SetLevelRequestParams, see the import
-    pub fn parse(method: &str, params: Option<Value>) -> Result<Self, RpcError> {
+    /// `tools/call` is the hot path: its `arguments` stay the client's JSON
+    /// text when they came as such (see [`ToolCall`]); what it accepts
+    /// matches `CallToolRequestParams`.
+    pub fn parse(method: &str, params: impl Into<RequestParams>) -> Result<Self, RpcError> {
+        let params = params.into();
+        if method == "tools/call" {
+            let call = match params {
+                RequestParams::Raw(raw) => ToolCall::from_raw(&raw),
+                RequestParams::Tree(tree) => ToolCall::from_tree(tree),
+            };
+            return call
+                .map(Self::CallTool)
+                .map_err(|e| RpcError::invalid_params(format!("invalid params: {e}")));
+        }
+        let params = params.into_tree()?;
         Ok(match method {
             "initialize" => Self::Initialize(checked::<InitializeRequestParams>(params)?),
             "ping" => Self::Ping,
@@ -72,7 +72,6 @@ impl Command {
             "prompts/list" => list(ListKind::Prompts, params)?,
             "resources/list" => list(ListKind::Resources, params)?,
             "resources/templates/list" => list(ListKind::ResourceTemplates, params)?,
-            "tools/call" => Self::CallTool(call_params(params)?),
             "prompts/get" => Self::GetPrompt(checked::<GetPromptRequestParams>(params)?),
             "resources/read" => Self::ReadResource(checked::<ReadResourceRequestParams>(params)?),
             "completion/complete" => Self::Complete(checked::<CompleteRequestParams>(params)?),
@@ -240,7 +239,17 @@ mod tests {
         ];
         for case in cases {
             let typed = serde_json::from_value::<rmcp::model::CallToolRequestParams>(case.clone()).is_ok();
-            assert_eq!(call_params(Some(case.clone())).is_ok(), typed, "{case}");
+            assert_eq!(
+                Command::parse("tools/call", Some(case.clone())).is_ok(),
+                typed,
+                "{case}"
+            );
+            let raw = serde_json::value::RawValue::from_string(case.to_string()).unwrap();
+            assert_eq!(
+                Command::parse("tools/call", RequestParams::Raw(raw)).is_ok(),
+                typed,
+                "{case} as text"
+            );
         }
     }
 

@@ -30,7 +30,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::aggregate::Catalog;
-use crate::backend::{BackendError, BackendSession, CallContext, Reply};
+use crate::backend::{BackendError, BackendSession, CallContext, Params, Reply};
 use crate::store::{unix_ms, SessionMetadata};
 use crate::telemetry::Meter;
 
@@ -283,7 +283,7 @@ impl Session {
         let own = CallContext::default(); // nothing to relay, no one to cancel
         let calls = targets
             .iter()
-            .map(|name| self.forward(&view, name, "logging/setLevel", params.clone(), &own));
+            .map(|name| self.forward(&view, name, "logging/setLevel", Params::Tree(&params), &own));
         for result in futures_util::future::join_all(calls).await {
             if let Err(e) = result {
                 tracing::debug!(session.id = %self.id, error = %e, "logging/setLevel not applied");
@@ -299,7 +299,7 @@ impl Session {
         view: &View<'_>,
         backend: &str,
         method: &'static str,
-        params: Value,
+        params: Params<'_>,
         ctx: &CallContext,
     ) -> Result<Reply, SessionError> {
         let session = view
@@ -307,10 +307,10 @@ impl Session {
             .get(backend)
             .ok_or_else(|| SessionError::BackendUnavailable(backend.to_owned()))?;
         tracing::Span::current().record("backend", backend);
-        let result = match self.send(session, method, &params, ctx).await {
+        let result = match self.send(session, method, params, ctx).await {
             Err(BackendError::SessionExpired) => {
                 let healed = self.heal(backend, session).await?;
-                self.send(&healed, method, &params, ctx).await
+                self.send(&healed, method, params, ctx).await
             }
             other => other,
         };
@@ -324,7 +324,7 @@ impl Session {
         &self,
         session: &BackendSession,
         method: &'static str,
-        params: &Value,
+        params: Params<'_>,
         ctx: &CallContext,
     ) -> Result<Reply, BackendError> {
         let metrics = self.factory.metrics();

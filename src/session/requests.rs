@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::guard::{Action, Guard, Item, ItemKind};
 use super::{str_param, ListKind, Session, SessionError};
 use crate::aggregate::{page, Catalog};
-use crate::backend::{CallContext, Reply};
+use crate::backend::{CallContext, Params, Reply, ToolCall};
 
 impl Session {
     /// One page of a list (`tools`, `prompts`, `resources`, `resourceTemplates`).
@@ -53,28 +53,36 @@ impl Session {
     }
 
     /// `tools/call`: routes by client-facing name, sends the backend's name.
+    /// Its arguments are read (built into a tree) only for a guard.
     pub async fn call_tool(
         &self,
-        mut params: Value,
+        mut call: ToolCall,
         ctx: &CallContext,
         guard: Option<&dyn Guard>,
     ) -> Result<Reply, SessionError> {
         let view = self.enter()?;
-        let name = str_param(&params, "name")?;
+        let name = call
+            .name()
+            .ok_or_else(|| SessionError::InvalidParams("`name` must be a string".into()))?;
         let route = view
             .catalog
             .tool(name)
             .ok_or_else(|| SessionError::UnknownTool(name.to_owned()))?;
         if let Some(guard) = guard {
+            // Too deep to read is refused, never judged as "no arguments".
+            let arguments = call
+                .arguments()
+                .map_err(|e| SessionError::InvalidParams(format!("arguments: {e}")))?;
             let item = Item {
                 annotations: view.catalog.tools.get(route.index).and_then(|t| t.get("annotations")),
-                arguments: params.get("arguments"),
+                arguments: arguments.as_deref(),
                 ..Item::named(ItemKind::Tool, name, &route.name, &route.backend)
             };
             guard.admit(Action::CallTool, item).await?;
         }
-        params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "tools/call", params, ctx).await
+        call.set_name(route.name.clone());
+        self.forward(&view, &route.backend, "tools/call", Params::ToolCall(&call), ctx)
+            .await
     }
 
     /// `prompts/get`: like `call_tool`, for prompts.
@@ -98,7 +106,8 @@ impl Session {
             guard.admit(Action::GetPrompt, item).await?;
         }
         params["name"] = Value::String(route.name.clone());
-        self.forward(&view, &route.backend, "prompts/get", params, ctx).await
+        self.forward(&view, &route.backend, "prompts/get", Params::Tree(&params), ctx)
+            .await
     }
 
     /// `resources/read`, `resources/subscribe`, `resources/unsubscribe`:
@@ -126,7 +135,7 @@ impl Session {
         if let (Some(guard), Some(action)) = (guard, action) {
             guard.admit(action, Item::resource(uri, &backend)).await?;
         }
-        self.forward(&view, &backend, method, params, ctx).await
+        self.forward(&view, &backend, method, Params::Tree(&params), ctx).await
     }
 
     /// `completion/complete`: routes by the prompt or resource it refers to.
@@ -169,7 +178,8 @@ impl Session {
                 ))
             }
         };
-        self.forward(&view, &backend, "completion/complete", params, ctx).await
+        self.forward(&view, &backend, "completion/complete", Params::Tree(&params), ctx)
+            .await
     }
 }
 

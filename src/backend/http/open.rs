@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use super::{post, read_response, stateless, HttpBackend, HttpSession, Outgoing};
 use crate::backend::credentials::CallerToken;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Params};
 use crate::config::BackendEra;
 
 impl HttpBackend {
@@ -84,7 +84,7 @@ impl HttpBackend {
             jsonrpc: "2.0",
             id: Some(0),
             method: "server/discover",
-            params: Some(&json!({ "_meta": envelope })),
+            params: Some(Params::Tree(&json!({ "_meta": envelope }))),
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let endpoint = &self.endpoint;
@@ -112,7 +112,7 @@ impl HttpBackend {
             jsonrpc: "2.0",
             id: Some(0),
             method: "initialize",
-            params: Some(&params),
+            params: Some(Params::Tree(&params)),
         })
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let endpoint = &self.endpoint;

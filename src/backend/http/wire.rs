@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::{client, transport, HttpSession, Response};
-use crate::backend::BackendError;
+use crate::backend::{BackendError, Params};
 
 /// A JSON-RPC request as sent (borrowing its params: no copy).
 #[derive(Serialize)]
@@ -21,7 +21,7 @@ pub(super) struct Outgoing<'a> {
     pub id: Option<i64>,
     pub method: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub params: Option<&'a Value>,
+    pub params: Option<Params<'a>>,
 }
 
 /// What a backend sends back, parsed once.

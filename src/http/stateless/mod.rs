@@ -82,6 +82,10 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         }
     };
     tracing::Span::current().record("mcp.method", method.as_str());
+    let params = match params.into_tree() {
+        Ok(p) => p,
+        Err(e) => return reject(e, Some(&id)),
+    };
     let envelope = match era::check(&parts.headers, &method, params.as_ref()) {
         Ok(e) => e,
         Err(e) => return reject(e, Some(&id)),
