@@ -49,10 +49,10 @@ fn list(kind: ListKind, params: Option<Value>) -> Result<Command, RpcError> {
 
 impl Command {
     /// Validates a request; `-32601` for unknown methods, `-32602` for bad params.
-    #[allow(deprecated)] // SetLevelRequestParams, see the import
     /// `tools/call` is the hot path: its `arguments` stay the client's JSON
     /// text when they came as such (see [`ToolCall`]); what it accepts
     /// matches `CallToolRequestParams`.
+    #[allow(deprecated)] // SetLevelRequestParams, see the import
     pub fn parse(method: &str, params: impl Into<RequestParams>) -> Result<Self, RpcError> {
         let params = params.into();
         if method == "tools/call" {
