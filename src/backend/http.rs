@@ -31,6 +31,7 @@ use super::credentials::{self, CallerToken, Credentials};
 use super::stateless;
 use super::{BackendError, Params};
 use crate::config::BackendEra;
+use crate::mcp::headers as mcp_headers;
 
 type Response = http::Response<Body>;
 
@@ -170,9 +171,9 @@ impl HttpSession {
         // headers below and would grow twice per request.
         let mut headers = HeaderMap::with_capacity(self.endpoint.headers.len() + 2);
         headers.extend(self.endpoint.headers.iter().map(|(k, v)| (k.clone(), v.clone())));
-        headers.insert(HeaderName::from_static("mcp-protocol-version"), self.version.clone());
+        headers.insert(mcp_headers::PROTOCOL, self.version.clone());
         if let Some(id) = &self.session_id {
-            headers.insert(HeaderName::from_static("mcp-session-id"), id.clone());
+            headers.insert(mcp_headers::SESSION, id.clone());
         }
         headers
     }
@@ -336,7 +337,7 @@ impl HttpSession {
         headers.insert(http::header::ACCEPT, HeaderValue::from_static("text/event-stream"));
         headers.remove(http::header::CONTENT_TYPE);
         if let Some(v) = last_event_id.and_then(|id| HeaderValue::from_str(id).ok()) {
-            headers.insert(HeaderName::from_static("last-event-id"), v);
+            headers.insert(mcp_headers::LAST_EVENT_ID, v);
         }
         let endpoint = &self.endpoint;
         credentials::send(

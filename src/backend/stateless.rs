@@ -6,11 +6,12 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 use serde_json::{json, Map, Value};
 use tokio::sync::{oneshot, Notify};
 
 use super::{BackendError, Params};
+use crate::mcp::headers::{METHOD, NAME};
 use crate::sync::lock;
 
 /// Most rounds of input requests one call may go through.
@@ -173,9 +174,6 @@ pub fn input_required(result: &Value) -> Option<(&Map<String, Value>, Option<&Va
 
 /// The stateless version vmcp speaks to backends.
 pub const VERSION: &str = "2026-07-28";
-
-const METHOD: HeaderName = HeaderName::from_static("mcp-method");
-const NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 /// The `_meta` envelope of a client session, from its `initialize` params.
 pub fn envelope(init: &Value) -> Value {

@@ -7,13 +7,11 @@
 use http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::{json, Value};
 
+use crate::mcp::headers::{METHOD, NAME, PROTOCOL, SESSION};
 use crate::mcp::RpcError;
 
 /// The stateless-era versions vmcp speaks.
 pub const MODERN_VERSIONS: &[&str] = &["2026-07-28"];
-
-pub const METHOD: HeaderName = HeaderName::from_static("mcp-method");
-pub const NAME: HeaderName = HeaderName::from_static("mcp-name");
 
 pub const META_VERSION: &str = "io.modelcontextprotocol/protocolVersion";
 pub const META_CAPABILITIES: &str = "io.modelcontextprotocol/clientCapabilities";
@@ -29,10 +27,10 @@ pub const UNSUPPORTED_VERSION: i32 = -32022;
 /// A stateless-era request: a POST with no session that names its method
 /// in `Mcp-Method`, or a protocol version that is not a handshake one.
 pub fn is_stateless(method: &http::Method, headers: &HeaderMap) -> bool {
-    if method != http::Method::POST || headers.contains_key(super::reply::SESSION) {
+    if method != http::Method::POST || headers.contains_key(SESSION) {
         return false;
     }
-    let version = headers.get(super::reply::PROTOCOL).and_then(|v| v.to_str().ok());
+    let version = headers.get(PROTOCOL).and_then(|v| v.to_str().ok());
     headers.contains_key(METHOD) || version.is_some_and(|v| !crate::mcp::is_supported(v))
 }
 
@@ -52,7 +50,7 @@ fn mismatch(what: &str) -> RpcError {
 pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Envelope, RpcError> {
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     // A version vmcp does not speak is said first: the client can pick another.
-    if let Some(named) = header(&super::reply::PROTOCOL).filter(|v| !MODERN_VERSIONS.contains(v)) {
+    if let Some(named) = header(&PROTOCOL).filter(|v| !MODERN_VERSIONS.contains(v)) {
         if !crate::mcp::is_supported(named) {
             return Err(unsupported(named));
         }
@@ -84,7 +82,7 @@ pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Resul
     let Some(version) = MODERN_VERSIONS.iter().copied().find(|v| *v == requested) else {
         return Err(unsupported(requested));
     };
-    if header(&super::reply::PROTOCOL) != Some(version) {
+    if header(&PROTOCOL) != Some(version) {
         return Err(mismatch("MCP-Protocol-Version header does not match params._meta"));
     }
     let capabilities = field(META_CAPABILITIES)

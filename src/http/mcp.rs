@@ -16,10 +16,11 @@ use serde_json::{json, Value};
 
 use super::call::Answering;
 use super::exec::{answer, apply_here, header_str, reject};
-use super::reply::{self, Body, Format, PROTOCOL, SESSION};
+use super::reply::{self, Body, Format};
 use crate::app::App;
 use crate::auth::{AuthError, Identity};
 use crate::config::HttpConfig;
+use crate::mcp::headers::{LAST_EVENT_ID, PROTOCOL, SESSION};
 use crate::mcp::Incoming as Message;
 use crate::mcp::{self, Command, RpcError};
 use crate::policy::RequestGuard;
@@ -430,7 +431,7 @@ async fn stream(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<
     }
     match resolve(app, headers, who).await {
         Ok(session) => {
-            let last_event_id = header_str(headers, "last-event-id").map(str::trim);
+            let last_event_id = header_str(headers, LAST_EVENT_ID).map(str::trim);
             // A broken call stream, resumed: the rest of it, until the call's response.
             if let Some((call, seen)) = last_event_id.and_then(|id| session.resume_call_stream(id)) {
                 return reply::message_stream(None, call.read_from(seen));

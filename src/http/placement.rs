@@ -7,10 +7,11 @@ use http::{Method, Response, StatusCode};
 use serde_json::Value;
 
 use super::exec::{header_str, reject};
-use super::reply::{self, Body, SESSION};
+use super::reply::{self, Body};
 use crate::affinity::forward::ForwardError;
 use crate::affinity::{HopTarget, Placement, HOP};
 use crate::app::App;
+use crate::mcp::headers::SESSION;
 use crate::mcp::RpcError;
 
 /// `Some(response)` when the request was answered by its owner (or refused

@@ -18,12 +18,8 @@ pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-pub const SESSION_HEADER: &str = "mcp-session-id";
-/// [`SESSION_HEADER`] as a name: looked up without parsing it first.
-pub const SESSION: http::HeaderName = http::HeaderName::from_static(SESSION_HEADER);
-pub const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-/// [`PROTOCOL_HEADER`] as a name.
-pub const PROTOCOL: http::HeaderName = http::HeaderName::from_static(PROTOCOL_HEADER);
+/// Built once: `from_static` checks its bytes when called outside a constant.
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
 
 fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
@@ -42,18 +38,16 @@ pub enum Format {
 pub fn message(status: StatusCode, format: Format, payload: &impl serde::Serialize) -> Response<Body> {
     // Serialising plain data (trees, raw JSON, borrowed structs) cannot fail.
     let text = serde_json::to_string(payload).unwrap_or_default();
-    let (content_type, body) = match format {
-        Format::Json => ("application/json", text),
-        Format::Sse => ("text/event-stream", message_event(None, &text)),
+    let body = match format {
+        Format::Json => text,
+        Format::Sse => message_event(None, &text),
     };
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
     if format == Format::Sse {
         sse_headers(&mut response);
     } else {
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+        response.headers_mut().insert(header::CONTENT_TYPE, JSON);
     }
     response
 }

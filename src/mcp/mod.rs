@@ -2,6 +2,7 @@
 //! envelope, version negotiation, and one [`Command`] per MCP method.
 
 pub mod command;
+pub mod headers;
 pub mod jsonrpc;
 
 pub use crate::backend::Reply;

@@ -5,13 +5,14 @@
 use std::sync::atomic::{AtomicBool, AtomicI64};
 use std::sync::Arc;
 
-use http::{HeaderName, HeaderValue};
+use http::HeaderValue;
 use serde_json::{json, Value};
 
 use super::{post, read_response, stateless, HttpBackend, HttpSession, Outgoing};
 use crate::backend::credentials::CallerToken;
 use crate::backend::{BackendError, Params};
 use crate::config::BackendEra;
+use crate::mcp::headers as mcp_headers;
 
 impl HttpBackend {
     fn session(
@@ -89,10 +90,7 @@ impl HttpBackend {
         .map_err(|e| BackendError::Protocol(e.to_string()))?;
         let endpoint = &self.endpoint;
         let mut headers = endpoint.headers.clone();
-        headers.insert(
-            HeaderName::from_static("mcp-protocol-version"),
-            HeaderValue::from_static(stateless::VERSION),
-        );
+        headers.insert(mcp_headers::PROTOCOL, HeaderValue::from_static(stateless::VERSION));
         stateless::mirror(&mut headers, "server/discover", None);
         let response = post(endpoint, caller.as_deref(), headers, body).await?;
         let discovered: Value = read_response(response, 0, None, &mut |_| {}).await?;
@@ -119,7 +117,7 @@ impl HttpBackend {
         let response = post(endpoint, caller.as_deref(), endpoint.headers.clone(), body).await?;
         let session_id = response
             .headers()
-            .get("mcp-session-id")
+            .get(mcp_headers::SESSION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let init: Value = read_response(response, 0, None, &mut |_| {}).await?;
