@@ -85,7 +85,7 @@ impl ToolCall {
 
     /// What `CallToolRequestParams` accepts: a string `name`, an object (or
     /// null, or no) `arguments` and `_meta`.
-    fn checked(self) -> Result<Self, ParamsError> {
+    pub(crate) fn checked(self) -> Result<Self, ParamsError> {
         let meta_ok = self.get("_meta").is_none_or(|m| m.is_object() || m.is_null());
         let arguments_ok = match &self.arguments {
             None => true,

@@ -58,6 +58,7 @@ impl Command {
         if method == "tools/call" {
             let call = match params {
                 RequestParams::Raw(raw) => ToolCall::from_raw(&raw),
+                RequestParams::Call(call) => Ok(call),
                 RequestParams::Tree(tree) => ToolCall::from_tree(tree),
             };
             return call

@@ -6,7 +6,7 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
-use crate::backend::{codes, Reply};
+use crate::backend::{codes, Reply, ToolCall};
 
 /// The owner of the session failed after a forwarded request was sent to it:
 /// the request may or may not have run, so it is not run again elsewhere
@@ -136,6 +136,8 @@ pub enum Incoming {
 pub enum RequestParams {
     Tree(Option<Value>),
     Raw(Box<RawValue>),
+    /// A `tools/call`'s, read with the envelope (see [`Incoming::plain_request`]).
+    Call(ToolCall),
 }
 
 impl RequestParams {
@@ -146,6 +148,10 @@ impl RequestParams {
             Self::Raw(raw) => serde_json::from_str(raw.get())
                 .map(Some)
                 .map_err(|e| RpcError::parse(format!("parse error: {e}"))),
+            Self::Call(call) => call
+                .to_tree()
+                .map(Some)
+                .map_err(|e| RpcError::invalid_params(format!("invalid params: arguments: {e}"))),
         }
     }
 }
@@ -156,43 +162,7 @@ impl From<Option<Value>> for RequestParams {
     }
 }
 
-/// A request with exactly `jsonrpc`, `id`, `method` and maybe `params`,
-/// read field by field: no tree of the envelope or the params is built.
-#[derive(serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PlainRequest<'a> {
-    #[serde(borrow)]
-    jsonrpc: std::borrow::Cow<'a, str>,
-    id: Value,
-    #[serde(borrow)]
-    method: std::borrow::Cow<'a, str>,
-    #[serde(borrow)]
-    params: Option<&'a RawValue>,
-}
-
 impl Incoming {
-    /// The message in `bytes` when it is a plain, valid request (most are),
-    /// read without building a tree of its envelope (with serde_json's
-    /// `preserve_order`, which cedar-policy turns on, that tree is an
-    /// `IndexMap` with a hashed, allocated key per field). `None`: anything
-    /// else (a notification, a response, a batch, an extra or repeated field,
-    /// something invalid), which is read as a tree and [`Incoming::classify`]d,
-    /// with the errors that gives.
-    pub fn plain_request(bytes: &[u8]) -> Option<Self> {
-        let plain: PlainRequest = serde_json::from_slice(bytes).ok()?;
-        // `params` must be an object; a raw value starts at its first byte.
-        let object = plain.params.is_none_or(|p| p.get().starts_with('{'));
-        let valid = plain.jsonrpc == "2.0" && valid_id(&plain.id) && object;
-        valid.then(|| Self::Request {
-            id: plain.id,
-            method: plain.method.into_owned(),
-            params: match plain.params {
-                Some(raw) => RequestParams::Raw(raw.to_owned()),
-                None => RequestParams::Tree(None),
-            },
-        })
-    }
-
     /// Checks the envelope; on failure returns the id (if readable) and the error.
     pub fn classify(value: Value) -> Result<Self, (Option<Value>, RpcError)> {
         let Value::Object(mut obj) = value else {
@@ -208,7 +178,8 @@ impl Incoming {
                 return fail(&None, "`id` must be a string or an integer");
             }
         }
-        let params = obj.remove("params");
+        // `null` params are read as none sent (some clients write them).
+        let params = obj.remove("params").filter(|p| !p.is_null());
         if !valid_params(params.as_ref()) {
             return fail(&id, "`params` must be an object");
         }
@@ -231,7 +202,7 @@ impl Incoming {
     }
 }
 
-fn valid_id(id: &Value) -> bool {
+pub(super) fn valid_id(id: &Value) -> bool {
     id.is_string() || id.as_i64().is_some() || id.as_u64().is_some()
 }
 
@@ -260,6 +231,11 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":{"a":1}}}"#,
             r#"{"method":"ping","id":"a\"b","jsonrpc":"2.0"}"#,
             r#" {"jsonrpc":"2\u002e0","id":18446744073709551615,"method":"tools/list","params":{}} "#,
+            // params before method: kept as text, read once the method is known.
+            r#"{"params":{"arguments":{"a":[1]},"name":"x","_meta":{}},"method":"tools/call","jsonrpc":"2.0","id":2}"#,
+            r#"{"jsonrpc":"2.0","id":3,"method":"tools\/call","params":{"name":"x","name":"y"}}"#,
+            r#"{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"x","arguments":null}}"#,
+            r#"{"jsonrpc":"2.0","id":5,"method":"tools/list","params":null}"#,
         ];
         let read = |m: Incoming| match m {
             Incoming::Request { id, method, params } => (id, method, params.into_tree().unwrap()),
@@ -283,6 +259,12 @@ mod tests {
             r#"{"jsonrpc":"2.0","id":1,"method":7}"#,
             r#"[{"jsonrpc":"2.0","id":1,"method":"x"}]"#,
             r#"{"jsonrpc":"2.0","id":1,"method":"x"} trailing"#,
+            r#"["2.0",1,"x"]"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"x","params":{},"params":{}}"#,
+            // A tools/call that is not one: classify and the command give the error.
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":7}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x","arguments":[1]}}"#,
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":null}"#,
         ];
         for text in other {
             assert!(Incoming::plain_request(text.as_bytes()).is_none(), "{text}");

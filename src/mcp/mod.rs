@@ -4,6 +4,7 @@
 pub mod command;
 pub mod headers;
 pub mod jsonrpc;
+mod plain;
 
 pub use crate::backend::Reply;
 pub use command::Command;
