@@ -101,7 +101,8 @@ impl TokenClient {
         if let Some(header) = self.held_own() {
             return Ok(header); // renewed while this caller waited
         }
-        let token = self.request(self.grant_form("client_credentials")).await?;
+        // Boxed: a token request is rare, and large in every caller's state.
+        let token = Box::pin(self.request(self.grant_form("client_credentials"))).await?;
         let header = token.header.clone();
         *self.own.write().unwrap_or_else(|p| p.into_inner()) = Some(token);
         Ok(header)
@@ -136,7 +137,7 @@ impl TokenClient {
         if let Some(audience) = &self.config.audience {
             push(&mut form, "audience", audience);
         }
-        let token = self.request(form).await?;
+        let token = Box::pin(self.request(form)).await?;
         let header = token.header.clone();
         let mut exchanged = lock(&self.exchanged);
         if exchanged.len() >= EXCHANGED {

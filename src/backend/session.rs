@@ -64,7 +64,7 @@ impl BackendSession {
         let params = params.map(Params::Tree);
         match &self.conn {
             Conn::Http(s) => self.call_http(s, method, params, timeout, ctx).await,
-            Conn::Stdio(s) => s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref()).await,
+            Conn::Stdio(s) => Box::pin(s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref())).await,
         }
     }
 
@@ -79,8 +79,10 @@ impl BackendSession {
     ) -> Result<Reply, BackendError> {
         match &self.conn {
             Conn::Http(s) => self.call_http(s, method, params, timeout, ctx).await.map(Reply::Raw),
-            Conn::Stdio(s) => s
-                .call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref())
+            // Boxed, as every large branch an HTTP call does not take:
+            // each caller's state holds a future's largest branch, and
+            // each level of a call copies it (4.8 KB here).
+            Conn::Stdio(s) => Box::pin(s.call(method, params, timeout, &ctx.cancel, ctx.relay.as_ref()))
                 .await
                 .map(Reply::Tree),
         }
