@@ -11,8 +11,8 @@
 # the minimal MCP hop without / with vmcp's per-call guarantees (see the
 # README's floor rows). Runs `cargo bench --bench load -- --soak` with that
 # process under callgrind (about 50x slower), zeroes the counters after
-# warm-up, counts 10 s, and divides by the responses it wrote (calls of
-# hyper's server-side `encode`). The profile stays in target/callgrind/ for
+# warm-up, counts 10 s, and divides by the calls it answered (half its
+# `writev` calls: one for the request onward, one for the answer). The profile stays in target/callgrind/ for
 # `callgrind_annotate`. Caveats: valgrind's CPU has no SHA extensions, so a
 # hop's HMAC runs in software (cheap on hardware with SHA-NI), and a large
 # `rep movsb` memcpy counts about one instruction per byte.
@@ -55,13 +55,18 @@ callgrind_control -d "$gateway" >/dev/null
 sleep 2
 profile=$(ls -S "$out"/cg."$gateway".out* | head -1)
 total=$(callgrind_annotate "$profile" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1; exit}')
-# Responses written: the calls of hyper's server-side response-head encoder.
-n=$(callgrind_annotate --inclusive=yes --threshold=100 --tree=caller "$profile" 2>/dev/null | awk '
+# Calls answered: half the calls of libc's `writev`. Every process measured
+# here writes each call twice, the request onward and the answer back, one
+# `writev` each (2.000 per call where hyper's own encoder could still be
+# counted; with LTO it is inlined). libc is never inlined.
+writes=$(callgrind_annotate --inclusive=yes --threshold=100 --tree=caller "$profile" 2>/dev/null | awk '
   /^ *[0-9,]+ .*< / { callers[k++] = $0 }
   /^ *$/ { k = 0 }
-  /\* .*role::Server as hyper::proto::h1::Http1Transaction>::encode/ {
+  /\* .*:(__)?writev / {
     for (i = 0; i < k; i++) if (match(callers[i], /\(([0-9,]+)x\)/)) { c = substr(callers[i], RSTART + 1, RLENGTH - 3); gsub(",", "", c); sum += c }
   }
   END { print sum + 0 }')
+n=$((writes / 2))
+[ "$n" -gt 0 ] || { echo "no writev counted in $profile" >&2; exit 1; }
 echo "$role, $sessions sessions: $n calls, $total instructions, $((total / n)) per call (profile: $profile)"
 wait "$soak" || true
