@@ -12,10 +12,11 @@
 # README's floor rows). Runs `cargo bench --bench load -- --soak` with that
 # process under callgrind (about 50x slower), zeroes the counters after
 # warm-up, counts 10 s, and divides by the calls it answered (half its
-# `writev` calls: one for the request onward, one for the answer). The profile stays in target/callgrind/ for
-# `callgrind_annotate`. Caveats: valgrind's CPU has no SHA extensions, so a
-# hop's HMAC runs in software (cheap on hardware with SHA-NI), and a large
-# `rep movsb` memcpy counts about one instruction per byte.
+# `writev` calls: one for the request onward, one for the answer). The
+# profile stays in target/callgrind/ for `callgrind_annotate`. Caveats:
+# valgrind's CPU has no SHA extensions, so a hop's HMAC runs in software
+# (cheap on hardware with SHA-NI), and a large `rep movsb` memcpy counts
+# about one instruction per byte.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 role=${1:-owner}
