@@ -61,6 +61,9 @@ async fn main() {
     if args.iter().any(|a| a == "--backend") {
         return backend::serve().await;
     }
+    // vmcp logs at its own default level, as installed: a quieter level
+    // than a user gets would flatter what a call costs.
+    process::log_as_shipped();
     let quick = args.iter().any(|a| a == "--quick");
     let plan = if quick {
         Plan {

@@ -1,6 +1,7 @@
 //! vmcp as a separate process (the real binary), so a test can SIGKILL it.
 
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::process::{Child, Command};
@@ -10,6 +11,19 @@ pub struct VmcpProcess {
     pub port: u16,
     child: Child,
     _config: tempfile_path::TempPath,
+}
+
+/// Whether vmcp runs at its own default log level (see [`log_as_shipped`]).
+static AS_SHIPPED: AtomicBool = AtomicBool::new(false);
+
+/// From now on, vmcp processes log as they do when installed: at vmcp's
+/// default level (`RUST_LOG` unset), into a file beside their config
+/// (`vmcp-test-<port>.log` in the temporary directory) rather than the
+/// terminal. The load benchmark measures them so: a quieter level than a
+/// user gets would flatter what a call costs. Tests keep `warn`.
+#[allow(dead_code)]
+pub fn log_as_shipped() {
+    AS_SHIPPED.store(true, Ordering::Relaxed);
 }
 
 mod tempfile_path {
@@ -49,10 +63,17 @@ impl VmcpProcess {
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{yaml}")).expect("write config");
         // `VMCP_BIN` runs another build (an A/B comparison in the benchmark).
         let bin = std::env::var_os("VMCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vmcp").into());
-        let child = Command::new(bin)
-            .args(["serve", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "warn")
+        let mut command = Command::new(bin);
+        command.args(["serve", "--config"]).arg(&path);
+        let stderr = if AS_SHIPPED.load(Ordering::Relaxed) {
+            command.env_remove("RUST_LOG");
+            let log = std::env::temp_dir().join(format!("vmcp-test-{port}.log"));
+            std::fs::File::create(log).map_or(stderr, Stdio::from)
+        } else {
+            command.env("RUST_LOG", "warn");
+            stderr
+        };
+        let child = command
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr)
