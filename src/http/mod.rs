@@ -92,7 +92,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
 
 /// What a request span's target is: `RUST_LOG=info,vmcp::request=debug`
 /// turns the spans on and leaves every other level as it is.
-pub const REQUEST_TARGET: &str = "vmcp::request";
+const REQUEST_TARGET: &str = "vmcp::request";
 
 /// One span per request; `session.id` and `mcp.method` are filled in on the
 /// way, and the replica id is on the process's root span. At `debug`, not

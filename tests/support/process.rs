@@ -44,34 +44,38 @@ impl VmcpProcess {
 
     /// Starts `vmcp serve` on `port`; `yaml` must not set `listen`.
     pub async fn start_on(port: u16, yaml: &str) -> Self {
-        Self::start_full(port, yaml, &[], Stdio::inherit()).await
+        Self::start_full(port, yaml, &[], None).await
     }
 
     /// Starts `vmcp serve` with extra environment variables (`RUST_LOG` among them overrides `warn`).
     pub async fn start_env(yaml: &str, env: &[(&str, &str)]) -> Self {
-        Self::start_full(super::deps::free_port(), yaml, env, Stdio::inherit()).await
+        Self::start_full(super::deps::free_port(), yaml, env, None).await
     }
 
     /// Like [`VmcpProcess::start_env`] on `port`, with vmcp's stderr (its log) written to `log`.
     pub async fn start_logged(port: u16, yaml: &str, env: &[(&str, &str)], log: &std::path::Path) -> Self {
-        let file = std::fs::File::create(log).expect("create log file");
-        Self::start_full(port, yaml, env, Stdio::from(file)).await
+        Self::start_full(port, yaml, env, Some(log)).await
     }
 
-    async fn start_full(port: u16, yaml: &str, env: &[(&str, &str)], stderr: Stdio) -> Self {
+    /// `log`: where vmcp's stderr goes; without one, the terminal, or under
+    /// [`log_as_shipped`] a file of its own.
+    async fn start_full(port: u16, yaml: &str, env: &[(&str, &str)], log: Option<&std::path::Path>) -> Self {
         let path = std::env::temp_dir().join(format!("vmcp-test-{port}.yaml"));
         std::fs::write(&path, format!("listen: 127.0.0.1:{port}\n{yaml}")).expect("write config");
         // `VMCP_BIN` runs another build (an A/B comparison in the benchmark).
         let bin = std::env::var_os("VMCP_BIN").unwrap_or_else(|| env!("CARGO_BIN_EXE_vmcp").into());
         let mut command = Command::new(bin);
         command.args(["serve", "--config"]).arg(&path);
-        let stderr = if AS_SHIPPED.load(Ordering::Relaxed) {
+        let shipped = AS_SHIPPED.load(Ordering::Relaxed);
+        if shipped {
             command.env_remove("RUST_LOG");
-            let log = std::env::temp_dir().join(format!("vmcp-test-{port}.log"));
-            std::fs::File::create(log).map_or(stderr, Stdio::from)
         } else {
             command.env("RUST_LOG", "warn");
-            stderr
+        }
+        let own_log = shipped.then(|| std::env::temp_dir().join(format!("vmcp-test-{port}.log")));
+        let stderr = match log.or(own_log.as_deref()) {
+            Some(path) => Stdio::from(std::fs::File::create(path).expect("create log file")),
+            None => Stdio::inherit(),
         };
         let child = command
             .envs(env.iter().copied())
