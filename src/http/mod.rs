@@ -13,6 +13,7 @@ mod mcp;
 mod origin;
 mod placement;
 pub mod reply;
+mod repoll;
 mod stateless;
 pub use stateless::PausedCalls;
 
@@ -32,6 +33,7 @@ use crate::app::App;
 pub use mcp::handle_buffered;
 pub use origin::HostGuard;
 use reply::Body;
+use repoll::Repoll;
 
 /// Serves HTTP on `listener` until `shutdown` fires, then drains.
 /// What a listener serves: everything, or only health, metrics and the admin API (`admin_listen`).
@@ -73,7 +75,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
             let (app, root) = (Arc::clone(&app), root.clone());
             async move { Ok::<_, Infallible>(route(&app, surface, req, &root).await) }
         });
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), service));
+        let conn = Repoll::new(graceful.watch(http.serve_connection(TokioIo::new(stream), service)));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
