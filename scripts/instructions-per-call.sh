@@ -4,12 +4,13 @@
 # load give nearly the same count run after run (about 1% apart), so a change
 # of a few percent shows.
 #
-#   scripts/instructions-per-call.sh [owner|forwarder|bare|floor|guarded] [sessions]
+#   scripts/instructions-per-call.sh [owner|forwarder|stateless|bare|floor|guarded] [sessions]
 #
 # owner: vmcp entered at the session's owner; forwarder: the vmcp replica that
-# forwards to it; bare: the bare hyper hop (the reference); floor / guarded:
-# the minimal MCP hop without / with vmcp's per-call guarantees (see the
-# README's floor rows). Runs `cargo bench --bench load -- --soak` with that
+# forwards to it; stateless: one replica driven by 2026-07-28 clients (each
+# caller's pooled backend session); bare: the bare hyper hop (the reference);
+# floor / guarded: the minimal MCP hop without / with vmcp's per-call
+# guarantees (see the README's floor rows). Runs `cargo bench --bench load -- --soak` with that
 # process under callgrind (about 50x slower), zeroes the counters after
 # warm-up, counts 10 s, and divides by the calls it answered (half its
 # `writev` calls: one for the request onward, one for the answer). The
@@ -39,10 +40,11 @@ chmod +x "$out/vmcp" "$out/hop"
 case "$role" in
   owner) env=(VMCP_BIN="$out/vmcp"); flags=() ;;
   forwarder) env=(VMCP_BIN="$out/vmcp"); flags=(--forward) ;;
+  stateless) env=(VMCP_BIN="$out/vmcp"); flags=(--stateless) ;;
   bare) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--bare) ;;
   floor) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--floor) ;;
   guarded) env=(VMCP_BENCH_HOP_WRAP="$out/hop"); flags=(--floor --guarded) ;;
-  *) echo "role: owner, forwarder, bare, floor or guarded" >&2; exit 2 ;;
+  *) echo "role: owner, forwarder, stateless, bare, floor or guarded" >&2; exit 2 ;;
 esac
 log="$out/soak.log"
 env "${env[@]}" cargo bench --bench load -- --soak 25 --sessions "$sessions" "${flags[@]}" >"$log" 2>&1 &
