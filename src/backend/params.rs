@@ -116,6 +116,16 @@ impl ToolCall {
         }
     }
 
+    /// A member other than `name` and `arguments`, to change in place.
+    pub fn get_mut(&mut self, key: &str) -> Option<&mut Value> {
+        self.rest.iter_mut().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+
+    /// Drops a member other than `name` and `arguments`.
+    pub fn remove(&mut self, key: &str) {
+        self.rest.retain(|(k, _)| k != key);
+    }
+
     /// The arguments as a tree, for a reader that needs them (policies,
     /// audit); built from the raw text only then. An error: arguments
     /// nested deeper than a tree may be (128 levels), which the raw text

@@ -7,6 +7,7 @@
 use http::{HeaderMap, HeaderName, StatusCode};
 use serde_json::{json, Value};
 
+use crate::backend::Params;
 use crate::mcp::headers::{METHOD, NAME, PROTOCOL, SESSION};
 use crate::mcp::RpcError;
 
@@ -47,7 +48,7 @@ fn mismatch(what: &str) -> RpcError {
 }
 
 /// Checks headers against the body of request `method` with `params`.
-pub fn check(headers: &HeaderMap, method: &str, params: Option<&Value>) -> Result<Envelope, RpcError> {
+pub fn check(headers: &HeaderMap, method: &str, params: Option<Params<'_>>) -> Result<Envelope, RpcError> {
     let header = |name: &HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     // A version vmcp does not speak is said first: the client can pick another.
     if let Some(named) = header(&PROTOCOL).filter(|v| !MODERN_VERSIONS.contains(v)) {
@@ -118,6 +119,10 @@ fn unsupported(requested: &str) -> RpcError {
 mod tests {
     use super::*;
 
+    fn tree(params: &Value) -> Option<Params<'_>> {
+        Some(Params::Tree(params))
+    }
+
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -151,22 +156,22 @@ mod tests {
     fn headers_and_body_must_agree() {
         let ok = headers(&[("mcp-method", "tools/list"), ("mcp-protocol-version", "2026-07-28")]);
         assert_eq!(
-            check(&ok, "tools/list", Some(&meta("2026-07-28"))).unwrap().version,
+            check(&ok, "tools/list", tree(&meta("2026-07-28"))).unwrap().version,
             "2026-07-28"
         );
         assert_eq!(
-            check(&ok, "tools/call", Some(&meta("2026-07-28"))).unwrap_err().code,
+            check(&ok, "tools/call", tree(&meta("2026-07-28"))).unwrap_err().code,
             HEADER_MISMATCH
         );
-        let err = check(&ok, "tools/list", Some(&meta("2027-01-01"))).unwrap_err();
+        let err = check(&ok, "tools/list", tree(&meta("2027-01-01"))).unwrap_err();
         assert_eq!(err.code, UNSUPPORTED_VERSION);
         assert_eq!(err.data.unwrap()["supported"][0], "2026-07-28");
         let no_caps = json!({"_meta": {META_VERSION: "2026-07-28"}});
-        assert_eq!(check(&ok, "tools/list", Some(&no_caps)).unwrap_err().code, -32602);
+        assert_eq!(check(&ok, "tools/list", tree(&no_caps)).unwrap_err().code, -32602);
         assert_eq!(check(&ok, "tools/list", None).unwrap_err().code, -32602);
         let old_header = headers(&[("mcp-method", "tools/list"), ("mcp-protocol-version", "2025-11-25")]);
         assert_eq!(
-            check(&old_header, "tools/list", Some(&meta("2026-07-28")))
+            check(&old_header, "tools/list", tree(&meta("2026-07-28")))
                 .unwrap_err()
                 .code,
             HEADER_MISMATCH
@@ -181,14 +186,14 @@ mod tests {
                 ("mcp-name", n),
             ])
         };
-        assert!(check(&named("t_echo"), "tools/call", Some(&call)).is_ok());
+        assert!(check(&named("t_echo"), "tools/call", tree(&call)).is_ok());
         assert_eq!(
-            check(&named("other"), "tools/call", Some(&call)).unwrap_err().code,
+            check(&named("other"), "tools/call", tree(&call)).unwrap_err().code,
             HEADER_MISMATCH
         );
         let unnamed = headers(&[("mcp-method", "tools/call"), ("mcp-protocol-version", "2026-07-28")]);
         assert_eq!(
-            check(&unnamed, "tools/call", Some(&call)).unwrap_err().code,
+            check(&unnamed, "tools/call", tree(&call)).unwrap_err().code,
             HEADER_MISMATCH
         );
     }

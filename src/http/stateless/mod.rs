@@ -26,7 +26,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Response, StatusCode};
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
@@ -35,7 +35,8 @@ use super::exec::{answer, apply_with, reject};
 use super::reply::{self, Body, Format};
 use crate::app::App;
 use crate::auth::Identity;
-use crate::backend::{CallContext, Reply};
+use crate::backend::{CallContext, Params as ParamsView, Reply, ToolCall};
+use crate::mcp::jsonrpc::RequestParams;
 use crate::mcp::Incoming as Message;
 use crate::mcp::{Command, RpcError};
 use crate::session::{ResolveError, Session};
@@ -65,28 +66,12 @@ const CACHEABLE: &[&str] = &[
 ];
 
 pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, format: Format) -> Response<Body> {
-    let value: Value = match serde_json::from_slice(body) {
-        Ok(v) => v,
-        Err(e) => return reject(RpcError::parse(format!("parse error: {e}")), None),
-    };
-    if value.is_array() {
-        return reject(RpcError::invalid_request("2026-07-28 has no batches"), None);
-    }
-    let (id, method, params) = match Message::classify(value) {
-        Err((id, e)) => return reject(e, id.as_ref()),
-        Ok(Message::Request { id, method, params }) => (id, method, params),
-        // A cancellation or another notice: nothing runs that it could reach.
-        Ok(Message::Notification { .. }) => return reply::empty(StatusCode::ACCEPTED),
-        Ok(Message::Response { .. }) => {
-            return reject(RpcError::invalid_request("2026-07-28 clients answer nothing"), None)
-        }
+    let (id, method, params) = match read(body) {
+        Ok(request) => request,
+        Err(refused) => return refused,
     };
     tracing::Span::current().record("mcp.method", method.as_str());
-    let params = match params.into_tree() {
-        Ok(p) => p,
-        Err(e) => return reject(e, Some(&id)),
-    };
-    let envelope = match era::check(&parts.headers, &method, params.as_ref()) {
+    let envelope = match era::check(&parts.headers, &method, params.view()) {
         Ok(e) => e,
         Err(e) => return reject(e, Some(&id)),
     };
@@ -102,14 +87,14 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
     let cacheable = CACHEABLE.contains(&method.as_str());
     // A retry with the client's answers goes to the paused call, on the
     // replica that holds it, wherever the caller's pool is now.
-    if let Some(state) = request_state(params.as_ref()) {
+    if let Some(state) = request_state(params.view()) {
         if let Some(holder) = input::holder(state) {
             if let Some(response) = super::placement::to_replica(app, parts, body, &pool, &holder).await {
                 return response;
             }
         }
         tracing::Span::current().record("session.id", pool.as_str());
-        let answers = params.as_ref().and_then(|p| p.get("inputResponses"));
+        let answers = params.view().and_then(|p| p.get("inputResponses"));
         let outcome = match app.paused.resume(state, &pool, answers).await {
             Ok(running) => finish(app, running, &pool, &envelope.capabilities).await,
             Err(e) => Err(e),
@@ -138,7 +123,7 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         }
         let guard = app.guards.for_request(who);
         let judge = guard.as_deref().map(|g| g as &dyn crate::session::guard::Guard);
-        return match listen::listen(session, id.clone(), params.as_ref(), judge, app.streams_stop.clone()).await {
+        return match listen::listen(session, id.clone(), params.tree(), judge, app.streams_stop.clone()).await {
             Ok(response) => response,
             Err(e) => reject(e, Some(&id)),
         };
@@ -155,15 +140,12 @@ async fn run(
     app: &App,
     session: &Arc<Session>,
     method: &str,
-    mut params: Option<Value>,
+    params: Params,
     who: &Identity<'_>,
     pool: &str,
     capabilities: &Value,
 ) -> Result<Reply, RpcError> {
-    if let Some(p) = params.as_mut() {
-        strip_envelope(p);
-    }
-    let command = Command::parse(method, params)?;
+    let command = Command::parse(method, params.without_envelope())?;
     let guard = app.guards.for_request(who);
     if !command.reaches_backend() {
         return apply_with(app, session, method, command, guard.as_ref(), &CallContext::default()).await;
@@ -190,8 +172,86 @@ async fn run(
     finish(app, running, pool, capabilities).await
 }
 
+/// A request's params: a `tools/call`'s read with its envelope in one pass
+/// (arguments left as the client's text, as on the handshake path), any
+/// other method's as a tree.
+enum Params {
+    Call(ToolCall),
+    Tree(Option<Value>),
+}
+
+impl Params {
+    fn view(&self) -> Option<ParamsView<'_>> {
+        match self {
+            Self::Call(call) => Some(ParamsView::ToolCall(call)),
+            Self::Tree(tree) => tree.as_ref().map(ParamsView::Tree),
+        }
+    }
+
+    /// What goes on to the command: the envelope's `_meta` keys dropped.
+    fn without_envelope(self) -> RequestParams {
+        match self {
+            Self::Tree(mut tree) => {
+                if let Some(p) = tree.as_mut() {
+                    strip_envelope(p);
+                }
+                RequestParams::Tree(tree)
+            }
+            Self::Call(mut call) => {
+                let emptied = call
+                    .get_mut("_meta")
+                    .and_then(Value::as_object_mut)
+                    .is_some_and(strip_meta);
+                if emptied {
+                    call.remove("_meta");
+                }
+                RequestParams::Call(call)
+            }
+        }
+    }
+
+    /// As a tree, for a method whose params are one (never `tools/call`).
+    fn tree(&self) -> Option<&Value> {
+        match self {
+            Self::Tree(tree) => tree.as_ref(),
+            Self::Call(_) => None,
+        }
+    }
+}
+
+/// The request in `body`: a plain request read in one pass (most are: see
+/// [`Message::plain_request`]), else as a tree, refused with the errors
+/// [`Message::classify`] gives. `Err`: the response already decided.
+fn read(body: &Bytes) -> Result<(Value, String, Params), Response<Body>> {
+    if let Some(Message::Request { id, method, params }) = Message::plain_request(body) {
+        let params = match params {
+            RequestParams::Call(call) => Params::Call(call),
+            other => Params::Tree(other.into_tree().map_err(|e| reject(e, Some(&id)))?),
+        };
+        return Ok((id, method, params));
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| reject(RpcError::parse(format!("parse error: {e}")), None))?;
+    if value.is_array() {
+        return Err(reject(RpcError::invalid_request("2026-07-28 has no batches"), None));
+    }
+    match Message::classify(value) {
+        Err((id, e)) => Err(reject(e, id.as_ref())),
+        Ok(Message::Request { id, method, params }) => match params.into_tree() {
+            Ok(tree) => Ok((id, method, Params::Tree(tree))),
+            Err(e) => Err(reject(e, Some(&id))),
+        },
+        // A cancellation or another notice: nothing runs that it could reach.
+        Ok(Message::Notification { .. }) => Err(reply::empty(StatusCode::ACCEPTED)),
+        Ok(Message::Response { .. }) => Err(reject(
+            RpcError::invalid_request("2026-07-28 clients answer nothing"),
+            None,
+        )),
+    }
+}
+
 /// A retry's `requestState`: the paused call goes on (judged once, when it started).
-fn request_state(params: Option<&Value>) -> Option<&str> {
+fn request_state(params: Option<ParamsView<'_>>) -> Option<&str> {
     params?.get("requestState")?.as_str()
 }
 
@@ -253,15 +313,21 @@ fn discover(session: &Session) -> Value {
 
 /// The request's envelope keys are the front's business, not the backends'.
 fn strip_envelope(params: &mut Value) {
-    let Some(meta) = params.get_mut("_meta").and_then(Value::as_object_mut) else {
-        return;
-    };
-    meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
-    if meta.is_empty() {
+    let emptied = params
+        .get_mut("_meta")
+        .and_then(Value::as_object_mut)
+        .is_some_and(strip_meta);
+    if emptied {
         if let Some(p) = params.as_object_mut() {
             p.remove("_meta");
         }
     }
+}
+
+/// Drops the envelope's keys from a `_meta`; whether it is empty then.
+fn strip_meta(meta: &mut Map<String, Value>) -> bool {
+    meta.retain(|k, _| !k.starts_with("io.modelcontextprotocol/"));
+    meta.is_empty()
 }
 
 /// A result as 2026-07-28 shapes it: `resultType`, and cache hints where they
@@ -360,6 +426,56 @@ mod tests {
         };
         assert_eq!(v["resultType"], "x", "a backend's own field wins");
         assert_eq!(v["ttlMs"], 0);
+    }
+
+    #[test]
+    fn a_tools_call_is_read_in_one_pass_and_loses_only_the_envelope() {
+        let body = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"t","arguments":{"x":1},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","progressToken":3},"requestState":"s"}}"#,
+        );
+        let Ok((id, method, params)) = read(&body) else {
+            panic!("a plain request");
+        };
+        assert_eq!((id, method.as_str()), (json!(7), "tools/call"));
+        assert!(matches!(params, Params::Call(_)), "not a tree");
+        let view = params.view().unwrap();
+        assert_eq!(view.get("name"), Some(&json!("t")));
+        assert_eq!(request_state(Some(view)), Some("s"));
+        let RequestParams::Call(call) = params.without_envelope() else {
+            panic!("still a call");
+        };
+        assert_eq!(call.get("_meta"), Some(&json!({"progressToken": 3})));
+        assert_eq!(call.to_tree().unwrap()["arguments"], json!({"x": 1}));
+
+        let only_envelope = Bytes::from_static(
+            br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"t","_meta":{"io.modelcontextprotocol/clientCapabilities":{}}}}"#,
+        );
+        let Ok((_, _, params)) = read(&only_envelope) else {
+            panic!("a plain request");
+        };
+        let RequestParams::Call(call) = params.without_envelope() else {
+            panic!("still a call");
+        };
+        assert_eq!(call.get("_meta"), None);
+    }
+
+    #[test]
+    fn what_is_not_a_plain_request_is_read_as_a_tree_with_its_errors() {
+        // An extra member: not plain, read as a tree, still served.
+        let extra = Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{},"x":0}"#);
+        assert!(matches!(read(&extra), Ok((_, _, Params::Tree(Some(_))))));
+        // A tools/call without a name is not plain either: the command refuses it later.
+        let unnamed =
+            Bytes::from_static(br#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"arguments":{}}}"#);
+        assert!(matches!(read(&unnamed), Ok((_, _, Params::Tree(Some(_))))));
+        for bad in [&b"[]"[..], b"{", br#"{"jsonrpc":"1.0","id":1,"method":"m"}"#] {
+            let Err(response) = read(&Bytes::copy_from_slice(bad)) else {
+                panic!("refused");
+            };
+            assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        }
+        let notice = Bytes::from_static(br#"{"jsonrpc":"2.0","method":"notifications/cancelled"}"#);
+        assert_eq!(read(&notice).err().map(|r| r.status()), Some(StatusCode::ACCEPTED));
     }
 
     #[test]
