@@ -158,16 +158,13 @@ fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
     // at a time, ~1.7k instructions for these 32 bytes (a 2026-07-28 call
     // hashes three times).
     let mut digits = [0u8; 64];
-    let written = hex::encode_to_slice(digest, &mut digits).is_ok();
     let mut out = String::with_capacity(2 + digits.len());
     out.push(kind);
     out.push(':');
-    out.push_str(
-        std::str::from_utf8(&digits)
-            .ok()
-            .filter(|_| written)
-            .unwrap_or_default(),
-    );
+    // 32 bytes always fit 64 digits, and hex digits are always UTF-8.
+    if hex::encode_to_slice(digest, &mut digits).is_ok() {
+        out.push_str(std::str::from_utf8(&digits).unwrap_or_default());
+    }
     out
 }
 
