@@ -177,7 +177,7 @@ impl App {
         let hosts = HostGuard::new(config.http.allowed_hosts.as_deref(), config.listen);
         let store_health = Arc::new(StoreHealth::new(metrics.store_up.clone()));
         let replica_header = http::HeaderValue::from_str(&config.replica_id).ok();
-        let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref())?;
+        let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref(), metrics.registry())?;
         let admin = crate::admin::AdminAuth::new(&config.admin);
         let guards = guards(&config, &metrics)?;
         Ok(Arc::new(Self {

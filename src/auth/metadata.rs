@@ -1,6 +1,7 @@
 //! An authorization server's metadata: RFC 8414 first, then OpenID Connect
-//! discovery. The inbound side reads its `jwks_uri`; the outbound side (token
-//! exchange, client credentials) its `token_endpoint`.
+//! discovery. The inbound side reads its `jwks_uri` and
+//! `introspection_endpoint`; the outbound side (token exchange, client
+//! credentials) its `token_endpoint`.
 
 use std::time::Duration;
 
@@ -17,6 +18,8 @@ pub struct ServerMetadata {
     pub jwks_uri: Option<String>,
     #[serde(default)]
     pub token_endpoint: Option<String>,
+    #[serde(default)]
+    pub introspection_endpoint: Option<String>,
 }
 
 /// The metadata of `issuer`, which must name the same issuer.

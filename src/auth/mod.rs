@@ -3,11 +3,13 @@
 //! A request to `/mcp` must carry `Authorization: Bearer <JWT>` signed by the
 //! configured issuer with one of the allowed algorithms, naming this server's
 //! canonical resource URI in `aud` (RFC 8707), within `exp`/`nbf` (plus
-//! leeway), and holding the required scopes. Its principal (issuer, subject,
-//! scopes, groups) is what the session is bound to, so a refreshed token for
-//! the same subject keeps its session on every replica.
+//! leeway), and holding the required scopes. With `introspection` set, a
+//! token that is not a JWT is asked about at the issuer instead
+//! (`introspect.rs`, RFC 7662) and judged the same way. Its principal
+//! (issuer, subject, scopes, groups) is what the session is bound to, so a
+//! refreshed token for the same subject keeps its session on every replica.
 //!
-//! A token is verified once per replica, then remembered (by its SHA-256)
+//! A JWT is verified once per replica, then remembered (by its SHA-256)
 //! until it expires: a forwarded request's owner neither fetches keys nor
 //! verifies a signature again for a token it has seen.
 //!
@@ -15,6 +17,8 @@
 //! Bearer resource_metadata=...` and the protected resource metadata
 //! (RFC 9728) served at `/.well-known/oauth-protected-resource[/mcp]`.
 
+mod client_auth;
+mod introspect;
 mod keys;
 mod metadata;
 pub mod oauth_client;
@@ -47,11 +51,18 @@ pub enum AuthError {
     Invalid(String),
     #[error("the access token lacks scope `{0}`")]
     InsufficientScope(String),
-    /// The issuer's keys cannot be had: not the caller's fault.
+    /// The issuer's keys or its introspection endpoint cannot be had: not
+    /// the caller's fault.
     #[error("cannot verify access tokens now: {0}")]
-    Unavailable(#[from] KeysError),
+    Unavailable(String),
     #[error("auth.inbound: {0}")]
     Config(String),
+}
+
+impl From<KeysError> for AuthError {
+    fn from(e: KeysError) -> Self {
+        Self::Unavailable(e.to_string())
+    }
 }
 
 impl AuthError {
@@ -118,6 +129,8 @@ pub struct Authenticator {
 struct Inbound {
     config: InboundAuthConfig,
     keys: keys::KeySet,
+    /// For tokens that are not JWTs, when configured.
+    introspector: Option<introspect::Introspector>,
     algorithms: Vec<Algorithm>,
     remembered: Mutex<HashMap<[u8; 32], Arc<Principal>>>,
     /// The protected resource metadata document, and where it is served.
@@ -131,7 +144,8 @@ impl Authenticator {
         Self { inbound: None }
     }
 
-    pub fn new(config: Option<&InboundAuthConfig>) -> Result<Self, AuthError> {
+    /// `registry`: where the introspection counter goes, if there is one.
+    pub fn new(config: Option<&InboundAuthConfig>, registry: &prometheus::Registry) -> Result<Self, AuthError> {
         let Some(config) = config else {
             return Ok(Self::off());
         };
@@ -162,6 +176,7 @@ impl Authenticator {
         Ok(Self {
             inbound: Some(Inbound {
                 keys: keys::KeySet::new(config)?,
+                introspector: introspect::Introspector::new(config, registry)?,
                 algorithms,
                 remembered: Mutex::default(),
                 metadata: metadata.into(),
@@ -231,13 +246,22 @@ impl Inbound {
         let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
         let now = jsonwebtoken::get_current_timestamp();
         if let Some(p) = lock(&self.remembered).get(&digest).cloned() {
-            return if now <= p.expires + self.config.leeway.as_secs() {
+            return if now <= p.expires.saturating_add(self.config.leeway.as_secs()) {
                 Ok(p)
             } else {
                 Err(AuthError::Invalid("token expired".into()))
             };
         }
-        let principal = Arc::new(self.verify(token).await?);
+        let header = match jsonwebtoken::decode_header(token) {
+            Ok(header) => header,
+            Err(e) => {
+                return match &self.introspector {
+                    Some(introspector) => introspector.principal(token, digest).await,
+                    None => Err(AuthError::Invalid(format!("malformed: {e}"))),
+                };
+            }
+        };
+        let principal = Arc::new(self.verify(token, header).await?);
         let mut remembered = lock(&self.remembered);
         if remembered.len() >= REMEMBERED {
             remembered.retain(|_, p| now <= p.expires);
@@ -249,8 +273,7 @@ impl Inbound {
         Ok(principal)
     }
 
-    async fn verify(&self, token: &str) -> Result<Principal, AuthError> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| AuthError::Invalid(format!("malformed: {e}")))?;
+    async fn verify(&self, token: &str, header: jsonwebtoken::Header) -> Result<Principal, AuthError> {
         if !self.algorithms.contains(&header.alg) {
             return Err(AuthError::Invalid(format!("algorithm {:?} not allowed", header.alg)));
         }
@@ -268,27 +291,39 @@ impl Inbound {
         let claims = jsonwebtoken::decode::<Map<String, Value>>(token, &key, &validation)
             .map_err(|e| AuthError::Invalid(describe(&e)))?
             .claims;
-        let strings = |v: Option<&Value>| -> Vec<String> {
-            match v {
-                Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
-                Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
-                _ => Vec::new(),
-            }
-        };
-        let mut scopes = strings(claims.get("scope"));
-        scopes.extend(strings(claims.get("scp")));
-        if let Some(missing) = self.config.required_scopes.iter().find(|s| !scopes.contains(s)) {
-            return Err(AuthError::InsufficientScope(missing.clone()));
-        }
-        let text = |k: &str| claims.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-        Ok(Principal {
-            issuer: text("iss"),
-            subject: text("sub"),
-            scopes,
-            groups: strings(claims.get(&self.config.groups_claim)),
-            expires: claims.get("exp").and_then(Value::as_u64).unwrap_or_default(),
-        })
+        principal(&claims, &self.config)
     }
+}
+
+/// The principal of a token's claims (a JWT's, or an introspection answer's,
+/// both already judged), if it holds the required scopes. The subject is
+/// `sub`, else `client_id`: a token a client got for itself (RFC 9068 §2.2
+/// puts the client id in `sub`; introspection answers often leave it out).
+fn principal(claims: &Map<String, Value>, config: &InboundAuthConfig) -> Result<Principal, AuthError> {
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        match v {
+            Some(Value::String(s)) => s.split_whitespace().map(str::to_owned).collect(),
+            Some(Value::Array(a)) => a.iter().filter_map(Value::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
+    };
+    let mut scopes = strings(claims.get("scope"));
+    scopes.extend(strings(claims.get("scp")));
+    if let Some(missing) = config.required_scopes.iter().find(|s| !scopes.contains(s)) {
+        return Err(AuthError::InsufficientScope(missing.clone()));
+    }
+    let text = |k: &str| claims.get(k).and_then(Value::as_str).filter(|s| !s.is_empty());
+    let subject = text("sub")
+        .or_else(|| text("client_id"))
+        .ok_or_else(|| AuthError::Invalid("claim `sub` missing".into()))?;
+    Ok(Principal {
+        issuer: text("iss").unwrap_or(&config.issuer).to_owned(),
+        subject: subject.to_owned(),
+        scopes,
+        groups: strings(claims.get(&config.groups_claim)),
+        // No `exp` (an introspection answer may omit it): the answer's life bounds it.
+        expires: claims.get("exp").and_then(Value::as_u64).unwrap_or(u64::MAX),
+    })
 }
 
 /// What was wrong with a token, in words a client can act on (never the token).

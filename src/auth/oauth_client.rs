@@ -12,14 +12,13 @@ use std::collections::HashMap;
 use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http::{HeaderMap, HeaderValue, Method, Uri};
-use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
+use http::{HeaderValue, Uri};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::backend::client::{self, Client};
-use crate::config::{ClientAuthMethod, TokenClientConfig};
+use super::client_auth::{self, ClientAuth, Form, PostError};
+use crate::backend::client::Client;
+use crate::config::TokenClientConfig;
 use crate::sync::lock;
 
 /// Most exchanged tokens kept per backend.
@@ -62,14 +61,10 @@ struct TokenResponse {
     expires_in: Option<u64>,
 }
 
-#[derive(Deserialize)]
-struct ErrorResponse {
-    error: String,
-}
-
 pub struct TokenClient {
     http: Client,
     config: TokenClientConfig,
+    client: ClientAuth,
     /// RFC 8707 `resource`: configured, else the backend's URL.
     resource: String,
     endpoint: tokio::sync::OnceCell<Uri>,
@@ -83,6 +78,11 @@ impl TokenClient {
         let http = Client::new(config.timeout).map_err(|e| TokenError::Unreachable(e.to_string()))?;
         Ok(Self {
             http,
+            client: ClientAuth {
+                client_id: config.client_id.clone(),
+                client_secret: config.client_secret.clone(),
+                method: config.auth_method,
+            },
             resource: config.resource.clone().unwrap_or(backend_resource),
             config,
             endpoint: tokio::sync::OnceCell::new(),
@@ -132,10 +132,10 @@ impl TokenClient {
             ("subject_token_type", ACCESS_TOKEN_TYPE),
             ("requested_token_type", ACCESS_TOKEN_TYPE),
         ] {
-            push(&mut form, k, v);
+            form.push(k, v);
         }
         if let Some(audience) = &self.config.audience {
-            push(&mut form, "audience", audience);
+            form.push("audience", audience);
         }
         let token = Box::pin(self.request(form)).await?;
         let header = token.header.clone();
@@ -156,52 +156,30 @@ impl TokenClient {
         lock(&self.exchanged).remove(&digest(subject_token));
     }
 
-    /// `grant_type`, `resource`, `scope`, and the client's credentials when sent in the body.
-    fn grant_form(&self, grant_type: &str) -> String {
-        let mut form = format!("grant_type={}", encode(grant_type));
-        push(&mut form, "resource", &self.resource);
+    /// `grant_type`, `resource` and `scope`.
+    fn grant_form(&self, grant_type: &str) -> Form {
+        let mut form = Form::default();
+        form.push("grant_type", grant_type);
+        form.push("resource", &self.resource);
         if let Some(scope) = &self.config.scope {
-            push(&mut form, "scope", scope);
-        }
-        if self.config.auth_method == ClientAuthMethod::ClientSecretPost {
-            push(&mut form, "client_id", &self.config.client_id);
-            push(&mut form, "client_secret", &self.config.client_secret);
+            form.push("scope", scope);
         }
         form
     }
 
-    async fn request(&self, form: String) -> Result<Token, TokenError> {
+    async fn request(&self, form: Form) -> Result<Token, TokenError> {
         let endpoint = self.endpoint().await?;
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/x-www-form-urlencoded"),
-        );
-        headers.insert(http::header::ACCEPT, HeaderValue::from_static("application/json"));
-        if self.config.auth_method == ClientAuthMethod::ClientSecretBasic {
-            headers.insert(http::header::AUTHORIZATION, self.basic()?);
-        }
         let asked = Instant::now();
-        let exchange = async {
-            let response = self
-                .http
-                .send(Method::POST, endpoint, headers, Bytes::from(form))
-                .await
-                .map_err(|e| TokenError::Unreachable(e.to_string()))?;
-            let status = response.status();
-            let body = client::bytes(response)
-                .await
-                .map_err(|e| TokenError::Unreachable(e.to_string()))?;
-            Ok::<_, TokenError>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(self.config.timeout, exchange)
+        let (status, body) = self
+            .client
+            .post(&self.http, endpoint, form, self.config.timeout)
             .await
-            .map_err(|_| TokenError::Unreachable(format!("no answer within {:?}", self.config.timeout)))??;
+            .map_err(|e| match e {
+                PostError::Unreachable(why) => TokenError::Unreachable(why),
+                PostError::Credentials => TokenError::Refused(e.to_string()),
+            })?;
         if !status.is_success() {
-            let code = serde_json::from_slice::<ErrorResponse>(&body)
-                .map(|e| e.error)
-                .unwrap_or_else(|_| format!("HTTP {status}"));
-            return Err(TokenError::Refused(code));
+            return Err(TokenError::Refused(client_auth::refusal(status, &body)));
         }
         let answer: TokenResponse = serde_json::from_slice(&body)
             .map_err(|_| TokenError::Refused("the token response is not one (RFC 6749 §5.1)".into()))?;
@@ -242,34 +220,8 @@ impl TokenClient {
             })
             .await
     }
-
-    /// `client_secret_basic` (RFC 6749 §2.3.1: each part form-encoded first).
-    fn basic(&self) -> Result<HeaderValue, TokenError> {
-        use base64::Engine;
-        let pair = format!(
-            "{}:{}",
-            encode(&self.config.client_id),
-            encode(&self.config.client_secret)
-        );
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-        let mut value = HeaderValue::from_str(&format!("Basic {encoded}"))
-            .map_err(|_| TokenError::Refused("client credentials are not a valid header value".into()))?;
-        value.set_sensitive(true);
-        Ok(value)
-    }
 }
 
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
-}
-
-fn encode(value: &str) -> String {
-    utf8_percent_encode(value, NON_ALPHANUMERIC).to_string()
-}
-
-fn push(form: &mut String, key: &str, value: &str) {
-    form.push('&');
-    form.push_str(key);
-    form.push('=');
-    form.push_str(&encode(value));
 }

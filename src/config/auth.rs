@@ -48,9 +48,57 @@ pub struct InboundAuthConfig {
     /// How long a fetched key set is used before it is fetched again.
     #[serde(default = "default_jwks_ttl", with = "duration")]
     pub jwks_ttl: Duration,
-    /// Bound of each request to the issuer (metadata, key set).
+    /// Bound of each request to the issuer (metadata, key set, introspection).
     #[serde(default = "default_fetch_timeout", with = "duration")]
     pub fetch_timeout: Duration,
+    /// Opaque (non-JWT) access tokens, validated by asking the issuer
+    /// (RFC 7662); unset: only JWTs are accepted.
+    #[serde(default)]
+    pub introspection: Option<IntrospectionConfig>,
+}
+
+/// vmcp as a client of the issuer's introspection endpoint (RFC 7662).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IntrospectionConfig {
+    /// The endpoint; discovered from the issuer's metadata
+    /// (`introspection_endpoint`) when unset.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    pub client_id: String,
+    /// `${VAR}` from a Secret; never logged.
+    pub client_secret: String,
+    /// `client_secret_basic` (the default) or `client_secret_post`.
+    #[serde(default)]
+    pub auth_method: ClientAuthMethod,
+    /// How long an answer is used before the token is introspected again:
+    /// a revoked token keeps working on a replica for at most this long.
+    #[serde(default = "default_introspection_cache", with = "duration")]
+    pub cache_ttl: Duration,
+    /// Introspection requests in flight at most (per replica); more wait,
+    /// within `fetch_timeout`. Tokens already answered never wait.
+    #[serde(default = "default_introspection_concurrency")]
+    pub max_concurrent: usize,
+}
+
+impl std::fmt::Debug for IntrospectionConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntrospectionConfig")
+            .field("endpoint", &self.endpoint)
+            .field("client_id", &self.client_id)
+            .field("auth_method", &self.auth_method)
+            .field("cache_ttl", &self.cache_ttl)
+            .field("max_concurrent", &self.max_concurrent)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_introspection_cache() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_introspection_concurrency() -> usize {
+    16
 }
 
 fn default_algorithms() -> Vec<String> {

@@ -25,7 +25,9 @@ use serde::Deserialize;
 
 pub use admin::AdminConfig;
 pub use audit::{AuditConfig, AuditSink};
-pub use auth::{AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, TokenClientConfig};
+pub use auth::{
+    AuthConfig, BackendAuthConfig, ClientAuthMethod, InboundAuthConfig, IntrospectionConfig, TokenClientConfig,
+};
 pub use backends::{BackendConfig, BackendEra, HttpTransport, ItemFilter};
 pub use expand::{Lookup, ProcessEnv};
 pub use limits::{CallKind, LimitMatch, LimitRule, LimitScope, LimitsConfig, OnStoreError};

@@ -233,6 +233,36 @@ fn inbound_auth_is_off_by_default_and_checked_when_on() {
 }
 
 #[test]
+fn introspection_is_optional_and_checked() {
+    let base = "auth:\n  inbound:\n    issuer: https://i\n    audience: https://m/mcp\n    introspection:\n";
+    let c = parse(&format!(
+        "{base}      client_id: vmcp\n      client_secret: s3cret-Q9\n"
+    ))
+    .unwrap();
+    let i = c.auth.inbound.unwrap().introspection.unwrap();
+    assert_eq!((i.cache_ttl, i.max_concurrent), (Duration::from_secs(60), 16));
+    assert_eq!(
+        (i.endpoint.as_deref(), i.auth_method),
+        (None, ClientAuthMethod::ClientSecretBasic)
+    );
+    assert!(!format!("{i:?}").contains("s3cret-Q9"), "the secret in Debug output");
+    let (field, _) = field_error(&format!("{base}      client_id: vmcp\n      client_secret: \"\"\n"));
+    assert_eq!(field, "auth.inbound.introspection");
+    let (field, _) = field_error(&format!(
+        "{base}      client_id: vmcp\n      client_secret: s\n      endpoint: idp/introspect\n"
+    ));
+    assert_eq!(field, "auth.inbound.introspection.endpoint");
+    let (field, _) = field_error(&format!(
+        "{base}      client_id: vmcp\n      client_secret: s\n      max_concurrent: 0\n"
+    ));
+    assert_eq!(field, "auth.inbound.introspection.max_concurrent");
+    let (field, _) = field_error(&format!(
+        "{base}      client_id: vmcp\n      client_secret: s\n      cache: 1s\n"
+    ));
+    assert!(field.starts_with("auth.inbound"), "{field}");
+}
+
+#[test]
 fn backend_auth_parses_and_is_checked() {
     let ok = parse(
         "backends:\n  - name: a\n    url: http://x/mcp\n    auth:\n      kind: client_credentials\n      issuer: https://idp\n      client_id: vmcp\n      client_secret: s\n      scope: \"a b\"\n",

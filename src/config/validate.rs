@@ -255,6 +255,23 @@ fn validate_auth(config: &Config) -> Result<(), Invalid> {
     if a.fetch_timeout.is_zero() {
         return Err(invalid("auth.inbound.fetch_timeout", "must be greater than zero"));
     }
+    if let Some(i) = &a.introspection {
+        if i.endpoint.as_deref().is_some_and(|u| !is_url(u)) {
+            return Err(invalid("auth.inbound.introspection.endpoint", "must be an http(s) URL"));
+        }
+        if i.client_id.is_empty() || i.client_secret.is_empty() {
+            return Err(invalid(
+                "auth.inbound.introspection",
+                "needs client_id and client_secret (the issuer authenticates its introspection clients)",
+            ));
+        }
+        if i.max_concurrent == 0 {
+            return Err(invalid(
+                "auth.inbound.introspection.max_concurrent",
+                "must be at least 1",
+            ));
+        }
+    }
     Ok(())
 }
 

@@ -4,6 +4,11 @@
 //! (RFC 8707). Clients: `vmcp-test` / `vmcp-test-secret` and `other-client` /
 //! `other-secret`; scopes `mcp:tools mcp:admin`; any resource URL on 127.0.0.1.
 //!
+//! [`OidcProvider::start_opaque`] issues opaque access tokens instead, which
+//! a resource server learns about by introspection (RFC 7662); any token can
+//! be revoked (RFC 7009) with [`OidcProvider::revoke`]. Tokens live in the
+//! provider's memory: a restart forgets every opaque token it issued.
+//!
 //! Key rotation: the private JWKS lives in a file of the provider's temp dir;
 //! the first key signs and every key is published at `jwks_uri`.
 //! [`OidcProvider::restart_rotated`] restarts the provider on the same port
@@ -28,22 +33,29 @@ pub struct OidcProvider {
     /// Holds `keys.json` (the private JWKS) and `stderr.log`; removed on drop.
     dir: PathBuf,
     ttl: Option<Duration>,
+    opaque: bool,
     token_endpoint: String,
     jwks_uri: String,
+    revocation_endpoint: String,
 }
 
 impl OidcProvider {
     /// Starts a provider whose access tokens live 300 s.
     pub async fn start() -> Self {
-        Self::start_inner(None).await
+        Self::start_inner(None, false).await
     }
 
     /// Starts a provider whose access tokens live `ttl` (whole seconds, at least 1).
     pub async fn start_with_ttl(ttl: Duration) -> Self {
-        Self::start_inner(Some(ttl)).await
+        Self::start_inner(Some(ttl), false).await
     }
 
-    async fn start_inner(ttl: Option<Duration>) -> Self {
+    /// Starts a provider whose access tokens are opaque (300 s).
+    pub async fn start_opaque() -> Self {
+        Self::start_inner(None, true).await
+    }
+
+    async fn start_inner(ttl: Option<Duration>, opaque: bool) -> Self {
         let port = super::deps::free_port();
         let dir = std::env::temp_dir().join(format!("vmcp-oidc-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("create the provider's temp dir");
@@ -52,8 +64,10 @@ impl OidcProvider {
             child: None,
             dir,
             ttl,
+            opaque,
             token_endpoint: String::new(),
             jwks_uri: String::new(),
+            revocation_endpoint: String::new(),
         };
         provider.spawn(false).await;
         let discovery: Value = super::http()
@@ -72,6 +86,7 @@ impl OidcProvider {
         };
         provider.token_endpoint = endpoint("token_endpoint");
         provider.jwks_uri = endpoint("jwks_uri");
+        provider.revocation_endpoint = endpoint("revocation_endpoint");
         provider
     }
 
@@ -158,6 +173,31 @@ impl OidcProvider {
         (status, response.json().await.expect("token endpoint answers JSON"))
     }
 
+    /// Revokes `token` (RFC 7009) as `client_id` (client_secret_basic).
+    pub async fn revoke(&self, client_id: &str, secret: &str, token: &str) {
+        let encode = |v: &str| utf8_percent_encode(v, NON_ALPHANUMERIC).to_string();
+        let response = super::http()
+            .post(&self.revocation_endpoint)
+            .basic_auth(encode(client_id), Some(encode(secret)))
+            .header(http::header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(format!("token={}&token_type_hint=access_token", encode(token)))
+            .send()
+            .await
+            .expect("revocation request");
+        assert!(
+            response.status().is_success(),
+            "revocation refused: {}",
+            response.status()
+        );
+    }
+
+    /// Starts the provider again after [`OidcProvider::stop`], on the same
+    /// port with the same keys (opaque tokens issued before are forgotten).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.spawn(false).await;
+    }
+
     /// Kills the provider (SIGKILL) and waits until it is gone.
     pub async fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -183,7 +223,8 @@ impl OidcProvider {
             .env("PORT", self.port.to_string())
             .env("KEYS_FILE", self.dir.join("keys.json"))
             .env("NODE_DEPS", super::deps::oidc_provider_deps())
-            .env("ROTATE", if rotate { "1" } else { "0" });
+            .env("ROTATE", if rotate { "1" } else { "0" })
+            .env("OPAQUE", if self.opaque { "1" } else { "0" });
         if let Some(ttl) = self.ttl {
             command.env("ACCESS_TOKEN_TTL", ttl.as_secs().max(1).to_string());
         }

@@ -13,6 +13,8 @@
 //   ACCESS_TOKEN_TTL  access token lifetime in seconds (default 300)
 //   NODE_DEPS         a folder whose node_modules has oidc-provider (scripts/test.sh
 //                     installs it under target/test-deps); default: resolved from here
+//   OPAQUE=1          access tokens for resources are opaque (not JWTs): a resource
+//                     server learns what they are by introspection (RFC 7662)
 //
 // Clients (confidential, client_secret_basic or _post):
 //   vmcp-test / vmcp-test-secret, other-client / other-secret (client_credentials);
@@ -23,6 +25,9 @@
 // a JWT for the requested `resource` with the same `sub`, `act: {sub: <client>}`.
 // Any http(s) resource on 127.0.0.1 or localhost is a resource server with the
 // scopes `mcp:tools mcp:admin`; a token request must name one with `resource=`.
+// Introspection (RFC 7662) and revocation (RFC 7009) are on: any confidential
+// client may introspect or revoke a token, at the endpoints the discovery
+// document names.
 // Prints `ready <issuer>` on stdout once listening.
 
 import { createPrivateKey, createPublicKey, generateKeyPairSync, randomUUID, sign, verify } from 'node:crypto';
@@ -44,6 +49,7 @@ if (!Number.isInteger(ttl) || ttl <= 0) {
   throw new Error('ACCESS_TOKEN_TTL must be a positive number of seconds');
 }
 const SCOPES = 'mcp:tools mcp:admin';
+const opaque = process.env.OPAQUE === '1';
 
 const deps = process.env.NODE_DEPS;
 const entry = deps
@@ -105,6 +111,8 @@ const provider = new Provider(issuer, {
   features: {
     devInteractions: { enabled: false },
     clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
     resourceIndicators: {
       enabled: true,
       // defaultResource is left as is (none): a token request without
@@ -117,8 +125,7 @@ const provider = new Provider(issuer, {
           scope: SCOPES,
           audience: resource,
           accessTokenTTL: ttl,
-          accessTokenFormat: 'jwt',
-          jwt: { sign: { alg: 'RS256' } },
+          ...(opaque ? { accessTokenFormat: 'opaque' } : { accessTokenFormat: 'jwt', jwt: { sign: { alg: 'RS256' } } }),
         };
       },
     },
