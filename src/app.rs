@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::affinity::pin::Pins;
 use crate::affinity::{Forwarder, Hops, Membership};
 use crate::backend::health::{Circuit, CircuitPolicy};
-use crate::backend::{Backend, BackendError, Timeouts};
+use crate::backend::{Backend, BackendError, Bounds};
 use crate::config::{Config, MembershipKind, PlacementMode, StoreKind};
 use crate::http::health::StoreHealth;
 use crate::http::{HostGuard, Surface};
@@ -88,9 +88,10 @@ impl App {
     /// Builds the replica (no network I/O: backends are contacted per session).
     pub fn new(config: Config, metrics: Metrics) -> Result<Arc<Self>, AppError> {
         install_crypto_provider();
-        let timeouts = Timeouts {
+        let bounds = Bounds {
             connect: config.session.init_timeout,
             notice: config.session.close_timeout,
+            max_answer: config.session.max_response_bytes,
         };
         let circuit = &config.session.circuit;
         let circuit_policy = CircuitPolicy {
@@ -110,7 +111,7 @@ impl App {
                     metrics.backend_circuit_state.with_label_values(&[&b.name]),
                     Arc::clone(&recoveries),
                 );
-                Backend::new(b.clone(), i, timeouts, circuit)
+                Backend::new(b.clone(), i, bounds, circuit)
                     .map(Arc::new)
                     .map_err(|e| AppError::Backend(b.name.clone(), e))
             })

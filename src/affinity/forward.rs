@@ -41,7 +41,7 @@ pub enum ForwardError {
     MaybeSent(#[source] hyper::Error),
     /// The owner's answer broke off after it began: the request ran, or may have.
     #[error("owner's answer was cut off: {}", error_chain(.0))]
-    Cut(#[source] hyper::Error),
+    Cut(#[source] crate::pool::BodyError),
     /// The owner's answer began, then stopped arriving.
     #[error("owner's answer stalled for {0:?} after it began")]
     Stalled(Duration),

@@ -39,6 +39,9 @@ pub enum ClientError {
     Tls(String),
     #[error("{0}")]
     Transport(String),
+    /// The answer broke the client's bound ([`Client::with_max_answer`]).
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
 }
 
 /// A backend's URL split into what is requested and the credentials it carried.
@@ -84,6 +87,9 @@ impl Target {
     }
 }
 
+/// The bound of one answer unless set otherwise (`session.max_response_bytes`'s default).
+pub const DEFAULT_MAX_ANSWER: usize = 16 * 1024 * 1024;
+
 /// One backend's pooled keep-alive client (clones share the pool).
 #[derive(Clone)]
 pub struct Client {
@@ -114,8 +120,15 @@ impl Client {
         #[cfg(not(feature = "tls"))]
         let connector = http;
         Ok(Self {
-            pool: Pool::new(connector, Duration::from_secs(90)),
+            pool: Pool::new(connector, Duration::from_secs(90)).with_max_answer(DEFAULT_MAX_ANSWER),
         })
+    }
+
+    /// Answers bring at most `max` bytes (per event of an SSE stream);
+    /// [`DEFAULT_MAX_ANSWER`] unless set.
+    pub fn with_max_answer(mut self, max: usize) -> Self {
+        self.pool = self.pool.with_max_answer(max);
+        self
     }
 
     /// Sends one request; the response's body is left to read.
@@ -168,7 +181,15 @@ pub async fn bytes(response: Response<Body>) -> Result<Bytes, ClientError> {
         .collect()
         .await
         .map(|b| b.to_bytes())
-        .map_err(|e| ClientError::Transport(error_chain(&e)))
+        .map_err(|e| body_error(&e))
+}
+
+/// Why reading an answer's body failed: its bound, or the transport.
+pub fn body_error(e: &(dyn std::error::Error + 'static)) -> ClientError {
+    match crate::pool::BodyError::too_large(e) {
+        Some(max) => ClientError::TooLarge(max),
+        None => ClientError::Transport(error_chain(e)),
+    }
 }
 
 #[cfg(test)]

@@ -69,20 +69,20 @@ struct Endpoint {
 pub(super) fn transport(e: ClientError) -> BackendError {
     match e {
         ClientError::Transport(text) => BackendError::Transport(text),
+        ClientError::TooLarge(max) => BackendError::TooLarge(max),
         other => BackendError::Protocol(other.to_string()),
     }
 }
 
 impl HttpBackend {
-    /// `connect_timeout` bounds each TCP (and TLS) connect; `notice_timeout`
-    /// every message nobody waits for.
+    /// `bounds.connect` bounds each TCP (and TLS) connect, `bounds.notice`
+    /// every message nobody waits for, `bounds.max_answer` each answer.
     pub fn new(
         url: &str,
         headers: &BTreeMap<String, String>,
         auth: Option<&crate::config::BackendAuthConfig>,
         era: BackendEra,
-        connect_timeout: Duration,
-        notice_timeout: Duration,
+        bounds: super::Bounds,
     ) -> Result<Self, BackendError> {
         let target = Target::parse(url).map_err(transport)?;
         let mut prepared = HeaderMap::new();
@@ -106,9 +106,11 @@ impl HttpBackend {
             credentials,
             url: url.to_owned(),
             uri: target.uri,
-            client: Client::new(connect_timeout).map_err(transport)?,
+            client: Client::new(bounds.connect)
+                .map_err(transport)?
+                .with_max_answer(bounds.max_answer),
             headers: prepared,
-            notice_timeout,
+            notice_timeout: bounds.notice,
         };
         Ok(Self {
             endpoint: Arc::new(endpoint),

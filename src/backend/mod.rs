@@ -69,6 +69,10 @@ pub enum BackendError {
     /// The client cancelled the request; the backend was told.
     #[error("request cancelled by the client")]
     Cancelled,
+    /// An answer (or one event of its stream) bigger than
+    /// `session.max_response_bytes`: not read further, its connection closed.
+    #[error("backend answer larger than {0} bytes (session.max_response_bytes)")]
+    TooLarge(usize),
 }
 
 impl BackendError {
@@ -82,6 +86,7 @@ impl BackendError {
             Self::Protocol(_) => "protocol_error",
             Self::Cancelled => "cancelled",
             Self::Credentials(_) => "unauthorized",
+            Self::TooLarge(_) => "too_large",
         }
     }
 }
@@ -129,14 +134,17 @@ pub enum Transport {
     Sse(Box<self::sse::SseBackend>),
 }
 
-/// The bounds of a backend's waits that are not a call's own `call_timeout`.
+/// The bounds of a backend's waits that are not a call's own
+/// `call_timeout`, and of what it may send.
 #[derive(Debug, Clone, Copy)]
-pub struct Timeouts {
+pub struct Bounds {
     /// One TCP (and TLS) connect, and a probe's whole handshake.
     pub connect: Duration,
     /// Every message nobody waits for: a cancellation notice, a client's
     /// answer, the backend-session DELETE, opening the backend's GET stream.
     pub notice: Duration,
+    /// The most bytes of one answer (of one event, on a stream).
+    pub max_answer: usize,
 }
 
 /// One configured backend, shared by every session of this replica.
@@ -146,7 +154,7 @@ pub struct Backend {
     pub position: usize,
     transport: Transport,
     circuit: Circuit,
-    timeouts: Timeouts,
+    bounds: Bounds,
     capabilities: crate::sync::Interned<Value>,
     /// The name, shared by every session's tables (keys of 100k maps).
     shared_name: Arc<str>,
@@ -158,25 +166,23 @@ pub struct Backend {
 
 impl Backend {
     /// Builds the shared client for `config` (no I/O).
-    pub fn new(
-        config: BackendConfig,
-        position: usize,
-        timeouts: Timeouts,
-        circuit: Circuit,
-    ) -> Result<Self, BackendError> {
+    pub fn new(config: BackendConfig, position: usize, bounds: Bounds, circuit: Circuit) -> Result<Self, BackendError> {
         let transport = match (&config.url, &config.command) {
-            (Some(url), _) if config.transport == crate::config::HttpTransport::Sse => Transport::Sse(Box::new(
-                self::sse::SseBackend::new(url, &config.headers, timeouts.connect)?,
-            )),
+            (Some(url), _) if config.transport == crate::config::HttpTransport::Sse => {
+                Transport::Sse(Box::new(self::sse::SseBackend::new(url, &config.headers, bounds)?))
+            }
             (Some(url), _) => Transport::Http(HttpBackend::new(
                 url,
                 &config.headers,
                 config.auth.as_ref(),
                 config.era,
-                timeouts.connect,
-                timeouts.notice,
+                bounds,
             )?),
-            (None, Some(command)) => Transport::Stdio(StdioBackend::new(command.clone(), config.env.clone())),
+            (None, Some(command)) => Transport::Stdio(StdioBackend::new(
+                command.clone(),
+                config.env.clone(),
+                bounds.max_answer,
+            )),
             (None, None) => {
                 return Err(BackendError::Protocol(format!(
                     "backend {} has no url or command",
@@ -202,7 +208,7 @@ impl Backend {
             position,
             transport,
             circuit,
-            timeouts,
+            bounds,
             capabilities: crate::sync::Interned::default(),
             shared_name: Arc::from(config.name.as_str()),
             target,
@@ -227,9 +233,12 @@ impl Backend {
             Ok(_) | Err(BackendError::Rpc { .. } | BackendError::SessionExpired | BackendError::Cancelled) => {
                 self.circuit.succeeded()
             }
-            Err(e @ (BackendError::Timeout(_) | BackendError::Transport(_) | BackendError::Protocol(_))) => {
-                self.trip(e)
-            }
+            Err(
+                e @ (BackendError::Timeout(_)
+                | BackendError::Transport(_)
+                | BackendError::Protocol(_)
+                | BackendError::TooLarge(_)),
+            ) => self.trip(e),
             // About a caller's token or the authorization server, not the backend's health.
             Err(BackendError::Credentials(_)) => {}
         }
@@ -269,7 +278,7 @@ impl Backend {
             if self.circuit.probing().is_none() {
                 return; // closed meanwhile (a session got through)
             }
-            let limit = self.timeouts.connect;
+            let limit = self.bounds.connect;
             match tokio::time::timeout(limit, self.connect(&hello, None)).await {
                 Ok(Ok(session)) => {
                     session.close().await;

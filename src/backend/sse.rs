@@ -34,7 +34,8 @@ pub struct SseBackend {
 }
 
 impl SseBackend {
-    pub fn new(url: &str, headers: &BTreeMap<String, String>, connect_timeout: Duration) -> Result<Self, BackendError> {
+    pub fn new(url: &str, headers: &BTreeMap<String, String>, bounds: super::Bounds) -> Result<Self, BackendError> {
+        let connect_timeout = bounds.connect;
         let transport = |e: client::ClientError| BackendError::Transport(e.to_string());
         let target = Target::parse(url).map_err(transport)?;
         let mut prepared = HeaderMap::new();
@@ -50,7 +51,9 @@ impl SseBackend {
         Ok(Self {
             url: url.to_owned(),
             uri: target.uri,
-            client: Client::new(connect_timeout).map_err(transport)?,
+            client: Client::new(connect_timeout)
+                .map_err(transport)?
+                .with_max_answer(bounds.max_answer),
             headers: prepared,
             connect_timeout,
         })

@@ -50,11 +50,14 @@ fn default_environment() -> impl Iterator<Item = (std::ffi::OsString, std::ffi::
 pub struct StdioBackend {
     command: Vec<String>,
     env: BTreeMap<String, String>,
+    /// The longest line (one message) read from the child: rmcp drops a
+    /// longer one, and the call it answered ends at its `call_timeout`.
+    max_line: usize,
 }
 
 impl StdioBackend {
-    pub fn new(command: Vec<String>, env: BTreeMap<String, String>) -> Self {
-        Self { command, env }
+    pub fn new(command: Vec<String>, env: BTreeMap<String, String>, max_line: usize) -> Self {
+        Self { command, env, max_line }
     }
 
     pub fn command(&self) -> &[String] {
@@ -92,7 +95,8 @@ impl StdioBackend {
         if let Some(stderr) = child.0.stderr().take() {
             tokio::spawn(log_stderr(program.clone(), stderr));
         }
-        let transport = (stdout, stdin);
+        let transport =
+            rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(self.max_line);
         // The service's tasks outlive this request: give them their own root span.
         let span = tracing::info_span!(parent: None, "stdio_backend", program = %program);
         let client = StdioClient::new(info, name);

@@ -116,6 +116,10 @@ pub struct SessionConfig {
     /// Deadline of one forwarded call to a backend.
     #[serde(with = "duration")]
     pub call_timeout: Duration,
+    /// The most bytes of one backend answer (of one event, on an SSE
+    /// stream): a bigger one fails that request (-32603) and no more of it
+    /// is read, so one answer cannot make a replica hold more than this.
+    pub max_response_bytes: usize,
     /// Deadline of every notice to a backend that nobody waits for (the
     /// cancellation sent after a timeout, the backend-session DELETE at close)
     /// and of the wait for in-flight calls when a session closes.
@@ -161,6 +165,7 @@ impl Default for SessionConfig {
             max_sessions: 100_000,
             max_calls: 128,
             call_timeout: Duration::from_secs(300),
+            max_response_bytes: 16 * 1024 * 1024,
             close_timeout: Duration::from_secs(2),
             identity_key: None,
             circuit: CircuitConfig::default(),

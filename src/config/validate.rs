@@ -62,6 +62,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
             ));
         }
     }
+    if config.session.max_response_bytes < 1024 {
+        return Err(invalid("session.max_response_bytes", "must be at least 1024"));
+    }
     if config.http.max_body_bytes < 1024 {
         return Err(invalid("http.max_body_bytes", "must be at least 1024"));
     }

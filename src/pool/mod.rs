@@ -15,6 +15,10 @@
 //! - a failed connect, or a new connection that closed before the request
 //!   was written: the request was not sent;
 //! - anything after writing began: the outcome is unknown.
+//!
+//! An answer's body may be bounded ([`Pool::with_max_answer`], `bound.rs`):
+//! past the bound it ends with [`BodyError::TooLarge`] and its connection is
+//! closed, so a backend cannot make vmcp hold more than that for one answer.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, Weak};
@@ -30,6 +34,9 @@ use hyper::client::conn::http1::{self, SendRequest};
 use tower_service::Service;
 
 use crate::sync::lock;
+
+mod bound;
+use bound::Bound;
 
 type Sender = SendRequest<Full<Bytes>>;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -51,6 +58,31 @@ pub enum PoolError {
     /// Writing began: the peer may or may not have the request.
     #[error("{0}")]
     Sent(#[source] hyper::Error),
+}
+
+/// Why an answer's body ended early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    #[error(transparent)]
+    Hyper(#[from] hyper::Error),
+    /// More than the pool's bound, in all or in one SSE event.
+    #[error("the answer is larger than {0} bytes")]
+    TooLarge(usize),
+}
+
+impl BodyError {
+    /// The bound an answer broke, if that is why its body ended (found
+    /// through wrappers such as an SSE parser's error).
+    pub fn too_large(e: &(dyn std::error::Error + 'static)) -> Option<usize> {
+        let mut at = Some(e);
+        while let Some(e) = at {
+            if let Some(Self::TooLarge(max)) = e.downcast_ref::<Self>() {
+                return Some(*max);
+            }
+            at = e.source();
+        }
+        None
+    }
 }
 
 /// Where connections go: a scheme and an authority.
@@ -105,6 +137,8 @@ struct Shared {
 pub struct Pool<C> {
     connector: C,
     shared: Arc<Shared>,
+    /// The most bytes an answer may bring (per event for an SSE stream).
+    max_answer: usize,
 }
 
 impl<C> Pool<C>
@@ -122,7 +156,15 @@ where
                 lists: Mutex::default(),
                 idle_for,
             }),
+            max_answer: usize::MAX,
         }
+    }
+
+    /// Answers bring at most `max` bytes: in all, or per event of an SSE
+    /// stream (`text/event-stream`). Unbounded unless set.
+    pub fn with_max_answer(mut self, max: usize) -> Self {
+        self.max_answer = max;
+        self
     }
 
     /// Sends `request` to `uri`'s scheme and authority; the request's own URI
@@ -153,9 +195,19 @@ where
                         sender,
                     };
                     let (parts, inner) = response.into_parts();
+                    let bound = if self.max_answer == usize::MAX {
+                        Bound::none()
+                    } else {
+                        let sse = parts
+                            .headers
+                            .get(http::header::CONTENT_TYPE)
+                            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+                        Bound::new(self.max_answer, sse)
+                    };
                     let mut body = Body {
                         inner,
                         back: Some(back),
+                        bound,
                     };
                     if body.inner.is_end_stream() {
                         // Nothing to read (a 202, a 204): no one may poll it.
@@ -299,10 +351,12 @@ async fn reap(shared: Weak<Shared>) {
 
 /// An answer's body: hyper's, which puts its connection back in the pool
 /// once read to the end. Dropped before that, the connection is closed
-/// (HTTP/1 cannot skip the rest of an answer).
+/// (HTTP/1 cannot skip the rest of an answer), as it is when the answer
+/// breaks its bound.
 pub struct Body {
     inner: Incoming,
     back: Option<GiveBack>,
+    bound: Bound,
 }
 
 impl Body {
@@ -315,18 +369,30 @@ impl Body {
 
 impl hyper::body::Body for Body {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = &mut *self;
+        if this.bound.broken() {
+            return Poll::Ready(None); // the error was the end of it
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if frame.data_ref().is_some_and(|data| !this.bound.admit(data)) {
+                    // The rest is never read: the connection goes with the body.
+                    this.back = None;
+                    return Poll::Ready(Some(Err(BodyError::TooLarge(this.bound.max()))));
+                }
+                if this.inner.is_end_stream() {
+                    this.give_back();
+                }
+            }
             Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.give_back(),
             Poll::Ready(Some(Err(_))) => this.back = None,
-            _ => {}
+            Poll::Pending => {}
         }
-        polled
+        polled.map(|frame| frame.map(|result| result.map_err(BodyError::Hyper)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -76,6 +76,14 @@ pub(super) async fn read_response<R: DeserializeOwned>(
     }
 }
 
+/// Why a backend's event stream broke off: its bound, or the transport.
+pub(in crate::backend) fn stream_error(e: sse_stream::Error) -> BackendError {
+    match crate::pool::BodyError::too_large(&e) {
+        Some(max) => BackendError::TooLarge(max),
+        None => BackendError::Transport(format!("SSE: {e}")),
+    }
+}
+
 pub(in crate::backend) fn is_event_stream(response: &Response) -> bool {
     response
         .headers()
@@ -104,7 +112,7 @@ async fn read_events<R: DeserializeOwned>(
     let mut resumes = 0;
     loop {
         while let Some(event) = events.next().await {
-            let event = event.map_err(|e| BackendError::Transport(format!("SSE: {e}")))?;
+            let event = event.map_err(stream_error)?;
             last_event_id = event.id.or(last_event_id);
             retry = event.retry.map_or(retry, |ms| Duration::from_millis(ms).min(MAX_RETRY));
             let Some(data) = event.data.filter(|d| !d.trim().is_empty()) else {
