@@ -109,18 +109,17 @@ impl Introspector {
         let answer = self.ask(token).await.inspect_err(|_| self.counted.unavailable.inc())?;
         let now = jsonwebtoken::get_current_timestamp();
         let outcome = judge(&answer, now, &self.config).map(Arc::new);
-        match &outcome {
-            Ok(_) => self.counted.accepted.inc(),
-            Err(_) => self.counted.refused.inc(),
-        }
-        // Until the cache's bound, or the token's own end if sooner.
-        let life = match &outcome {
-            Ok(p) => Duration::from_secs(p.expires.saturating_sub(now)).min(self.cache_ttl),
-            Err(_) => self.cache_ttl,
-        };
-        let (answers, cap) = match outcome {
-            Ok(_) => (&self.accepted, ACCEPTED),
-            Err(_) => (&self.refused, REFUSED),
+        // Kept until the cache's bound, or the token's own end if sooner.
+        let (life, answers, cap) = match &outcome {
+            Ok(p) => {
+                self.counted.accepted.inc();
+                let left = Duration::from_secs(p.expires.saturating_sub(now));
+                (left.min(self.cache_ttl), &self.accepted, ACCEPTED)
+            }
+            Err(_) => {
+                self.counted.refused.inc();
+                (self.cache_ttl, &self.refused, REFUSED)
+            }
         };
         let mut answers = lock(answers);
         if answers.len() >= cap {
