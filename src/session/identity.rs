@@ -32,9 +32,26 @@ pub const SALT_KEEP_INTERVAL: Duration = Duration::from_secs(3);
 /// Clones share the key.
 #[derive(Clone)]
 pub struct IdentityHasher {
-    key: Arc<OnceCell<Vec<u8>>>,
+    key: Arc<OnceCell<Key>>,
     /// The operator configured the key: nothing lives in the store.
     configured: bool,
+}
+
+/// The key as held (the store's salt is written back as it is), and the
+/// MAC keyed with it once (its inner and outer pads hashed): each hash
+/// starts from a copy of it.
+struct Key {
+    raw: Vec<u8>,
+    keyed: Hmac<Sha256>,
+}
+
+impl Key {
+    fn new(raw: Vec<u8>) -> Self {
+        let Ok(keyed) = Hmac::<Sha256>::new_from_slice(&raw) else {
+            unreachable!("HMAC accepts keys of any length")
+        };
+        Self { raw, keyed }
+    }
 }
 
 impl IdentityHasher {
@@ -43,7 +60,7 @@ impl IdentityHasher {
         let key = OnceCell::new();
         let configured = configured.filter(|k| !k.is_empty());
         if let Some(k) = configured {
-            let _ = key.set(k.as_bytes().to_vec());
+            let _ = key.set(Key::new(k.as_bytes().to_vec()));
         }
         Self {
             key: Arc::new(key),
@@ -66,12 +83,12 @@ impl IdentityHasher {
                 _ = stop.cancelled() => return,
             }
             let Some(held) = self.key.get() else {
-                if let Err(e) = self.key.get_or_try_init(|| store.identity_salt()).await {
+                if let Err(e) = self.salt(store.as_ref()).await {
                     tracing::debug!(error = %e, "identity salt not read yet");
                 }
                 continue;
             };
-            match store.keep_identity_salt(held).await {
+            match store.keep_identity_salt(&held.raw).await {
                 Ok(true) => {
                     tracing::warn!("the store had lost the identity salt; wrote back the one this replica holds")
                 }
@@ -95,8 +112,14 @@ impl IdentityHasher {
             },
             Caller::Subject { issuer, subject } => ('s', [issuer, subject]),
         };
-        let key = self.key.get_or_try_init(|| store.identity_salt()).await?;
-        Ok(Some(hash(key, kind, parts)))
+        Ok(Some(hash(self.salt(store).await?, kind, parts)))
+    }
+
+    /// The key, read from the store the first time if not configured.
+    async fn salt(&self, store: &dyn SessionStore) -> Result<&Key, StoreError> {
+        self.key
+            .get_or_try_init(|| async { store.identity_salt().await.map(Key::new) })
+            .await
     }
 }
 
@@ -128,8 +151,7 @@ impl IdentityHasher {
     /// compute. Anonymous callers share one.
     pub async fn pool_id(&self, store: &dyn SessionStore, caller: Caller<'_>) -> Result<String, StoreError> {
         let identity = self.identify(store, caller).await?;
-        let key = self.key.get_or_try_init(|| store.identity_salt()).await?;
-        let mut tagged = hash(key, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
+        let mut tagged = hash(self.salt(store).await?, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
         // `p-` + 64 hex digits: a well-formed session id no client is given.
         tagged.replace_range(1..2, "-");
         Ok(tagged)
@@ -141,10 +163,8 @@ pub fn is_pool_id(id: &str) -> bool {
     id.starts_with("p-")
 }
 
-fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
-    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(key) else {
-        unreachable!("HMAC accepts keys of any length")
-    };
+fn hash(key: &Key, kind: char, parts: [&str; 2]) -> String {
+    let mut mac = key.keyed.clone();
     if kind == 't' {
         mac.update(parts[0].as_bytes());
     } else {
@@ -172,6 +192,27 @@ fn hash(key: &[u8], kind: char, parts: [&str; 2]) -> String {
 mod tests {
     use super::*;
     use crate::store::MemoryStore;
+
+    /// Identities are stored: every version must compute the same ones (a
+    /// rolling upgrade mixes replicas). HMAC-SHA256 under key `k`, as any
+    /// HMAC implementation gives it.
+    #[tokio::test]
+    async fn identities_are_plain_hmacs_of_the_caller() {
+        let store = MemoryStore::default();
+        let hasher = IdentityHasher::new(Some("k"));
+        assert_eq!(
+            hasher.identify(&store, Some("Bearer abc")).await.unwrap().unwrap(),
+            "t:0316e5ca0c398a874f6f304bf0cb9f7f9472478a698b4f09285e8ddf65b2212c"
+        );
+        let subject = Caller::Subject {
+            issuer: "iss",
+            subject: "sub",
+        };
+        assert_eq!(
+            hasher.identify(&store, subject).await.unwrap().unwrap(),
+            "s:21bb6d176b976de436bddb15d6bae147bbccd743de211afe498bfa213456b3b5"
+        );
+    }
 
     #[tokio::test]
     async fn same_token_same_identity_and_nothing_in_clear() {
