@@ -149,12 +149,21 @@ impl IdentityHasher {
     /// The id of `caller`'s pooled session (stateless-era requests): a keyed
     /// hash of its identity, the same on every replica, that nobody else can
     /// compute. Anonymous callers share one.
-    pub async fn pool_id(&self, store: &dyn SessionStore, caller: Caller<'_>) -> Result<String, StoreError> {
+    /// Returned with `caller`'s identity, which serving the pool checks.
+    pub async fn pool_id(
+        &self,
+        store: &dyn SessionStore,
+        caller: Caller<'_>,
+    ) -> Result<(String, Option<String>), StoreError> {
         let identity = self.identify(store, caller).await?;
-        let mut tagged = hash(self.salt(store).await?, 'p', ["pool", identity.as_deref().unwrap_or("anonymous")]);
+        let mut tagged = hash(
+            self.salt(store).await?,
+            'p',
+            ["pool", identity.as_deref().unwrap_or("anonymous")],
+        );
         // `p-` + 64 hex digits: a well-formed session id no client is given.
         tagged.replace_range(1..2, "-");
-        Ok(tagged)
+        Ok((tagged, identity))
     }
 }
 

@@ -285,13 +285,23 @@ impl SessionManager {
             .identify(self.store.as_ref(), caller)
             .await
             .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        self.resolve_as(id, identity.as_deref(), bearer).await
+    }
+
+    /// [`Self::resolve`] for a caller whose identity is already computed.
+    pub(super) async fn resolve_as(
+        self: &Arc<Self>,
+        id: &str,
+        identity: Option<&str>,
+        bearer: Option<&str>,
+    ) -> Result<Arc<Session>, ResolveError> {
         let session = match self.local(id) {
             Some(s) => s,
             // Boxed: a rebuild's future (a store read, backend sessions
             // resumed) would otherwise size every request's state.
-            None => Box::pin(self.rebuild_once(id, identity.as_deref(), bearer)).await?,
+            None => Box::pin(self.rebuild_once(id, identity, bearer)).await?,
         };
-        if session.identity() != identity.as_deref() {
+        if session.identity() != identity {
             // Not a warning: any client that knows an id could flood the log with it.
             tracing::debug!(session.id = %id, "request for a session bound to another identity");
             return Err(ResolveError::NotFound);

@@ -80,34 +80,35 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
         return reject(e, Some(&id));
     }
     let caller = who.caller();
-    let pool = match app.manager.pool_id(caller).await {
-        Ok(pool) => pool,
+    let key = match app.manager.pool_id(caller).await {
+        Ok(key) => key,
         Err(e) => return reject(unavailable(&e), Some(&id)),
     };
+    let pool = key.id.as_str();
     let cacheable = CACHEABLE.contains(&method.as_str());
     // A retry with the client's answers goes to the paused call, on the
     // replica that holds it, wherever the caller's pool is now.
     if let Some(state) = request_state(params.view()) {
         if let Some(holder) = input::holder(state) {
-            if let Some(response) = super::placement::to_replica(app, parts, body, &pool, &holder).await {
+            if let Some(response) = super::placement::to_replica(app, parts, body, pool, &holder).await {
                 return response;
             }
         }
-        tracing::Span::current().record("session.id", pool.as_str());
+        tracing::Span::current().record("session.id", pool);
         let answers = params.view().and_then(|p| p.get("inputResponses"));
-        let outcome = match app.paused.resume(state, &pool, answers).await {
-            Ok(running) => finish(app, running, &pool, &envelope.capabilities).await,
+        let outcome = match app.paused.resume(state, pool, answers).await {
+            Ok(running) => finish(app, running, pool, &envelope.capabilities).await,
             Err(e) => Err(e),
         };
         return answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format);
     }
-    if let Some(response) = super::placement::to_pool_owner(app, parts, body, &pool).await {
+    if let Some(response) = super::placement::to_pool_owner(app, parts, body, pool).await {
         return response;
     }
-    tracing::Span::current().record("session.id", pool.as_str());
+    tracing::Span::current().record("session.id", pool);
     let session = match app
         .manager
-        .pooled(&pool, caller, who.bearer(), || client_init(&envelope))
+        .pooled(&key, caller, who.bearer(), || client_init(&envelope))
         .await
     {
         Ok(s) => s,
@@ -131,7 +132,7 @@ pub async fn serve(app: &App, parts: &Parts, body: &Bytes, who: &Identity<'_>, f
     let outcome = if method == "server/discover" {
         Ok(Reply::Tree(discover(&session)))
     } else {
-        run(app, &session, &method, params, who, &pool, &envelope.capabilities).await
+        run(app, &session, &method, params, who, pool, &envelope.capabilities).await
     };
     answer(&id, outcome.map(|r| stateless_result(r, cacheable)), format)
 }

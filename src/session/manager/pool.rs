@@ -13,25 +13,36 @@ use super::{ManagerError, ResolveError, SessionManager};
 use crate::session::{Caller, Session};
 use crate::sync::lock;
 
+/// A caller's pooled session: its id, and the caller's identity (computed
+/// once per request: the id is a hash of it, and serving checks it).
+pub struct PoolKey {
+    pub id: String,
+    identity: Option<String>,
+}
+
 impl SessionManager {
-    /// The id of `caller`'s pooled session (to place it before serving it).
-    pub async fn pool_id(&self, caller: Caller<'_>) -> Result<String, ResolveError> {
-        self.identity
+    /// `caller`'s pooled session (to place it before serving it).
+    pub async fn pool_id(&self, caller: Caller<'_>) -> Result<PoolKey, ResolveError> {
+        let (id, identity) = self
+            .identity
             .pool_id(self.store.as_ref(), caller)
             .await
-            .map_err(|e| ResolveError::Unavailable(e.to_string()))
+            .map_err(|e| ResolveError::Unavailable(e.to_string()))?;
+        Ok(PoolKey { id, identity })
     }
 
-    /// `caller`'s pooled session `id`: the live one, the stored one (resumed),
-    /// or a new one opened with `client_init`, once however many requests ask.
+    /// `caller`'s pooled session `pool`: the live one, the stored one
+    /// (resumed), or a new one opened with `client_init`, once however many
+    /// requests ask.
     pub async fn pooled(
         self: &Arc<Self>,
-        id: &str,
+        pool: &PoolKey,
         caller: Caller<'_>,
         bearer: Option<&str>,
         client_init: impl FnOnce() -> (Value, String),
     ) -> Result<Arc<Session>, ResolveError> {
-        match self.resolve(id, caller, bearer).await {
+        let id = pool.id.as_str();
+        match self.resolve_as(id, pool.identity.as_deref(), bearer).await {
             Err(ResolveError::NotFound) => {}
             found => return found,
         }
