@@ -83,6 +83,25 @@ async fn stdio_children_get_a_minimal_environment_without_vmcp_secrets() {
     vmcp.terminate().await;
 }
 
+/// A child's stderr is drained whatever it holds: bytes that are not UTF-8
+/// once ended the drain, and the child then hung on its next 64 KB of stderr
+/// (a full pipe), with every call after it.
+#[tokio::test]
+async fn a_child_writing_non_utf8_and_huge_lines_to_stderr_keeps_answering() {
+    let vmcp = VmcpProcess::start(&env_server_yaml(
+        "",
+        "session:\n  call_timeout: 5s\nhttp:\n  drain_delay: 0s\n",
+    ))
+    .await;
+    let mut client = Client::new(&vmcp.url);
+    client.initialize().await;
+    for round in 0..3 {
+        let reply = client.call_tool("kid_noise", serde_json::json!({})).await;
+        assert_eq!(reply.text(), "noisy", "round {round}: {reply:?}");
+    }
+    assert!(child_report(&client).await["pid"].as_u64().is_some());
+}
+
 #[tokio::test]
 async fn closing_a_session_kills_the_childs_whole_process_group() {
     let vmcp = VmcpProcess::start(&env_server_yaml("", "http:\n  drain_delay: 0s\n")).await;

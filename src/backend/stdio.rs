@@ -306,12 +306,45 @@ impl StdioSession {
 }
 
 /// A backend's stderr goes to our log (debug level), line by line, until it closes.
+/// The most of one stderr line that is logged (the rest is skipped).
+const LOGGED_LINE: usize = 4096;
+
+/// Drains the child's stderr to its end, logging each line at `debug`.
+/// Whatever it holds: a line that is not UTF-8 is logged lossily, a longer
+/// one cut. The drain must never stop early: the child would then block on
+/// a full pipe, or die of SIGPIPE, at its next write to stderr.
 async fn log_stderr(program: String, stderr: tokio::process::ChildStderr) {
     use tokio::io::AsyncBufReadExt;
-    let mut lines = tokio::io::BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(parent: None, program = %program, "backend stderr: {line}");
+    let mut reader = tokio::io::BufReader::new(stderr);
+    let mut line = Vec::with_capacity(256);
+    let mut cut = false;
+    loop {
+        let chunk = match reader.fill_buf().await {
+            Ok([]) | Err(_) => break,
+            Ok(chunk) => chunk,
+        };
+        let end = memchr::memchr(b'\n', chunk);
+        let take = end.unwrap_or(chunk.len());
+        let room = LOGGED_LINE - line.len();
+        line.extend_from_slice(&chunk[..take.min(room)]);
+        cut |= take > room;
+        reader.consume(take + usize::from(end.is_some()));
+        if end.is_some() {
+            log_line(&program, &line, cut);
+            line.clear();
+            cut = false;
+        }
     }
+    if !line.is_empty() {
+        log_line(&program, &line, cut);
+    }
+}
+
+fn log_line(program: &str, line: &[u8], cut: bool) {
+    let text = String::from_utf8_lossy(line);
+    let text = text.trim_end_matches('\r');
+    let more = if cut { " [cut]" } else { "" };
+    tracing::debug!(parent: None, program = %program, "backend stderr: {text}{more}");
 }
 
 /// Tells the child we stopped waiting for a request, and why.

@@ -1,9 +1,11 @@
 """A minimal MCP stdio server for tests/faults_children.rs (standard library only).
 
 At start it spawns a long-lived grandchild (`sleep 300`), as `npx` does with
-the real server. Its one tool, `env`, answers with the child's environment and
+the real server. Its tool `env` answers with the child's environment and
 the grandchild's pid, so a test can check what the child inherited and that
-closing the session kills the whole process group.
+closing the session kills the whole process group. Its tool `noise` first
+writes to stderr what real servers do write there: bytes that are not UTF-8,
+and a 2 MB line (a progress bar redrawn with CRs, a dumped blob).
 """
 
 import json
@@ -36,7 +38,13 @@ for line in sys.stdin:
             "serverInfo": {"name": "env-server", "version": "1"},
         })
     elif method == "tools/list":
-        reply(msg_id, {"tools": [{"name": "env", "inputSchema": {"type": "object"}}]})
+        tools = [{"name": name, "inputSchema": {"type": "object"}} for name in ("env", "noise")]
+        reply(msg_id, {"tools": tools})
+    elif method == "tools/call" and msg["params"]["name"] == "noise":
+        sys.stderr.buffer.write(b"caf\xe9 \xff\xfe not UTF-8\n")
+        sys.stderr.buffer.write(b"\r".join([b"progress"] * 250_000) + b"\n")
+        sys.stderr.buffer.flush()
+        reply(msg_id, {"content": [{"type": "text", "text": "noisy"}]})
     elif method == "tools/call":
         text = json.dumps({"env": dict(os.environ), "grandchild": grandchild.pid, "pid": os.getpid()})
         reply(msg_id, {"content": [{"type": "text", "text": text}]})
