@@ -119,6 +119,13 @@ async fn answer(request: Request<Incoming>, sent: Arc<AtomicUsize>) -> Result<Re
             "serverInfo": {"name": "hostile", "version": "1"},
         })),
         "tools/list" => json(json!({"tools": [{"name": "dump", "inputSchema": {"type": "object"}}]})),
+        "tools/call" if message["params"]["arguments"]["as"] == "garbled" => {
+            // An event stream that is not UTF-8: the backend is wrong, not unreachable.
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(Full::new(Bytes::from_static(b"event: message\ndata: \xff\xfe\n\n")).boxed())
+                .unwrap_or_default()
+        }
         "tools/call" => {
             let sse = message["params"]["arguments"]["as"] == "sse";
             let head: &'static [u8] = if sse {
@@ -186,6 +193,12 @@ async fn a_hostile_answer_of_256_mib_is_cut_off_at_the_bound_as_json_or_as_one_e
     let grown = resident_bytes().saturating_sub(before);
     assert!(grown < 64 * 1024 * 1024, "resident memory grew by {grown} bytes");
     assert_eq!(calls(&replica, "h", "too_large"), 2.0);
+    // A garbled stream fails its call as the backend's fault (-32603), and
+    // does not mark the backend unreachable: its circuit stays closed.
+    let reply = client.call_tool("h_dump", json!({"as": "garbled"})).await;
+    assert_eq!(reply.error_code(), -32603, "{reply:?}");
+    assert_eq!(calls(&replica, "h", "protocol_error"), 1.0);
+    assert_eq!(replica.metric("vmcp_backend_circuit_state{backend=\"h\"}"), 0.0);
     // The other backend, and the session, carry on.
     let reply = client.call_tool("t_echo", json!({"message": "after"})).await;
     assert_eq!(reply.result()["content"][0]["text"], "t:after", "{reply:?}");

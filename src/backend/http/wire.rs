@@ -76,11 +76,14 @@ pub(super) async fn read_response<R: DeserializeOwned>(
     }
 }
 
-/// Why a backend's event stream broke off: its bound, or the transport.
+/// Why a backend's event stream broke off: its bound, the transport, or
+/// what it sent (not UTF-8, a malformed line: the backend's fault, which
+/// does not make it unreachable).
 pub(in crate::backend) fn stream_error(e: sse_stream::Error) -> BackendError {
-    match crate::pool::BodyError::too_large(&e) {
-        Some(max) => BackendError::TooLarge(max),
-        None => BackendError::Transport(format!("SSE: {e}")),
+    match (&e, crate::pool::BodyError::too_large(&e)) {
+        (_, Some(max)) => BackendError::TooLarge(max),
+        (sse_stream::Error::Body(_), None) => BackendError::Transport(format!("SSE: {e}")),
+        _ => BackendError::Protocol(format!("SSE: {e}")),
     }
 }
 
