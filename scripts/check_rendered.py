@@ -65,7 +65,7 @@ def seconds(duration, default):
     raise AssertionError(f"duration {text!r}: expected a number and ms, s, m or h")
 
 
-ENV = {"VMCP_REPLICA_ID": "vmcp-0", "VMCP_HOP_KEY": "0123456789abcdef0123", "REDIS_PASSWORD": "x", "REDIS_SENTINEL_PASSWORD": "x", "ALPHA_KEY": "x", "TICKETS_CLIENT_SECRET": "x", "VMCP_ADMIN_TOKEN": "0123456789abcdef0123"}
+ENV = {"VMCP_REPLICA_ID": "vmcp-0", "VMCP_HOP_KEY": "0123456789abcdef0123", "REDIS_PASSWORD": "x", "REDIS_SENTINEL_PASSWORD": "x", "ALPHA_KEY": "x", "TICKETS_CLIENT_SECRET": "x", "VMCP_INTROSPECTION_SECRET": "x", "VMCP_ADMIN_TOKEN": "0123456789abcdef0123"}
 
 
 LOCALHOST = ("127.0.0.1", "localhost", "::1")
