@@ -111,6 +111,10 @@ impl App {
                     metrics.backend_circuit_state.with_label_values(&[&b.name]),
                     Arc::clone(&recoveries),
                 );
+                let bounds = Bounds {
+                    max_answer: b.max_response_bytes.unwrap_or(bounds.max_answer),
+                    ..bounds
+                };
                 Backend::new(b.clone(), i, bounds, circuit)
                     .map(Arc::new)
                     .map_err(|e| AppError::Backend(b.name.clone(), e))

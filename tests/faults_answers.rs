@@ -63,6 +63,22 @@ async fn a_real_servers_answer_over_the_bound_fails_that_call_only() {
         .contains(&"t_echo".to_owned()));
 }
 
+#[tokio::test]
+async fn a_backend_may_have_a_bound_of_its_own() {
+    let backend = TestBackend::start("t").await;
+    let yaml = format!(
+        "backends:\n  - name: t\n    url: {url}\n  - name: files\n    url: {url}\n    max_response_bytes: 1048576\nsession:\n  max_response_bytes: {BOUND}\n",
+        url = backend.url
+    );
+    let replica = Replica::start(&yaml).await;
+    let mut client = replica.client();
+    client.initialize().await;
+    let big = json!({"message": "x".repeat(100_000)});
+    assert_eq!(client.call_tool("t_echo", big.clone()).await.error_code(), -32603);
+    let reply = client.call_tool("files_echo", big).await;
+    assert_eq!(reply.text().len(), "t:".len() + 100_000, "{:?}", reply.body["error"]);
+}
+
 /// A hostile backend: a Streamable HTTP server whose one tool, `dump`,
 /// answers with `size` bytes, as one JSON body or as one SSE event that
 /// never ends. It stops producing when its peer goes away, and counts what

@@ -57,6 +57,10 @@ pub struct BackendConfig {
     /// Which prompts of this backend are exposed, and under which names.
     #[serde(default)]
     pub prompts: ItemFilter,
+    /// This backend's own bound on one answer (a tool that returns files);
+    /// unset: `session.max_response_bytes`.
+    #[serde(default)]
+    pub max_response_bytes: Option<usize>,
 }
 
 /// See [`BackendConfig::transport`].

@@ -375,6 +375,9 @@ fn validate_backends(config: &Config) -> Result<(), Invalid> {
         if !seen.insert(b.name.as_str()) {
             return Err(invalid(field("name"), format!("`{}` is used by two backends", b.name)));
         }
+        if b.max_response_bytes.is_some_and(|n| n < 1024) {
+            return Err(invalid(field("max_response_bytes"), "must be at least 1024"));
+        }
         match (&b.url, &b.command) {
             (Some(_), Some(_)) => return Err(invalid(field("url"), "set either url or command, not both")),
             (None, None) => return Err(invalid(field("url"), "set url (Streamable HTTP) or command (stdio)")),
