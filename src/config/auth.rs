@@ -57,7 +57,8 @@ pub struct InboundAuthConfig {
     pub introspection: Option<IntrospectionConfig>,
 }
 
-/// vmcp as a client of the issuer's introspection endpoint (RFC 7662).
+/// vmcp as a client of the issuer's introspection endpoint (RFC 7662);
+/// its `Debug` leaves the secret out.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct IntrospectionConfig {
@@ -153,7 +154,7 @@ impl BackendAuthConfig {
 }
 
 /// An OAuth client of an authorization server's token endpoint.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TokenClientConfig {
     /// The token endpoint; discovered from `issuer`'s metadata when unset.
@@ -183,6 +184,23 @@ pub struct TokenClientConfig {
     /// Bound of each request to the authorization server.
     #[serde(default = "default_fetch_timeout", with = "duration")]
     pub timeout: Duration,
+}
+
+/// Everything but the secret.
+impl std::fmt::Debug for TokenClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenClientConfig")
+            .field("token_url", &self.token_url)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("auth_method", &self.auth_method)
+            .field("resource", &self.resource)
+            .field("audience", &self.audience)
+            .field("scope", &self.scope)
+            .field("refresh_before", &self.refresh_before)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]

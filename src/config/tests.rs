@@ -273,6 +273,8 @@ fn backend_auth_parses_and_is_checked() {
     };
     assert_eq!((c.client_id.as_str(), c.scope.as_deref()), ("vmcp", Some("a b")));
     assert_eq!(c.auth_method, ClientAuthMethod::ClientSecretBasic);
+    assert!(!format!("{:?}", ok.backends[0]).contains("client_secret: \"s\""));
+    assert!(format!("{c:?}").contains("client_id: \"vmcp\""));
 
     let cc = "      client_id: vmcp\n      client_secret: s\n";
     let (field, msg) = field_error(&format!(
