@@ -70,8 +70,8 @@ pub enum BackendError {
     #[error("request cancelled by the client")]
     Cancelled,
     /// An answer (or one event of its stream) bigger than
-    /// `session.max_response_bytes`: not read further, its connection closed.
-    #[error("backend answer larger than {0} bytes (session.max_response_bytes)")]
+    /// its `max_response_bytes`: not read further, its connection closed.
+    #[error("backend answer larger than {0} bytes (max_response_bytes)")]
     TooLarge(usize),
 }
 
