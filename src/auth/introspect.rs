@@ -16,6 +16,7 @@
 //! answer is too old) get 503: vmcp does not guess.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -32,6 +33,9 @@ use crate::sync::lock;
 /// Most answers remembered per replica: tokens that were active, and refused ones.
 const ACCEPTED: usize = 10_000;
 const REFUSED: usize = 1_000;
+
+/// The endpoint refusing vmcp's credentials is warned about at most this often.
+const WARN_EVERY: Duration = Duration::from_secs(60);
 
 struct Answer {
     outcome: Result<Arc<Principal>, AuthError>,
@@ -51,6 +55,10 @@ pub struct Introspector {
     /// `vmcp_auth_introspections_total` by outcome (answers reused from
     /// memory are not counted).
     counted: Outcomes,
+    /// When the last warning about vmcp's credentials was, in seconds
+    /// after `started` plus one (0: never).
+    warned: AtomicU64,
+    started: Instant,
 }
 
 struct Outcomes {
@@ -93,6 +101,8 @@ impl Introspector {
                 refused: outcomes.with_label_values(&["refused"]),
                 unavailable: outcomes.with_label_values(&["unavailable"]),
             },
+            warned: AtomicU64::new(0),
+            started: Instant::now(),
             config: config.clone(),
         }))
     }
@@ -157,13 +167,26 @@ impl Introspector {
             .map_err(|e: PostError| unavailable(e.to_string()))?;
         if status != StatusCode::OK {
             let why = client_auth::refusal(status, &body);
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) {
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && self.warn_now() {
                 tracing::warn!(status = status.as_u16(), error = %why, "the introspection endpoint refuses vmcp's client credentials");
             }
             return Err(unavailable(format!("the endpoint answered {why}")));
         }
         serde_json::from_slice::<Map<String, Value>>(&body)
             .map_err(|_| unavailable("the answer is not a JSON object (RFC 7662 §2.2)".into()))
+    }
+
+    /// Whether a warning about vmcp's own credentials is due: at most one
+    /// per [`WARN_EVERY`], however many requests meet them (each request
+    /// is also answered 503, and logged as rejected).
+    fn warn_now(&self) -> bool {
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.warned.load(Ordering::Relaxed);
+        (last == 0 || now >= last + WARN_EVERY.as_secs())
+            && self
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// Configured, or discovered once from the issuer's metadata.
