@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use support::deps::free_port;
 use support::oidc::OidcProvider;
 use support::redis::RedisServer;
-use support::{Client, Replica, TestBackend};
+use support::{Replica, TestBackend};
 
 const CLIENT: (&str, &str) = ("vmcp-test", "vmcp-test-secret");
 const OTHER: (&str, &str) = ("other-client", "other-secret");
@@ -23,29 +23,6 @@ fn auth_yaml(idp: &OidcProvider, audience: &str, extra: &str) -> String {
         "auth:\n  inbound:\n    issuer: {}\n    audience: {audience}\n    jwks_min_refresh: 200ms\n    leeway: 0s\n{extra}",
         idp.issuer()
     )
-}
-
-/// A replica on a known port, so its `/mcp` URL (the token audience) is known first.
-async fn replica(backend: &TestBackend, yaml: impl Fn(&str) -> String) -> Replica {
-    let port = free_port();
-    let audience = format!("http://127.0.0.1:{port}/mcp");
-    let config = support::config_yaml(&[("t", &backend.url)], &yaml(&audience));
-    Replica::start_on(port, &config).await
-}
-
-fn with_token(replica: &Replica, token: &str) -> Client {
-    let mut c = replica.client();
-    c.token = Some(token.to_owned());
-    c
-}
-
-fn challenge(reply: &support::client::Reply) -> String {
-    reply
-        .headers
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// The same token with one character of its signature changed.
@@ -76,7 +53,7 @@ fn unsigned(token: &str) -> String {
 async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
     let idp = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "")).await;
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "")).await;
     let audience = vmcp.url.clone();
 
     // No token: 401 and where to start (RFC 9728), and nothing else runs.
@@ -90,7 +67,7 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
     let metadata_url = format!("{}/.well-known/oauth-protected-resource/mcp", vmcp.base);
     assert_eq!(
-        challenge(&reply),
+        reply.challenge(),
         format!("Bearer resource_metadata=\"{metadata_url}\"")
     );
     let metadata: Value = anonymous
@@ -108,7 +85,7 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
 
     // A token for this audience opens a session and calls through it.
     let token = idp.token(CLIENT.0, CLIENT.1, &audience, "").await;
-    let mut client = with_token(&vmcp, &token);
+    let mut client = vmcp.client_with_token(&token);
     client.initialize().await;
     let reply = client.call_tool("t_echo", json!({"message": "hi"})).await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
@@ -132,11 +109,11 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
         ),
     ];
     for (what, bad, reason) in cases {
-        let mut c = with_token(&vmcp, &bad);
+        let mut c = vmcp.client_with_token(&bad);
         c.session = client.session.clone();
         let reply = c.call_tool("t_echo", json!({"message": "x"})).await;
         assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {reply:?}");
-        let header = challenge(&reply);
+        let header = reply.challenge();
         assert!(header.contains("error=\"invalid_token\""), "{what}: {header}");
         assert!(header.contains(reason), "{what}: {header}");
         assert!(
@@ -153,7 +130,7 @@ async fn tokens_are_validated_and_refused_ones_get_a_challenge() {
     // Two Authorization headers (the good token and another): 400, not either one.
     let reply = client.post_raw(ping, &[("authorization", "Basic eDp5")]).await;
     assert_eq!(reply.status, StatusCode::BAD_REQUEST, "{reply:?}");
-    assert!(challenge(&reply).contains("invalid_request"), "{}", challenge(&reply));
+    assert!(reply.challenge().contains("invalid_request"), "{}", reply.challenge());
     // The good token still works, and its session is untouched.
     assert_eq!(
         client.call_tool("t_echo", json!({"message": "again"})).await.status,
@@ -166,19 +143,19 @@ async fn expired_tokens_and_other_issuers_are_refused() {
     let idp = OidcProvider::start_with_ttl(Duration::from_secs(2)).await;
     let stranger = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "")).await;
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "")).await;
     let token = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
-    let mut client = with_token(&vmcp, &token);
+    let mut client = vmcp.client_with_token(&token);
     client.initialize().await;
 
     let foreign = stranger.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
-    let reply = with_token(&vmcp, &foreign).request("ping", json!({})).await;
+    let reply = vmcp.client_with_token(&foreign).request("ping", json!({})).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
 
     tokio::time::sleep(Duration::from_millis(3100)).await;
     let reply = client.call_tool("t_echo", json!({"message": "late"})).await;
     assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{reply:?}");
-    assert!(challenge(&reply).contains("expired"), "{}", challenge(&reply));
+    assert!(reply.challenge().contains("expired"), "{}", reply.challenge());
     // A fresh token for the same subject carries on with the same session.
     client.token = Some(idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
     assert_eq!(
@@ -191,12 +168,12 @@ async fn expired_tokens_and_other_issuers_are_refused() {
 async fn required_scopes_are_enforced_with_403() {
     let idp = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| {
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| {
         auth_yaml(&idp, aud, "    required_scopes: [\"mcp:tools\"]\n")
     })
     .await;
     let without = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
-    let mut c = with_token(&vmcp, &without);
+    let mut c = vmcp.client_with_token(&without);
     let reply = c
         .post_raw(
             json!({"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {}}).to_string(),
@@ -204,7 +181,9 @@ async fn required_scopes_are_enforced_with_403() {
         )
         .await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
-    assert!(challenge(&reply).contains("error=\"insufficient_scope\", scope=\"mcp:tools\""));
+    assert!(reply
+        .challenge()
+        .contains("error=\"insufficient_scope\", scope=\"mcp:tools\""));
     c.token = Some(idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "mcp:tools").await);
     c.initialize().await;
 }
@@ -213,8 +192,8 @@ async fn required_scopes_are_enforced_with_403() {
 async fn rotated_keys_are_fetched_again() {
     let mut idp = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "")).await;
-    let mut client = with_token(&vmcp, &idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "")).await;
+    let mut client = vmcp.client_with_token(&idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
     client.initialize().await;
     idp.restart_rotated().await;
     tokio::time::sleep(Duration::from_millis(300)).await; // past jwks_min_refresh
@@ -239,7 +218,7 @@ async fn a_session_follows_its_subject_across_token_refreshes_and_replicas() {
         ),
     );
     let (a, b) = (Replica::start(&config).await, Replica::start(&config).await);
-    let mut on_a = with_token(&a, &idp.token(CLIENT.0, CLIENT.1, &audience, "").await);
+    let mut on_a = a.client_with_token(&idp.token(CLIENT.0, CLIENT.1, &audience, "").await);
     on_a.initialize().await;
     assert_eq!(
         on_a.call_tool("t_echo", json!({"message": "a"})).await.status,
@@ -273,7 +252,7 @@ async fn a_session_follows_its_subject_across_token_refreshes_and_replicas() {
 async fn the_python_sdk_oauth_client_connects_from_the_url_alone() {
     let idp = OidcProvider::start().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "")).await;
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "")).await;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/clients/python_oauth_client.py");
     let output = tokio::process::Command::new(support::deps::python())
         .args([script, &vmcp.url, &idp.issuer(), CLIENT.0, CLIENT.1])

@@ -32,28 +32,6 @@ fn auth_yaml(idp: &OidcProvider, audience: &str, inbound: &str, extra: &str) -> 
     )
 }
 
-/// A replica on a known port, so its `/mcp` URL (the token audience) is known first.
-async fn replica(backend: &TestBackend, yaml: impl Fn(&str) -> String) -> Replica {
-    let port = free_port();
-    let config = support::config_yaml(&[("t", &backend.url)], &yaml(&format!("http://127.0.0.1:{port}/mcp")));
-    Replica::start_on(port, &config).await
-}
-
-fn with_token(replica: &Replica, token: &str) -> Client {
-    let mut c = replica.client();
-    c.token = Some(token.to_owned());
-    c
-}
-
-fn challenge(reply: &support::client::Reply) -> String {
-    reply
-        .headers
-        .get("www-authenticate")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default()
-        .to_owned()
-}
-
 fn introspections(vmcp: &Replica, outcome: &str) -> f64 {
     vmcp.metric(&format!("vmcp_auth_introspections_total{{outcome=\"{outcome}\"}}"))
 }
@@ -66,7 +44,7 @@ async fn echo(client: &Client, message: &str) -> support::client::Reply {
 async fn opaque_tokens_are_introspected_once_and_judged_like_jwts() {
     let idp = OidcProvider::start_opaque().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| {
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| {
         auth_yaml(&idp, aud, "    required_scopes: [\"mcp:tools\"]\n", "")
     })
     .await;
@@ -74,7 +52,7 @@ async fn opaque_tokens_are_introspected_once_and_judged_like_jwts() {
     assert_ne!(token.split('.').count(), 3, "the provider issued a JWT: {token}");
 
     // Accepted, and asked about once however many requests carry it.
-    let mut client = with_token(&vmcp, &token);
+    let mut client = vmcp.client_with_token(&token);
     client.initialize().await;
     for i in 0..3 {
         let reply = echo(&client, &format!("call {i}")).await;
@@ -91,12 +69,12 @@ async fn opaque_tokens_are_introspected_once_and_judged_like_jwts() {
         ("made up", "d2hhdGV2ZXI-not-a-token".to_owned(), "not active"),
     ];
     for (what, bad, reason) in &cases {
-        let mut c = with_token(&vmcp, bad);
+        let mut c = vmcp.client_with_token(bad);
         c.session = client.session.clone();
         for _ in 0..2 {
             let reply = echo(&c, "x").await;
             assert_eq!(reply.status, StatusCode::UNAUTHORIZED, "{what}: {reply:?}");
-            let header = challenge(&reply);
+            let header = reply.challenge();
             assert!(header.contains("error=\"invalid_token\""), "{what}: {header}");
             assert!(header.contains(reason), "{what}: {header}");
             assert!(!header.contains(bad.as_str()) && !reply.body.to_string().contains(bad.as_str()));
@@ -106,19 +84,19 @@ async fn opaque_tokens_are_introspected_once_and_judged_like_jwts() {
     assert_eq!(introspections(&vmcp, "refused"), 2.0);
 
     // A token without the required scope: 403 insufficient_scope.
-    let unscoped = with_token(&vmcp, &idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
+    let unscoped = vmcp.client_with_token(&idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
     let reply = unscoped.request("ping", json!({})).await;
     assert_eq!(reply.status, StatusCode::FORBIDDEN, "{reply:?}");
     assert!(
-        challenge(&reply).contains("insufficient_scope"),
+        reply.challenge().contains("insufficient_scope"),
         "{}",
-        challenge(&reply)
+        reply.challenge()
     );
 
     // The session is bound to the subject (the client, for a client's own
     // token): another client's valid token gets 404, a fresh token of the
     // same client carries on.
-    let mut intruder = with_token(&vmcp, &idp.token(OTHER.0, OTHER.1, &vmcp.url, "mcp:tools").await);
+    let mut intruder = vmcp.client_with_token(&idp.token(OTHER.0, OTHER.1, &vmcp.url, "mcp:tools").await);
     intruder.session = client.session.clone();
     assert_eq!(echo(&intruder, "x").await.status, StatusCode::NOT_FOUND);
     client.token = Some(idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "mcp:tools").await);
@@ -131,9 +109,9 @@ async fn opaque_tokens_are_introspected_once_and_judged_like_jwts() {
 async fn a_revoked_token_stops_working_within_cache_ttl() {
     let idp = OidcProvider::start_opaque().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "", "      cache_ttl: 1s\n")).await;
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "", "      cache_ttl: 1s\n")).await;
     let token = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
-    let mut client = with_token(&vmcp, &token);
+    let mut client = vmcp.client_with_token(&token);
     client.initialize().await;
     assert_eq!(echo(&client, "before").await.status, StatusCode::OK);
 
@@ -143,7 +121,7 @@ async fn a_revoked_token_stops_working_within_cache_ttl() {
     })
     .await;
     let reply = echo(&client, "after").await;
-    assert!(challenge(&reply).contains("not active"), "{}", challenge(&reply));
+    assert!(reply.challenge().contains("not active"), "{}", reply.challenge());
     assert_eq!(introspections(&vmcp, "accepted"), 1.0);
 
     // The session outlives the token: a new one for the same subject carries on.
@@ -156,7 +134,7 @@ async fn a_hung_introspection_endpoint_gets_503_within_the_timeout_and_holds_up_
     let idp = OidcProvider::start_opaque().await;
     let proxy = FreezableProxy::start(&format!("127.0.0.1:{}", idp.port)).await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| {
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| {
         auth_yaml(
             &idp,
             aud,
@@ -168,7 +146,7 @@ async fn a_hung_introspection_endpoint_gets_503_within_the_timeout_and_holds_up_
         )
     })
     .await;
-    let mut known = with_token(&vmcp, &idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
+    let mut known = vmcp.client_with_token(&idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await);
     known.initialize().await;
     let mut fresh = Vec::new();
     for _ in 0..6 {
@@ -181,7 +159,7 @@ async fn a_hung_introspection_endpoint_gets_503_within_the_timeout_and_holds_up_
     let waiting: Vec<_> = fresh
         .iter()
         .map(|t| {
-            let mut c = with_token(&vmcp, t);
+            let mut c = vmcp.client_with_token(t);
             c.session = known.session.clone();
             tokio::spawn(async move { echo(&c, "new").await })
         })
@@ -208,7 +186,7 @@ async fn a_hung_introspection_endpoint_gets_503_within_the_timeout_and_holds_up_
 
     // The endpoint recovers: new tokens are accepted again.
     proxy.thaw();
-    let mut thawed = with_token(&vmcp, &fresh[0]);
+    let mut thawed = vmcp.client_with_token(&fresh[0]);
     thawed.session = known.session.clone();
     let reply = echo(&thawed, "thawed").await;
     assert_eq!(reply.status, StatusCode::OK, "{reply:?}");
@@ -218,15 +196,15 @@ async fn a_hung_introspection_endpoint_gets_503_within_the_timeout_and_holds_up_
 async fn a_dead_issuer_gets_503_once_answers_are_too_old_and_a_restarted_one_is_asked_again() {
     let mut idp = OidcProvider::start_opaque().await;
     let backend = TestBackend::start("t").await;
-    let vmcp = replica(&backend, |aud| auth_yaml(&idp, aud, "", "      cache_ttl: 1s\n")).await;
+    let vmcp = Replica::start_for_audience(&backend.url, |aud| auth_yaml(&idp, aud, "", "      cache_ttl: 1s\n")).await;
     let token = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
     let unseen = idp.token(CLIENT.0, CLIENT.1, &vmcp.url, "").await;
-    let mut client = with_token(&vmcp, &token);
+    let mut client = vmcp.client_with_token(&token);
     client.initialize().await;
 
     idp.stop().await;
     // A token never answered cannot be judged: 503, not a guess.
-    let mut stranger = with_token(&vmcp, &unseen);
+    let mut stranger = vmcp.client_with_token(&unseen);
     stranger.session = client.session.clone();
     let reply = echo(&stranger, "x").await;
     assert_eq!(reply.status, StatusCode::SERVICE_UNAVAILABLE, "{reply:?}");

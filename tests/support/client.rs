@@ -40,6 +40,15 @@ impl Reply {
             .unwrap_or_default()
             .to_owned()
     }
+
+    /// The `WWW-Authenticate` header (empty if absent).
+    pub fn challenge(&self) -> String {
+        self.headers
+            .get("www-authenticate")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    }
 }
 
 impl Client {

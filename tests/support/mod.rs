@@ -126,6 +126,22 @@ impl Replica {
         Client::new(&self.url)
     }
 
+    /// A client that sends `token` as its bearer.
+    pub fn client_with_token(&self, token: &str) -> Client {
+        let mut c = self.client();
+        c.token = Some(token.to_owned());
+        c
+    }
+
+    /// One backend `t` at `backend`, on a port chosen first, so that the
+    /// replica's `/mcp` URL (a token audience) is known to `yaml`, which
+    /// adds the rest of the config.
+    pub async fn start_for_audience(backend: &str, yaml: impl Fn(&str) -> String) -> Self {
+        let port = deps::free_port();
+        let audience = format!("http://127.0.0.1:{port}/mcp");
+        Self::start_on(port, &config_yaml(&[("t", backend)], &yaml(&audience))).await
+    }
+
     /// Graceful stop (as on SIGTERM), waiting until it is done.
     pub async fn shutdown(&mut self) {
         self.stop.cancel();
