@@ -92,6 +92,7 @@ impl App {
             connect: config.session.init_timeout,
             notice: config.session.close_timeout,
             max_answer: config.session.max_response_bytes,
+            keep_alive: crate::backend::client::DEFAULT_KEEP_ALIVE,
         };
         let circuit = &config.session.circuit;
         let circuit_policy = CircuitPolicy {
@@ -113,6 +114,7 @@ impl App {
                 );
                 let bounds = Bounds {
                     max_answer: b.max_response_bytes.unwrap_or(bounds.max_answer),
+                    keep_alive: b.keep_alive.unwrap_or(bounds.keep_alive),
                     ..bounds
                 };
                 Backend::new(b.clone(), i, bounds, circuit)

@@ -29,8 +29,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
+        // An error that already shows its source (`"{0}"` and `#[source]`)
+        // would otherwise say it twice.
+        let said = cause.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
         source = cause.source();
     }
     text
@@ -38,7 +43,28 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::url;
+    use super::{error_chain, url};
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("{0}")]
+    struct Shows(#[source] std::io::Error);
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot connect")]
+    struct Hides(#[source] std::io::Error);
+
+    #[test]
+    fn a_chain_says_each_cause_once() {
+        let cause = || std::io::Error::other("connection closed before message completed");
+        assert_eq!(
+            error_chain(&Shows(cause())),
+            "connection closed before message completed"
+        );
+        assert_eq!(
+            error_chain(&Hides(cause())),
+            "cannot connect: connection closed before message completed"
+        );
+    }
 
     #[test]
     fn credentials_query_and_fragment_are_dropped() {

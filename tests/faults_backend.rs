@@ -150,3 +150,44 @@ async fn a_session_cannot_pile_up_calls_past_max_calls() {
         "b:again"
     );
 }
+
+#[tokio::test]
+async fn calls_to_a_backend_answering_in_event_streams_reuse_its_connections() {
+    // rmcp, the Python and the TypeScript SDKs answer POSTs with an event
+    // stream that ends after the response. Dropped unread at the response,
+    // each call's connection was closed: a TCP (and TLS) connect per call,
+    // and a socket in TIME_WAIT on vmcp's side for a minute (at ~470 calls/s
+    // to one backend, no ephemeral port left to connect from).
+    let backend = TestBackend::start("b").await;
+    let proxy = FreezableProxy::start(&backend.addr).await;
+    let replica = Replica::start(&config_yaml(&[("b", &proxy.url)], "")).await;
+    let mut client = replica.client();
+    client.initialize().await;
+    assert_eq!(client.call_tool("b_echo", json!({"message": "a"})).await.text(), "b:a");
+    let before = proxy.accepted.load(Ordering::SeqCst);
+    for i in 0..20 {
+        let reply = client.call_tool("b_echo", json!({"message": i.to_string()})).await;
+        assert_eq!(reply.text(), format!("b:{i}"));
+    }
+    let opened = proxy.accepted.load(Ordering::SeqCst) - before;
+    assert!(opened <= 1, "20 calls opened {opened} connections");
+}
+
+#[tokio::test]
+async fn a_backend_ending_idle_connections_at_five_seconds_loses_no_call() {
+    // uvicorn and Node close a keep-alive connection idle for 5 s. A call
+    // written on one as its server closed it was lost: vmcp cannot know
+    // whether the server read it, so it may not resend it. The proxy plays
+    // that race at its worst: a request on a connection idle 5 s is dropped.
+    let backend = TestBackend::start("b").await;
+    let proxy = FreezableProxy::start(&backend.addr).await;
+    proxy.close_idle_after(Duration::from_secs(5));
+    let replica = Replica::start(&config_yaml(&[("b", &proxy.url)], "")).await;
+    let mut client = replica.client();
+    client.initialize().await;
+    assert_eq!(client.call_tool("b_echo", json!({"message": "a"})).await.text(), "b:a");
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let reply = within("tools/call", client.call_tool("b_echo", json!({"message": "b"}))).await;
+    assert_eq!(reply.text(), "b:b", "{:?}", reply.body);
+    assert_eq!(backend.stats.calls.load(Ordering::SeqCst), 2);
+}

@@ -90,6 +90,13 @@ impl Target {
 /// The bound of one answer unless set otherwise (`session.max_response_bytes`'s default).
 pub const DEFAULT_MAX_ANSWER: usize = 16 * 1024 * 1024;
 
+/// How long an unused connection is kept for reuse unless set otherwise
+/// (`backends[].keep_alive`'s default). Below the 5 s after which the
+/// common MCP servers close one (uvicorn, Node's `http`): a client must not
+/// keep a connection longer than its server does, or it races the server's
+/// close, and a request written as the close crosses it is lost.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(4);
+
 /// One backend's pooled keep-alive client (clones share the pool).
 #[derive(Clone)]
 pub struct Client {
@@ -120,8 +127,14 @@ impl Client {
         #[cfg(not(feature = "tls"))]
         let connector = http;
         Ok(Self {
-            pool: Pool::new(connector, Duration::from_secs(90)).with_max_answer(DEFAULT_MAX_ANSWER),
+            pool: Pool::new(connector, DEFAULT_KEEP_ALIVE).with_max_answer(DEFAULT_MAX_ANSWER),
         })
+    }
+
+    /// Unused connections are kept `keep_alive` (before use: the pool is new).
+    pub fn with_keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.pool = self.pool.with_idle_for(keep_alive);
+        self
     }
 
     /// Answers bring at most `max` bytes (per event of an SSE stream);

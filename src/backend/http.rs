@@ -108,7 +108,8 @@ impl HttpBackend {
             uri: target.uri,
             client: Client::new(bounds.connect)
                 .map_err(transport)?
-                .with_max_answer(bounds.max_answer),
+                .with_max_answer(bounds.max_answer)
+                .with_keep_alive(bounds.keep_alive),
             headers: prepared,
             notice_timeout: bounds.notice,
         };

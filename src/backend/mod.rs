@@ -145,6 +145,8 @@ pub struct Bounds {
     pub notice: Duration,
     /// The most bytes of one answer (of one event, on a stream).
     pub max_answer: usize,
+    /// How long an unused connection to the backend is kept for reuse.
+    pub keep_alive: Duration,
 }
 
 /// One configured backend, shared by every session of this replica.

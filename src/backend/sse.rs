@@ -53,7 +53,8 @@ impl SseBackend {
             uri: target.uri,
             client: Client::new(connect_timeout)
                 .map_err(transport)?
-                .with_max_answer(bounds.max_answer),
+                .with_max_answer(bounds.max_answer)
+                .with_keep_alive(bounds.keep_alive),
             headers: prepared,
             connect_timeout,
         })

@@ -61,6 +61,11 @@ pub struct BackendConfig {
     /// unset: `session.max_response_bytes`.
     #[serde(default)]
     pub max_response_bytes: Option<usize>,
+    /// How long an unused connection to this backend is kept for reuse
+    /// (HTTP backends); unset: 4 s. Keep it below the server's own idle
+    /// timeout (uvicorn's and Node's: 5 s), or vmcp races the server's close.
+    #[serde(default, with = "super::duration::optional")]
+    pub keep_alive: Option<std::time::Duration>,
 }
 
 /// See [`BackendConfig::transport`].

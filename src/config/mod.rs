@@ -497,6 +497,17 @@ mod duration {
         humantime::parse_duration(&text)
             .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration like 250ms, 5s or 30m: {e}")))
     }
+
+    /// The same for an optional field (with `#[serde(default)]`).
+    pub mod optional {
+        use std::time::Duration;
+
+        use serde::Deserializer;
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+            super::deserialize(d).map(Some)
+        }
+    }
 }
 
 #[cfg(test)]

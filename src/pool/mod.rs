@@ -160,6 +160,18 @@ where
         }
     }
 
+    /// A pool keeping unused connections for `idle_for` instead; the
+    /// connections pooled so far are not carried over (set it before use).
+    pub fn with_idle_for(self, idle_for: Duration) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                lists: Mutex::default(),
+                idle_for,
+            }),
+            ..self
+        }
+    }
+
     /// Answers bring at most `max` bytes: in all, or per event of an SSE
     /// stream (`text/event-stream`). Unbounded unless set.
     pub fn with_max_answer(mut self, max: usize) -> Self {

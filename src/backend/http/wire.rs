@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -122,7 +122,10 @@ async fn read_events<R: DeserializeOwned>(
                 continue;
             };
             match ours(data.as_bytes(), id) {
-                Some(result) => return result,
+                Some(result) => {
+                    finish(events);
+                    return result;
+                }
                 None => {
                     if let Ok(other) = serde_json::from_str::<Value>(&data) {
                         relay(other);
@@ -150,6 +153,45 @@ async fn read_events<R: DeserializeOwned>(
         }
         events = sse_stream::SseStream::new(resumed.into_body());
     }
+}
+
+/// How long the rest of a request's stream is read after its response.
+const FINISH: Duration = Duration::from_secs(1);
+/// How many events after the response are read (and dropped) at most.
+const FINISH_EVENTS: usize = 16;
+
+/// Reads the rest of a request's stream after its response, so that its
+/// connection goes back to the pool. Servers end the stream right after
+/// the response (rmcp, both SDKs; the spec's SHOULD), and HTTP/1 cannot
+/// reuse a connection whose answer was left unread: dropping the stream
+/// there cost a connect per call, and a socket in TIME_WAIT on our side.
+/// What has already arrived is read at once; the rest in the background,
+/// within `FINISH` and `FINISH_EVENTS`, else the connection is closed.
+/// Events after the response have nowhere to go: the call has been answered.
+fn finish<S, E>(mut events: S)
+where
+    S: Stream<Item = Result<sse_stream::Sse, E>> + Unpin + Send + 'static,
+{
+    let mut late = 0;
+    let read_one = |event: Option<Result<sse_stream::Sse, E>>, late: &mut usize| match event {
+        Some(Ok(event)) if *late < FINISH_EVENTS => {
+            *late += 1;
+            if event.data.is_some_and(|d| !d.trim().is_empty()) {
+                tracing::debug!("a backend sent a message after its response on the request's stream: dropped");
+            }
+            true
+        }
+        _ => false, // the end (the connection is back), a broken stream, or too much
+    };
+    while let Some(event) = events.next().now_or_never() {
+        if !read_one(event, &mut late) {
+            return;
+        }
+    }
+    tokio::spawn(async move {
+        let rest = async { while read_one(events.next().await, &mut late) {} };
+        let _ = tokio::time::timeout(FINISH, rest).await;
+    });
 }
 
 /// `Some` if `text` is the response to request `id`; `None` for anything
