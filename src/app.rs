@@ -163,7 +163,7 @@ impl App {
             &config.replica_id,
             Arc::clone(&hops),
             config.affinity.connect_timeout,
-            config.http.header_read_timeout / 2,
+            config.http.idle_timeout / 2,
             config.http.body_read_timeout,
         );
         let identity = IdentityHasher::new(config.session.identity_key.as_deref());

@@ -66,9 +66,79 @@ async fn a_client_trickling_its_headers_is_disconnected() {
     );
 }
 
+/// Reads one answer (head and `Content-Length` body) off a kept-alive connection.
+async fn read_answer(stream: &mut TcpStream) -> String {
+    let mut received = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let text = String::from_utf8_lossy(&received).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().to_owned())
+                })
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            if received.len() >= end + 4 + length {
+                return text;
+            }
+        }
+        match tokio::time::timeout(PATIENCE, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => panic!("connection closed; received: {text:?}"),
+            Ok(Ok(n)) => received.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("no answer within {PATIENCE:?}; received: {text:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_keep_alive_connection_outlives_the_header_deadline() {
+    // Load balancers keep idle connections to their upstreams for 60 s (ALB,
+    // nginx) to 600 s (Google's) and reuse them. A replica that closed them
+    // sooner raced each reuse: a request written as the close crossed it was
+    // lost (a 502 for a call that may not be retried).
+    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n  idle_timeout: 10s\n").await;
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    for _ in 0..3 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_answer(&mut stream).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        tokio::time::sleep(Duration::from_millis(900)).await;
+    }
+    // A head that starts and then trickles is still cut at the header
+    // deadline, counted from its first byte, not at the idle timeout.
+    stream.write_all(b"GET /healthz HTTP/1.1\r\nHo").await.expect("write");
+    let started = Instant::now();
+    read_until_closed(&mut stream).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn a_connection_that_sends_nothing_is_closed_at_the_header_deadline() {
+    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n  idle_timeout: 60s\n").await;
+    let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
+    let started = Instant::now();
+    assert_eq!(read_until_closed(&mut stream).await, "");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "closed after {:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
-    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n").await;
+    let (_b, replica) = replica_with("  header_read_timeout: 300ms\n  idle_timeout: 600ms\n").await;
     let mut stream = TcpStream::connect(addr(&replica)).await.expect("connect");
     stream
         .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

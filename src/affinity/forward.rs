@@ -142,7 +142,7 @@ const DOWN_FOR: Duration = Duration::from_secs(3);
 
 impl Forwarder {
     /// `idle`: how long a pooled connection to a peer is reused. It must be
-    /// shorter than the peers' `http.header_read_timeout` (which closes idle
+    /// shorter than the peers' `http.idle_timeout` (which closes idle
     /// connections), or a request could be written to a connection the peer
     /// is closing, and a written request that fails is one whose outcome is
     /// unknown.

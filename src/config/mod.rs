@@ -332,11 +332,17 @@ impl Default for AffinityConfig {
 pub struct HttpConfig {
     /// Largest accepted request body; larger ones get 413.
     pub max_body_bytes: usize,
-    /// A client must send a request's line and headers within this long, else
-    /// the connection is closed (slowloris). The same clock bounds an idle
-    /// keep-alive connection waiting for its next request.
+    /// A client must send a request's line and headers within this long of
+    /// their first byte (of the accept, for a connection's first request),
+    /// else the connection is closed (slowloris).
     #[serde(with = "duration")]
     pub header_read_timeout: Duration,
+    /// How long an idle keep-alive connection waits for its next request.
+    /// Longer than load balancers keep theirs (60 s for AWS's and nginx's,
+    /// 600 s for Google's), so that vmcp never closes a connection one of
+    /// them is about to reuse.
+    #[serde(with = "duration")]
+    pub idle_timeout: Duration,
     /// The whole body of a POST must arrive within this long, else 408.
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
@@ -362,6 +368,7 @@ impl Default for HttpConfig {
         Self {
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(620),
             body_read_timeout: Duration::from_secs(30),
             max_batch: 64,
             shutdown_timeout: Duration::from_secs(20),

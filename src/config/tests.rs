@@ -29,6 +29,7 @@ fn empty_file_gives_documented_defaults() {
     assert_eq!(c.aggregation.separator, "_");
     assert_eq!(c.http.max_body_bytes, 4 * 1024 * 1024);
     assert_eq!(c.http.header_read_timeout, Duration::from_secs(10));
+    assert_eq!(c.http.idle_timeout, Duration::from_secs(620));
     assert_eq!(c.http.body_read_timeout, Duration::from_secs(30));
     assert_eq!(c.http.max_batch, 64);
     assert_eq!(c.store.kind, StoreKind::Memory);
@@ -108,7 +109,12 @@ fn errors_name_the_field() {
     let (field, _) = field_error("session:\n  max_backend_init_concurrency: 0\n");
     assert_eq!(field, "session.max_backend_init_concurrency");
 
-    for key in ["header_read_timeout: 0s", "body_read_timeout: 0s", "max_batch: 0"] {
+    for key in [
+        "header_read_timeout: 0s",
+        "idle_timeout: 0s",
+        "body_read_timeout: 0s",
+        "max_batch: 0",
+    ] {
         let (field, _) = field_error(&format!("http:\n  {key}\n"));
         assert_eq!(field, format!("http.{}", key.split(':').next().unwrap_or_default()));
     }

@@ -71,6 +71,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if config.http.header_read_timeout.is_zero() {
         return Err(invalid("http.header_read_timeout", "must be greater than zero"));
     }
+    if config.http.idle_timeout.is_zero() {
+        return Err(invalid("http.idle_timeout", "must be greater than zero"));
+    }
     if config.http.body_read_timeout.is_zero() {
         return Err(invalid("http.body_read_timeout", "must be greater than zero"));
     }

@@ -9,6 +9,7 @@ mod call;
 mod era;
 mod exec;
 pub mod health;
+mod keepalive;
 mod mcp;
 mod origin;
 mod placement;
@@ -23,7 +24,7 @@ use std::sync::Arc;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,12 +47,11 @@ pub enum Surface {
 pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    // Slowloris: a request line and headers that do not arrive within the
-    // deadline close the connection. hyper arms this clock whenever it waits
-    // for a request head, so it also ends idle keep-alive connections.
-    // Header count (100) and size (~400 KiB buffer) keep hyper's bounds.
-    http.timer(TokioTimer::new())
-        .header_read_timeout(app.config.http.header_read_timeout);
+    // hyper's header clock would also end idle keep-alive connections at the
+    // header deadline: `keepalive.rs` runs both clocks instead. Header count
+    // (100) and size (~400 KiB buffer) keep hyper's bounds.
+    http.header_read_timeout(None);
+    let (head_timeout, idle_timeout) = (app.config.http.header_read_timeout, app.config.http.idle_timeout);
     // Every request's span hangs off this one, which names the replica once.
     let root = tracing::info_span!("replica", replica = %app.config.replica_id);
     loop {
@@ -71,11 +71,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let (app, root) = (Arc::clone(&app), root.clone());
+        let activity = Arc::new(keepalive::Activity::default());
+        let io = keepalive::Watched::new(stream, Arc::clone(&activity), head_timeout, idle_timeout);
         let service = service_fn(move |req: Request<Incoming>| {
+            let served = activity.begin();
             let (app, root) = (Arc::clone(&app), root.clone());
-            async move { Ok::<_, Infallible>(route(&app, surface, req, &root).await) }
+            async move {
+                let response = route(&app, surface, req, &root).await;
+                Ok::<_, Infallible>(response.map(|body| keepalive::Tracked::new(body, served)))
+            }
         });
-        let conn = Repoll::new(graceful.watch(http.serve_connection(TokioIo::new(stream), service)));
+        let conn = Repoll::new(graceful.watch(http.serve_connection(TokioIo::new(io), service)));
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
