@@ -269,3 +269,35 @@ async fn a_listen_stream_is_reopened_once_per_subscription_change() {
         "one reopen for one change of the subscriptions"
     );
 }
+
+#[tokio::test]
+async fn a_backend_url_that_redirects_is_refused_and_the_log_says_where_it_points() {
+    // Starlette answers `/mcp/` with a 307 to `/mcp`. The backend is left
+    // out with a reason; the operator learns the URL from the log, clients
+    // never see it.
+    let py = python_backend().await;
+    let config = format!("backends:\n  - name: py\n    url: {}/\n", py.url);
+    let log = std::env::temp_dir().join(format!("vmcp-redirect-{}.log", std::process::id()));
+    let vmcp = support::process::VmcpProcess::start_logged(support::deps::free_port(), &config, &[], &log).await;
+    let mut c = support::client::Client::new(&vmcp.url);
+    let init = c.initialize().await;
+    let instructions = init.body["result"]["instructions"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        instructions.contains("py (backend broke the protocol: HTTP 307 Temporary Redirect"),
+        "{instructions}"
+    );
+    assert!(instructions.contains("does not follow redirects"), "{instructions}");
+    assert!(
+        !instructions.contains("127.0.0.1"),
+        "a backend URL reached the client: {instructions}"
+    );
+    let logs = std::fs::read_to_string(&log).unwrap_or_default();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        logs.contains(&format!("location={}", py.url)) || logs.contains(&format!("\"location\":\"{}\"", py.url)),
+        "{logs}"
+    );
+}

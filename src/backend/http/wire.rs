@@ -62,6 +62,9 @@ pub(super) async fn read_response<R: DeserializeOwned>(
     if status == StatusCode::NOT_FOUND && session.is_some_and(|s| s.session_id.is_some()) {
         return Err(BackendError::SessionExpired);
     }
+    if status.is_redirection() {
+        return Err(redirected(&response));
+    }
     if is_event_stream(&response) && status.is_success() {
         // Boxed: 3.4 KB that a JSON answer would carry (and copy) for nothing.
         return Box::pin(read_events(response, id, session, relay)).await;
@@ -74,6 +77,24 @@ pub(super) async fn read_response<R: DeserializeOwned>(
         )),
         None => Err(BackendError::Protocol(format!("HTTP {status}"))),
     }
+}
+
+/// A backend's 3xx. A gateway does not follow redirects behind its
+/// operator's back, but the operator should learn the URL to configure (a
+/// trailing slash is the usual cause: Starlette redirects `/mcp/` to
+/// `/mcp`): it is logged (credentials and query left out), and kept out of
+/// the error, which reaches clients (backend URLs never do).
+fn redirected(response: &Response) -> BackendError {
+    let to = response
+        .headers()
+        .get(http::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| "nowhere (no Location)".to_owned(), crate::redact::url);
+    tracing::warn!(status = %response.status(), location = %to, "a backend redirects; vmcp does not follow redirects: set the backend's url to where it points");
+    BackendError::Protocol(format!(
+        "HTTP {}: vmcp does not follow redirects (the replica's log says where it points)",
+        response.status()
+    ))
 }
 
 /// Why a backend's event stream broke off: its bound, the transport, or
