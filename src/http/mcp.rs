@@ -446,7 +446,7 @@ async fn stream(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<
             let stop = app.streams_stop.clone();
             let end = async move {
                 tokio::select! {
-                    _ = session_closed(session) => reply::StreamEnd::Closed,
+                    _ = session.closed() => reply::StreamEnd::Closed,
                     _ = stop.cancelled() => reply::StreamEnd::Reconnect,
                 }
             };
@@ -458,14 +458,6 @@ async fn stream(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<
 
 /// How long a GET stream waits for the backends' own streams to open.
 const LISTEN_SETTLE: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Resolves when `session` is closed (polling: closing is rare and a stream's
-/// end may lag by a second).
-async fn session_closed(session: Arc<Session>) {
-    while !session.is_closed() {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
-}
 
 #[cfg(test)]
 mod tests {

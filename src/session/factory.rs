@@ -206,6 +206,7 @@ impl SessionFactory {
                 tables,
             }),
             inflight: Inflight::default(),
+            closing: tokio::sync::Notify::new(),
             last_seen: AtomicU64::new(0),
             last_store_touch: AtomicU64::new(0),
             instructions,

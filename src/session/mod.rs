@@ -87,6 +87,8 @@ pub struct Session {
     meta: SessionMetadata,
     state: RwLock<State>,
     inflight: Inflight,
+    /// Woken when the session closes (streams end with it).
+    closing: tokio::sync::Notify,
     /// Milliseconds since the manager's epoch of the last request (for the reaper).
     last_seen: AtomicU64,
     /// Same clock: when the store last extended this session's lifetime.
@@ -271,6 +273,18 @@ impl Session {
         self.read().closed
     }
 
+    /// Resolves once the session is closed (at once if it is).
+    pub async fn closed(&self) {
+        loop {
+            let mut notified = std::pin::pin!(self.closing.notified());
+            notified.as_mut().enable();
+            if self.is_closed() {
+                return;
+            }
+            notified.await;
+        }
+    }
+
     /// `logging/setLevel`: applied to every backend that supports logging.
     pub async fn set_log_level(&self, params: Value) -> Result<Value, SessionError> {
         let view = self.enter()?;
@@ -392,7 +406,10 @@ impl Session {
             return None;
         }
         state.closed = true;
-        Some(std::mem::take(&mut state.backends))
+        let backends = std::mem::take(&mut state.backends);
+        drop(state);
+        self.closing.notify_waiters();
+        Some(backends)
     }
 
     async fn shut(&self, end_backend_sessions: bool, calls_for: Duration) {

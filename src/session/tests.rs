@@ -111,3 +111,25 @@ async fn the_session_cap_counts_sessions_being_created() {
     let refused = manager.create(json!({}), "2025-06-18".into(), None, None).await;
     assert!(matches!(refused, Err(super::ManagerError::Full(10))));
 }
+
+#[tokio::test(start_paused = true)]
+async fn closed_resolves_when_the_session_closes_not_at_a_poll() {
+    // A GET stream waits on this; it used to poll once a second per stream.
+    let (manager, _) = manager(Duration::from_secs(60));
+    let session = manager
+        .create(json!({}), "2025-06-18".into(), None, None)
+        .await
+        .unwrap();
+    let waiting = Arc::clone(&session);
+    let waiter = tokio::spawn(async move {
+        let started = tokio::time::Instant::now();
+        waiting.closed().await;
+        started.elapsed()
+    });
+    tokio::task::yield_now().await;
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    session.close(Duration::from_secs(1)).await;
+    let waited = waiter.await.unwrap();
+    assert_eq!(waited, Duration::from_millis(10), "woken by the close itself");
+    session.closed().await; // and at once when already closed
+}

@@ -128,7 +128,7 @@ pub async fn listen(
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return Some((ended(&id), (None, live, None, hold, filter, id))),
-                _ = closed(&session) => return Some((ended(&id), (None, live, None, hold, filter, id))),
+                _ = session.closed() => return Some((ended(&id), (None, live, None, hold, filter, id))),
                 received = tokio::time::timeout(reply::KEEP_ALIVE_EVERY, live.recv()) => match received {
                     Ok(Ok(event)) => if let Some(text) = filter.pass(&event, &id) {
                         return Some((text, (None, live, Some((session, stop)), hold, filter, id)));
@@ -152,11 +152,4 @@ fn ended(id: &Value) -> String {
         "result": { "resultType": "complete", "_meta": { "io.modelcontextprotocol/subscriptionId": id } },
     });
     reply::unnumbered_event(&result.to_string())
-}
-
-/// Resolves when `session` is closed (polled: closing is rare).
-async fn closed(session: &Session) {
-    while !session.is_closed() {
-        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
-    }
 }
