@@ -112,6 +112,33 @@ async fn a_json_only_client_gets_relayed_messages_on_its_get_stream() {
 }
 
 #[tokio::test]
+async fn a_new_get_stream_replaces_the_sessions_previous_one() {
+    // The spec forbids sending a message on two streams, and a client whose
+    // stream died unseen (a NAT forgot it) must get a new one at once: the
+    // newest stream is the session's, the one before it ends.
+    let (_backend, _replica, client) = one_backend().await;
+    let mut old = client.get_events(None).await;
+    let mut new = client.get_events(None).await;
+    assert!(
+        old.ends_within(Duration::from_secs(5)).await,
+        "the older stream is still open"
+    );
+    let answer = client
+        .http()
+        .post(&client.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .body(call(json!(1), "a_progress", json!({"progressToken": 5})).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    let progress = first_of(&mut new, "notifications/progress").await;
+    assert_eq!(progress["params"]["progressToken"], 5);
+}
+
+#[tokio::test]
 async fn the_clients_cancellation_reaches_the_backend() {
     let (backend, _replica, client) = one_backend().await;
     let waiting = {

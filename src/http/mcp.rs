@@ -444,9 +444,12 @@ async fn stream(app: &App, headers: &HeaderMap, who: &Identity<'_>) -> Response<
             let listening = session.listen();
             listening.settled(LISTEN_SETTLE).await;
             let stop = app.streams_stop.clone();
+            let mine = session.open_stream();
             let end = async move {
                 tokio::select! {
                     _ = session.closed() => reply::StreamEnd::Closed,
+                    // Ended plainly, without a `retry` hint: the client has its newer stream.
+                    _ = session.superseded(mine) => reply::StreamEnd::Closed,
                     _ = stop.cancelled() => reply::StreamEnd::Reconnect,
                 }
             };

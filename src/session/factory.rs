@@ -207,6 +207,8 @@ impl SessionFactory {
             }),
             inflight: Inflight::default(),
             closing: tokio::sync::Notify::new(),
+            streams: std::sync::atomic::AtomicU64::new(0),
+            new_stream: tokio::sync::Notify::new(),
             last_seen: AtomicU64::new(0),
             last_store_touch: AtomicU64::new(0),
             instructions,

@@ -89,6 +89,10 @@ pub struct Session {
     inflight: Inflight,
     /// Woken when the session closes (streams end with it).
     closing: tokio::sync::Notify,
+    /// How many client GET streams have opened; the newest is the session's.
+    streams: AtomicU64,
+    /// Woken when a GET stream opens (the one before it ends).
+    new_stream: tokio::sync::Notify,
     /// Milliseconds since the manager's epoch of the last request (for the reaper).
     last_seen: AtomicU64,
     /// Same clock: when the store last extended this session's lifetime.
@@ -271,6 +275,29 @@ impl Session {
 
     pub fn is_closed(&self) -> bool {
         self.read().closed
+    }
+
+    /// A client GET stream opens: it becomes the session's, and the one
+    /// before it ends. The spec forbids sending a message on two streams, and
+    /// a client whose stream died unseen (a NAT forgot it) must get its new
+    /// one at once; what the old one missed, it resumes with `Last-Event-ID`.
+    /// Returns the stream's number for [`Session::superseded`].
+    pub fn open_stream(&self) -> u64 {
+        let mine = self.streams.fetch_add(1, Ordering::SeqCst) + 1;
+        self.new_stream.notify_waiters();
+        mine
+    }
+
+    /// Resolves once a newer GET stream than `mine` has opened.
+    pub async fn superseded(&self, mine: u64) {
+        loop {
+            let mut notified = std::pin::pin!(self.new_stream.notified());
+            notified.as_mut().enable();
+            if self.streams.load(Ordering::SeqCst) != mine {
+                return;
+            }
+            notified.await;
+        }
     }
 
     /// Resolves once the session is closed (at once if it is).

@@ -64,6 +64,12 @@ impl Events {
             .flatten()
     }
 
+    /// Whether the stream ends within `limit` (events before the end are skipped).
+    pub async fn ends_within(&mut self, limit: Duration) -> bool {
+        let end = async { while self.inner.next().await.is_some() {} };
+        tokio::time::timeout(limit, end).await.is_ok()
+    }
+
     /// Reads a call's stream to its end: the notifications, then the response.
     pub async fn until_response(&mut self) -> (Vec<Value>, Value) {
         let mut notes = Vec::new();
