@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite, on a fresh Debian machine with a Rust toolchain:
 # installs what the tests need (Node.js + npm, python3-venv, redis-server,
-# redis-sentinel (tests/redis_topologies.rs) and prometheus (for promtool) via apt; server-everything, the OpenID provider
+# redis-sentinel (tests/redis_topologies.rs), prometheus (for promtool) and tinyproxy (tests/egress.rs) via apt; server-everything, the OpenID provider
 # oidc-provider, and Node 22 with the MCP conformance suite, via npm; the
 # Python MCP SDK via pip, all under target/test-deps; helm and
 # kubernetes-validate under target/), then runs fmt, clippy, the chart and
@@ -25,6 +25,7 @@ command -v npm >/dev/null || missing+=(npm)
 command -v redis-server >/dev/null || missing+=(redis-server)
 command -v redis-sentinel >/dev/null || missing+=(redis-sentinel)
 command -v promtool >/dev/null || missing+=(prometheus)
+command -v tinyproxy >/dev/null || missing+=(tinyproxy)
 command -v unzip >/dev/null || missing+=(unzip)
 python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then

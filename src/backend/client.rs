@@ -23,10 +23,12 @@ pub use crate::pool::Body;
 use crate::pool::Pool;
 use crate::redact::error_chain;
 
+use super::egress::Egress;
+
 #[cfg(feature = "tls")]
-type Connector = hyper_rustls::HttpsConnector<HttpConnector>;
+type Connector = hyper_rustls::HttpsConnector<Egress>;
 #[cfg(not(feature = "tls"))]
-type Connector = HttpConnector;
+type Connector = Egress;
 
 /// Why a request got no response; described without the URL (it may carry
 /// credentials, and the text reaches clients).
@@ -104,13 +106,15 @@ pub struct Client {
 }
 
 impl Client {
-    /// `connect_timeout` bounds each TCP connect (the TLS handshake is bounded
-    /// by the caller's request deadline).
+    /// `connect_timeout` bounds each TCP connect, and a proxy's answer to
+    /// CONNECT (the TLS handshake is bounded by the caller's request deadline).
     pub fn new(connect_timeout: Duration) -> Result<Self, ClientError> {
         let mut http = HttpConnector::new();
         http.set_nodelay(true);
         http.set_connect_timeout(Some(connect_timeout));
         http.enforce_http(false);
+        // Directly, or through the proxy the environment names (`egress.rs`).
+        let http = Egress::from_env(http, connect_timeout);
         #[cfg(feature = "tls")]
         let connector = {
             use rustls_platform_verifier::BuilderVerifierExt;

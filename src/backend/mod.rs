@@ -12,6 +12,7 @@
 
 pub(crate) mod client;
 mod credentials;
+mod egress;
 pub mod health;
 mod http;
 mod params;
