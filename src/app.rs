@@ -32,6 +32,8 @@ pub enum AppError {
     Limits(#[from] crate::limits::LimitsError),
     #[error("audit: {0}")]
     Audit(#[from] crate::audit::AuditError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
 }
 
 /// Policies, rate limits (shared through Redis when the store is) and the audit log.
@@ -66,6 +68,8 @@ pub struct App {
     pub drain_ends: std::sync::OnceLock<std::time::Instant>,
     /// DNS rebinding protection for `/mcp`.
     pub hosts: HostGuard,
+    /// The MCP listener's connection budget (`http.max_connections`).
+    pub(crate) connections: Arc<crate::http::connections::Connections>,
     /// Whether the session store answers (detail for `/readyz`, `vmcp_store_up`).
     pub store_health: Arc<StoreHealth>,
     /// The identity hasher (shared with the manager), whose salt `run` keeps in the store.
@@ -187,7 +191,13 @@ impl App {
         let auth = crate::auth::Authenticator::new(config.auth.inbound.as_ref(), metrics.registry())?;
         let admin = crate::admin::AdminAuth::new(&config.admin);
         let guards = guards(&config, &metrics)?;
+        let max_connections = config
+            .http
+            .max_connections
+            .unwrap_or_else(crate::http::connections::default_max);
+        let connections = crate::http::connections::Connections::new(max_connections, metrics.registry())?;
         Ok(Arc::new(Self {
+            connections,
             auth,
             admin,
             guards,

@@ -240,3 +240,54 @@ async fn a_refusal_waits_for_the_body_and_keeps_the_connection() {
         "connection not reusable: {second:?}"
     );
 }
+
+#[tokio::test]
+async fn at_max_connections_idle_ones_make_room_and_busy_ones_are_kept() {
+    // A client opening connections without end (a leak, a flood) must not
+    // take every file descriptor: then vmcp could reach no backend. Idle
+    // connections make room; one serving or sending a request never does.
+    let backend = TestBackend::start("b").await;
+    let yaml = config_yaml(
+        &[("b", &backend.url)],
+        "http:\n  max_connections: 4\n  header_read_timeout: 30s\n",
+    );
+    // Its readiness probe leaves one idle connection: a place taken.
+    let vmcp = support::process::VmcpProcess::start(&yaml).await;
+    let addr = format!("127.0.0.1:{}", vmcp.port);
+    let half_head = b"GET /healthz HTTP/1.1\r\nHo";
+    let mut busy = Vec::new();
+    for _ in 0..3 {
+        let mut stream = TcpStream::connect(&addr).await.expect("connect");
+        stream.write_all(half_head).await.expect("write");
+        busy.push(stream);
+    }
+    // At the budget: the idle connection makes room for a new one.
+    let mut fresh = TcpStream::connect(&addr).await.expect("connect");
+    fresh
+        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .expect("write");
+    let answer = read_answer(&mut fresh).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Every connection busy: a new one is closed at once, unanswered.
+    fresh.write_all(half_head).await.expect("write");
+    let mut refused = TcpStream::connect(&addr).await.expect("connect");
+    let _ = refused.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n").await;
+    assert_eq!(read_until_closed(&mut refused).await, "", "refused without an answer");
+    // The busy ones were kept: each finishes its request.
+    busy.push(fresh);
+    for mut stream in busy {
+        stream
+            .write_all(b"st: x\r\nConnection: close\r\n\r\n")
+            .await
+            .expect("write");
+        let answer = read_until_closed(&mut stream).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200"),
+            "a busy connection was closed: {answer:?}"
+        );
+    }
+    let closed = "vmcp_http_connections_closed_total{reason=";
+    assert!(vmcp.metric(&format!("{closed}\"reclaimed\"}}")).await >= 1.0);
+    assert!(vmcp.metric(&format!("{closed}\"refused\"}}")).await >= 1.0);
+}

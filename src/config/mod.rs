@@ -343,6 +343,11 @@ pub struct HttpConfig {
     /// them is about to reuse.
     #[serde(with = "duration")]
     pub idle_timeout: Duration,
+    /// Most client connections held at once on the MCP listener; at it, the
+    /// connections idle the longest are closed to make room, and a new one is
+    /// refused only when none is idle. Unset: three quarters of the file
+    /// descriptor limit (the rest is for backends, children and Redis).
+    pub max_connections: Option<usize>,
     /// The whole body of a POST must arrive within this long, else 408.
     #[serde(with = "duration")]
     pub body_read_timeout: Duration,
@@ -369,6 +374,7 @@ impl Default for HttpConfig {
             max_body_bytes: 4 * 1024 * 1024,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(620),
+            max_connections: None,
             body_read_timeout: Duration::from_secs(30),
             max_batch: 64,
             shutdown_timeout: Duration::from_secs(20),

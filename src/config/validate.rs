@@ -74,6 +74,9 @@ pub fn validate(config: &Config) -> Result<(), Invalid> {
     if config.http.idle_timeout.is_zero() {
         return Err(invalid("http.idle_timeout", "must be greater than zero"));
     }
+    if config.http.max_connections == Some(0) {
+        return Err(invalid("http.max_connections", "must be at least 1"));
+    }
     if config.http.body_read_timeout.is_zero() {
         return Err(invalid("http.body_read_timeout", "must be greater than zero"));
     }

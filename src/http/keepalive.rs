@@ -28,21 +28,48 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use hyper::body::{Body, Frame, SizeHint};
+
+use super::connections::{Admitted, Slot};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 /// Requests begun and ended on one connection.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Activity {
     started: AtomicU64,
     finished: AtomicU64,
+    /// When the connection was accepted, and nanoseconds after it when its
+    /// last request ended: its idle spell is counted from there.
+    accepted: Instant,
+    finished_at: AtomicU64,
+    /// The connection's place in the budget: told at once when the
+    /// connection turns idle (hyper reads again only when bytes arrive).
+    slot: Option<Arc<Slot>>,
 }
 
 impl Activity {
+    pub fn new(slot: Option<Arc<Slot>>) -> Self {
+        Self {
+            started: AtomicU64::new(0),
+            finished: AtomicU64::new(0),
+            accepted: Instant::now(),
+            finished_at: AtomicU64::new(0),
+            slot,
+        }
+    }
+
+    /// When the last request ended.
+    fn last_finished(&self) -> Instant {
+        self.accepted + Duration::from_nanos(self.finished_at.load(Ordering::Relaxed))
+    }
+
     /// A request's head has been read; it is served until the guard drops
     /// (with its answer's body, see [`Tracked`]).
     pub fn begin(self: &Arc<Self>) -> Served {
         self.started.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = &self.slot {
+            slot.busy();
+        }
         Served(Arc::clone(self))
     }
 }
@@ -53,7 +80,18 @@ pub struct Served(Arc<Activity>);
 
 impl Drop for Served {
     fn drop(&mut self) {
-        self.0.finished.fetch_add(1, Ordering::Relaxed);
+        let activity = &self.0;
+        let now = Instant::now();
+        let since = now.saturating_duration_since(activity.accepted).as_nanos();
+        activity
+            .finished_at
+            .store(u64::try_from(since).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let finished = activity.finished.fetch_add(1, Ordering::Release) + 1;
+        if let Some(slot) = &activity.slot {
+            if finished == activity.started.load(Ordering::Relaxed) {
+                slot.idle(now.into_std());
+            }
+        }
     }
 }
 
@@ -113,10 +151,18 @@ pub struct Watched<IO> {
     deadline: Instant,
     /// Set to `deadline` lazily: only when a read has to wait.
     sleep: Pin<Box<Sleep>>,
+    /// Its place in the connection budget, which may close it while idle.
+    budget: Option<Admitted>,
 }
 
 impl<IO> Watched<IO> {
-    pub fn new(io: IO, activity: Arc<Activity>, head_timeout: Duration, idle_timeout: Duration) -> Self {
+    pub fn new(
+        io: IO,
+        activity: Arc<Activity>,
+        head_timeout: Duration,
+        idle_timeout: Duration,
+        budget: Option<Admitted>,
+    ) -> Self {
         let deadline = Instant::now() + head_timeout;
         Self {
             io,
@@ -126,25 +172,31 @@ impl<IO> Watched<IO> {
             phase: Phase::Head(0),
             deadline,
             sleep: Box::pin(tokio::time::sleep_until(deadline)),
+            budget,
         }
     }
 
     /// Moves to the phase the request counts say, starting the idle clock
-    /// when a request has ended since the last read. An idle spell lasts at
-    /// least `idle_timeout`; seen late (by the reminder), up to twice that.
+    /// (from the end of the last answer) when a request has ended since the
+    /// last read.
     fn observe(&mut self) -> u64 {
         let started = self.activity.started.load(Ordering::Relaxed);
-        let busy = started != self.activity.finished.load(Ordering::Relaxed);
+        let busy = started != self.activity.finished.load(Ordering::Acquire);
         self.phase = match self.phase {
             Phase::Busy if busy => Phase::Busy,
             _ if busy => {
                 self.deadline = Instant::now() + self.idle_timeout;
+                if let Some(budget) = &self.budget {
+                    budget.slot.busy();
+                }
                 Phase::Busy
             }
             Phase::Head(n) if n == started => Phase::Head(n),
             Phase::Idle(n) if n == started => Phase::Idle(n),
             _ => {
-                self.deadline = Instant::now() + self.idle_timeout;
+                // Counted from the end of the last answer, however late a
+                // read sees it (the reminder may be the first).
+                self.deadline = self.activity.last_finished() + self.idle_timeout;
                 Phase::Idle(started)
             }
         };
@@ -155,6 +207,12 @@ impl<IO> Watched<IO> {
 impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if this.budget.as_ref().is_some_and(|b| b.slot.is_reclaimed()) {
+            return Poll::Ready(Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                "idle connection closed to make room (http.max_connections)",
+            )));
+        }
         let started = this.observe();
         let before = buf.filled().len();
         let polled = Pin::new(&mut this.io).poll_read(cx, buf);
@@ -163,8 +221,19 @@ impl<IO: AsyncRead + Unpin> AsyncRead for Watched<IO> {
                 // The first bytes of the next head: its clock starts.
                 this.deadline = Instant::now() + this.head_timeout;
                 this.phase = Phase::Head(started);
+                if this.budget.as_ref().is_some_and(|b| !b.slot.busy()) {
+                    // Closed for room a moment before its next request came.
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "idle connection closed to make room (http.max_connections)",
+                    )));
+                }
             }
             (Poll::Pending, phase) => {
+                if let Some(budget) = &this.budget {
+                    // The connection's task, to close it for room while it idles.
+                    budget.slot.register(cx.waker());
+                }
                 if this.sleep.deadline() != this.deadline {
                     let deadline = this.deadline;
                     this.sleep.as_mut().reset(deadline);

@@ -6,6 +6,7 @@
 //! stops accepting and in-flight requests get `http.shutdown_timeout` to finish.
 
 mod call;
+pub(crate) mod connections;
 mod era;
 mod exec;
 pub mod health;
@@ -70,9 +71,17 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, surface: Surface, shutd
         if let Err(e) = stream.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
+        // The connection budget (the MCP listener only: the admin one is the operator's way in).
+        let budget = match surface {
+            Surface::Main => match app.connections.admit() {
+                Some(admitted) => Some(admitted),
+                None => continue, // refused: closed at once
+            },
+            Surface::Admin => None,
+        };
         let (app, root) = (Arc::clone(&app), root.clone());
-        let activity = Arc::new(keepalive::Activity::default());
-        let io = keepalive::Watched::new(stream, Arc::clone(&activity), head_timeout, idle_timeout);
+        let activity = Arc::new(keepalive::Activity::new(budget.as_ref().map(|b| Arc::clone(&b.slot))));
+        let io = keepalive::Watched::new(stream, Arc::clone(&activity), head_timeout, idle_timeout, budget);
         let service = service_fn(move |req: Request<Incoming>| {
             let served = activity.begin();
             let (app, root) = (Arc::clone(&app), root.clone());
