@@ -204,10 +204,7 @@ async fn a_wrong_client_secret_leaves_the_backend_out_and_says_why() {
     let vmcp = VmcpProcess::start_logged(free_port(), &config, &[("RUST_LOG", "debug")], &log).await;
     let mut c = Client::new(&vmcp.url);
     let init = c.initialize().await;
-    let instructions = init.body["result"]["instructions"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let instructions = init.instructions();
     assert!(instructions.contains("invalid_client"), "{init:?}");
     assert!(!instructions.contains("wrong-secret"), "{instructions}");
     assert_eq!(

@@ -281,10 +281,7 @@ async fn a_backend_url_that_redirects_is_refused_and_the_log_says_where_it_point
     let vmcp = support::process::VmcpProcess::start_logged(support::deps::free_port(), &config, &[], &log).await;
     let mut c = support::client::Client::new(&vmcp.url);
     let init = c.initialize().await;
-    let instructions = init.body["result"]["instructions"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let instructions = init.instructions();
     assert!(
         instructions.contains("py (backend broke the protocol: HTTP 307 Temporary Redirect"),
         "{instructions}"

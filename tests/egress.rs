@@ -114,10 +114,7 @@ async fn a_proxy_refusing_vmcp_leaves_the_backend_out_and_says_why() {
     let (proxy, _far, _near, vmcp, log) = setup("wrong-password").await;
     let mut c = Client::new(&vmcp.url);
     let init = c.initialize().await;
-    let instructions = init.body["result"]["instructions"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
+    let instructions = init.instructions();
     assert!(
         instructions.contains("far (") && instructions.contains("proxy"),
         "{instructions}"

@@ -44,6 +44,21 @@ fn call(id: Value, tool: &str, meta: Value) -> Value {
            "params": {"name": tool, "arguments": {}, "_meta": meta}})
 }
 
+/// A `progress` call from a client that accepts only JSON answers (so what
+/// the backend relays comes on the GET stream).
+async fn json_only_progress_call(client: &Client) -> reqwest::Response {
+    client
+        .http()
+        .post(&client.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json")
+        .header("mcp-session-id", client.session.as_deref().unwrap())
+        .body(call(json!(1), "a_progress", json!({"progressToken": 5})).to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
 /// The first message of `method` on a GET stream.
 async fn first_of(stream: &mut Events, method: &str) -> Value {
     loop {
@@ -94,16 +109,7 @@ async fn progress_and_logs_come_back_on_the_calls_stream() {
 async fn a_json_only_client_gets_relayed_messages_on_its_get_stream() {
     let (_backend, _replica, client) = one_backend().await;
     let mut stream = client.get_events(None).await;
-    let answer = client
-        .http()
-        .post(&client.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .header("mcp-session-id", client.session.as_deref().unwrap())
-        .body(call(json!(1), "a_progress", json!({"progressToken": 5})).to_string())
-        .send()
-        .await
-        .unwrap();
+    let answer = json_only_progress_call(&client).await;
     assert_eq!(answer.headers()["content-type"], "application/json");
     let body: Value = answer.json().await.unwrap();
     assert_eq!(body["result"]["content"][0]["text"], "a done");
@@ -123,16 +129,7 @@ async fn a_new_get_stream_replaces_the_sessions_previous_one() {
         old.ends_within(Duration::from_secs(5)).await,
         "the older stream is still open"
     );
-    let answer = client
-        .http()
-        .post(&client.url)
-        .header("content-type", "application/json")
-        .header("accept", "application/json")
-        .header("mcp-session-id", client.session.as_deref().unwrap())
-        .body(call(json!(1), "a_progress", json!({"progressToken": 5})).to_string())
-        .send()
-        .await
-        .unwrap();
+    let answer = json_only_progress_call(&client).await;
     assert_eq!(answer.status(), 200);
     let progress = first_of(&mut new, "notifications/progress").await;
     assert_eq!(progress["params"]["progressToken"], 5);

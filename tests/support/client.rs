@@ -41,6 +41,11 @@ impl Reply {
             .to_owned()
     }
 
+    /// The `instructions` of an `initialize` result (empty if absent).
+    pub fn instructions(&self) -> String {
+        self.result()["instructions"].as_str().unwrap_or_default().to_owned()
+    }
+
     /// The `WWW-Authenticate` header (empty if absent).
     pub fn challenge(&self) -> String {
         self.headers
