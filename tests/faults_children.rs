@@ -103,6 +103,33 @@ async fn a_child_writing_non_utf8_and_huge_lines_to_stderr_keeps_answering() {
 }
 
 #[tokio::test]
+async fn a_childs_answer_over_the_bound_fails_its_call_at_once() {
+    // A line over `max_response_bytes` is dropped unread; the call it
+    // answered used to wait for `call_timeout` (5 minutes by default).
+    let vmcp = VmcpProcess::start(&env_server_yaml(
+        "",
+        "session:\n  call_timeout: 30s\n  max_response_bytes: 65536\nhttp:\n  drain_delay: 0s\n",
+    ))
+    .await;
+    let mut client = Client::new(&vmcp.url);
+    client.initialize().await;
+    for tool in ["kid_huge", "kid_huge_id_last"] {
+        let started = std::time::Instant::now();
+        let reply = client.call_tool(tool, serde_json::json!({})).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{tool}: answered after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(reply.error_code(), -32603, "{tool}: {reply:?}");
+        let message = reply.body["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("larger than 65536 bytes"), "{tool}: {message}");
+    }
+    // The child and its session go on.
+    assert!(child_report(&client).await["pid"].as_u64().is_some());
+}
+
+#[tokio::test]
 async fn closing_a_session_kills_the_childs_whole_process_group() {
     let vmcp = VmcpProcess::start(&env_server_yaml("", "http:\n  drain_delay: 0s\n")).await;
     let mut client = Client::new(&vmcp.url);

@@ -22,6 +22,7 @@ mod sse;
 mod stateless;
 mod stdio;
 mod stdio_client;
+mod stdio_lines;
 mod subscriptions;
 
 use std::sync::Arc;

@@ -95,6 +95,8 @@ impl StdioBackend {
         if let Some(stderr) = child.0.stderr().take() {
             tokio::spawn(log_stderr(program.clone(), stderr));
         }
+        // rmcp drops a line over the bound; `BoundedLines` fails the call it answered.
+        let stdout = super::stdio_lines::BoundedLines::new(stdout, self.max_line);
         let transport =
             rmcp::transport::async_rw::AsyncRwTransport::new_client(stdout, stdin).with_max_line_length(self.max_line);
         // The service's tasks outlive this request: give them their own root span.

@@ -5,7 +5,9 @@ the real server. Its tool `env` answers with the child's environment and
 the grandchild's pid, so a test can check what the child inherited and that
 closing the session kills the whole process group. Its tool `noise` first
 writes to stderr what real servers do write there: bytes that are not UTF-8,
-and a 2 MB line (a progress bar redrawn with CRs, a dumped blob).
+and a 2 MB line (a progress bar redrawn with CRs, a dumped blob). `huge` and
+`huge_id_last` answer with a 1 MB line, the id first (as the Python SDK and
+rmcp write it) or last (as the TypeScript SDK does).
 """
 
 import json
@@ -38,8 +40,16 @@ for line in sys.stdin:
             "serverInfo": {"name": "env-server", "version": "1"},
         })
     elif method == "tools/list":
-        tools = [{"name": name, "inputSchema": {"type": "object"}} for name in ("env", "noise")]
+        names = ("env", "noise", "huge", "huge_id_last")
+        tools = [{"name": name, "inputSchema": {"type": "object"}} for name in names]
         reply(msg_id, {"tools": tools})
+    elif method == "tools/call" and msg["params"]["name"] == "huge":
+        reply(msg_id, {"content": [{"type": "text", "text": "x" * 1_000_000}]})
+    elif method == "tools/call" and msg["params"]["name"] == "huge_id_last":
+        # The TypeScript SDK's order: the result first, the id last.
+        result = {"content": [{"type": "text", "text": "y" * 1_000_000}]}
+        sys.stdout.write(json.dumps({"result": result, "jsonrpc": "2.0", "id": msg_id}) + "\n")
+        sys.stdout.flush()
     elif method == "tools/call" and msg["params"]["name"] == "noise":
         sys.stderr.buffer.write(b"caf\xe9 \xff\xfe not UTF-8\n")
         sys.stderr.buffer.write(b"\r".join([b"progress"] * 250_000) + b"\n")
