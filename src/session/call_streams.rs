@@ -15,15 +15,24 @@ use tokio::sync::watch;
 
 /// How long a finished call stream can still be resumed.
 const KEPT_AFTER_END: Duration = Duration::from_secs(60);
-/// Messages one call stream keeps at most (memory per call is bounded): past
-/// it, notifications are dropped (and logged once); requests to the client
-/// and the response never are.
+/// Messages, and bytes of them, one call stream keeps at most (memory per
+/// call is bounded: each message may be as large as `max_response_bytes`):
+/// past either, notifications are dropped (and logged once); requests to the
+/// client and the response never are.
 const MAX_EVENTS: usize = 4096;
+const MAX_BYTES: usize = 4 * 1024 * 1024;
+
+/// A call stream's messages, and their size in all.
+#[derive(Default)]
+struct Log {
+    events: Vec<Arc<str>>,
+    bytes: usize,
+}
 
 /// One call's stream: its messages in order, then the end.
 pub struct CallStream {
     id: u64,
-    events: Mutex<Vec<Arc<str>>>,
+    events: Mutex<Log>,
     /// (messages so far, ended)
     progress: watch::Sender<(usize, bool)>,
     ended_at: Mutex<Option<Instant>>,
@@ -37,22 +46,26 @@ impl CallStream {
     }
 
     pub fn push(&self, message: &serde_json::Value) {
-        let mut events = lock(&self.events);
+        let text = message.to_string();
         let notification = message
             .get("method")
             .and_then(serde_json::Value::as_str)
             .is_some_and(|m| m.starts_with("notifications/"));
-        if events.len() >= MAX_EVENTS && notification {
+        let mut log = lock(&self.events);
+        let full = log.events.len() >= MAX_EVENTS || log.bytes.saturating_add(text.len()) > MAX_BYTES;
+        if full && notification {
             if self.dropped.fetch_add(1, Ordering::Relaxed) == 0 {
                 tracing::warn!(
-                    kept = MAX_EVENTS,
+                    kept = log.events.len(),
+                    bytes = log.bytes,
                     "a call relayed too many messages; dropping notifications"
                 );
             }
             return;
         }
-        events.push(Arc::from(message.to_string()));
-        let len = events.len();
+        log.bytes += text.len();
+        log.events.push(Arc::from(text));
+        let len = log.events.len();
         self.progress.send_modify(|p| p.0 = len);
     }
 
@@ -72,7 +85,7 @@ impl CallStream {
             loop {
                 let (len, ended) = *progress.borrow_and_update();
                 if next < len {
-                    let data = Arc::clone(&lock(&stream.events)[next]);
+                    let data = Arc::clone(&lock(&stream.events).events[next]);
                     let id = format!("{}/{}", stream.id, next + 1);
                     return Some(((id, data), (stream, next + 1, progress)));
                 }
@@ -143,6 +156,24 @@ mod tests {
         assert!(reader.next().await.is_none());
         assert!(streams.resume("2/0").is_none());
         assert!(streams.resume("17").is_none());
+    }
+
+    #[tokio::test]
+    async fn large_notifications_are_capped_by_size_too() {
+        // A backend may send messages up to max_response_bytes (16 MiB) each:
+        // 4,096 of them would be 64 GiB kept for a minute after the call.
+        let stream = CallStreams::default().open();
+        let big = "x".repeat(1024 * 1024);
+        for _ in 0..20 {
+            stream.push(&json!({"method": "notifications/message", "params": {"data": big}}));
+        }
+        stream.push(&json!({"jsonrpc": "2.0", "id": 1, "result": {"text": big}}));
+        stream.end();
+        let all: Vec<_> = stream.read_from(0).collect().await;
+        let kept: usize = all.iter().map(|(_, data)| data.len()).sum();
+        assert!(kept <= MAX_BYTES + big.len() + 100, "kept {kept} bytes");
+        assert_eq!(all.len(), 4, "three notifications fit in 4 MiB, then the response");
+        assert!(all[3].1.contains("result"));
     }
 
     #[tokio::test]
