@@ -4,6 +4,20 @@
 
 use std::sync::{Arc, Mutex, MutexGuard};
 
+/// Resolves once `holds()` is true: checked at once, then after each
+/// `notify_waiters` on `notify` (enabled before each check, so a
+/// notification between the check and the wait is not missed).
+pub async fn wait_until(notify: &tokio::sync::Notify, holds: impl Fn() -> bool) {
+    loop {
+        let mut notified = std::pin::pin!(notify.notified());
+        notified.as_mut().enable();
+        if holds() {
+            return;
+        }
+        notified.await;
+    }
+}
+
 /// Locks `m`, taking the data even if a holder panicked.
 pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -1,6 +1,5 @@
 //! Counting in-flight calls so that `close()` can wait for them.
 
-use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tokio::sync::Notify;
@@ -28,14 +27,7 @@ impl Inflight {
 
     /// Resolves once no call is in flight.
     pub async fn wait_idle(&self) {
-        loop {
-            let mut notified = pin!(self.idle.notified());
-            notified.as_mut().enable();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
+        crate::sync::wait_until(&self.idle, || self.count() == 0).await;
     }
 }
 

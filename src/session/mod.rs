@@ -290,26 +290,12 @@ impl Session {
 
     /// Resolves once a newer GET stream than `mine` has opened.
     pub async fn superseded(&self, mine: u64) {
-        loop {
-            let mut notified = std::pin::pin!(self.new_stream.notified());
-            notified.as_mut().enable();
-            if self.streams.load(Ordering::SeqCst) != mine {
-                return;
-            }
-            notified.await;
-        }
+        crate::sync::wait_until(&self.new_stream, || self.streams.load(Ordering::SeqCst) != mine).await;
     }
 
     /// Resolves once the session is closed (at once if it is).
     pub async fn closed(&self) {
-        loop {
-            let mut notified = std::pin::pin!(self.closing.notified());
-            notified.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            notified.await;
-        }
+        crate::sync::wait_until(&self.closing, || self.is_closed()).await;
     }
 
     /// `logging/setLevel`: applied to every backend that supports logging.
