@@ -286,3 +286,46 @@ impl Metrics {
         String::from_utf8_lossy(&buf).into_owned()
     }
 }
+
+/// How often a warning any client could drive is logged: `due()` is true at
+/// most once per `every`, however many callers ask (lock-free).
+pub struct Throttle {
+    started: std::time::Instant,
+    every: std::time::Duration,
+    /// When it was last due, in seconds after `started` plus one (0: never).
+    last: std::sync::atomic::AtomicU64,
+}
+
+impl Throttle {
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            started: std::time::Instant::now(),
+            every,
+            last: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    pub fn due(&self) -> bool {
+        use std::sync::atomic::Ordering;
+        let now = self.started.elapsed().as_secs() + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        (last == 0 || now >= last + self.every.as_secs())
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod throttle_tests {
+    use super::Throttle;
+
+    #[test]
+    fn a_throttled_warning_is_due_once_per_period() {
+        let throttle = Throttle::new(std::time::Duration::from_secs(60));
+        assert!(throttle.due());
+        assert!(!throttle.due());
+        assert!(!throttle.due());
+    }
+}

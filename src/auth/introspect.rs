@@ -16,7 +16,6 @@
 //! answer is too old) get 503: vmcp does not guess.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,6 +28,7 @@ use super::{AuthError, Principal};
 use crate::backend::client::Client;
 use crate::config::InboundAuthConfig;
 use crate::sync::lock;
+use crate::telemetry::Throttle;
 
 /// Most answers remembered per replica: tokens that were active, and refused ones.
 const ACCEPTED: usize = 10_000;
@@ -55,10 +55,10 @@ pub struct Introspector {
     /// `vmcp_auth_introspections_total` by outcome (answers reused from
     /// memory are not counted).
     counted: Outcomes,
-    /// When the last warning about vmcp's credentials was, in seconds
-    /// after `started` plus one (0: never).
-    warned: AtomicU64,
-    started: Instant,
+    /// Warnings about vmcp's own credentials: at most one per
+    /// [`WARN_EVERY`], however many requests meet them (each request is
+    /// also answered 503, and logged as rejected).
+    warnings: Throttle,
 }
 
 struct Outcomes {
@@ -101,8 +101,7 @@ impl Introspector {
                 refused: outcomes.with_label_values(&["refused"]),
                 unavailable: outcomes.with_label_values(&["unavailable"]),
             },
-            warned: AtomicU64::new(0),
-            started: Instant::now(),
+            warnings: Throttle::new(WARN_EVERY),
             config: config.clone(),
         }))
     }
@@ -167,26 +166,13 @@ impl Introspector {
             .map_err(|e: PostError| unavailable(e.to_string()))?;
         if status != StatusCode::OK {
             let why = client_auth::refusal(status, &body);
-            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && self.warn_now() {
+            if matches!(status, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) && self.warnings.due() {
                 tracing::warn!(status = status.as_u16(), error = %why, "the introspection endpoint refuses vmcp's client credentials");
             }
             return Err(unavailable(format!("the endpoint answered {why}")));
         }
         serde_json::from_slice::<Map<String, Value>>(&body)
             .map_err(|_| unavailable("the answer is not a JSON object (RFC 7662 §2.2)".into()))
-    }
-
-    /// Whether a warning about vmcp's own credentials is due: at most one
-    /// per [`WARN_EVERY`], however many requests meet them (each request
-    /// is also answered 503, and logged as rejected).
-    fn warn_now(&self) -> bool {
-        let now = self.started.elapsed().as_secs() + 1;
-        let last = self.warned.load(Ordering::Relaxed);
-        (last == 0 || now >= last + WARN_EVERY.as_secs())
-            && self
-                .warned
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
     }
 
     /// Configured, or discovered once from the issuer's metadata.

@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 use futures_util::task::AtomicWaker;
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
+use crate::telemetry::Throttle;
+
 const BUSY: u8 = 0;
 const IDLE: u8 = 1;
 const RECLAIMED: u8 = 2;
@@ -100,7 +102,7 @@ pub struct Connections {
     gauge: IntGauge,
     reclaimed: IntCounter,
     refused: IntCounter,
-    last_warning: Mutex<Option<Instant>>,
+    refusals: Throttle,
 }
 
 /// A connection's place in the budget; dropped with the connection.
@@ -141,12 +143,12 @@ impl Connections {
             gauge,
             reclaimed: closed.with_label_values(&["reclaimed"]),
             refused: closed.with_label_values(&["refused"]),
-            last_warning: Mutex::default(),
+            refusals: Throttle::new(WARN_EVERY),
         }))
     }
 
     fn lock(&self) -> MutexGuard<'_, Open> {
-        self.open.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.open)
     }
 
     /// A place for a new connection, making room if need be; `None`: refuse it.
@@ -194,12 +196,7 @@ impl Connections {
     }
 
     fn warn_refusal(&self) {
-        let mut last = self
-            .last_warning
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if last.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
+        if self.refusals.due() {
             tracing::warn!(
                 max_connections = self.max,
                 "a client connection was refused: every connection is busy (http.max_connections; vmcp_http_connections_closed_total counts refusals)"
