@@ -100,21 +100,23 @@ impl<R: AsyncRead + Unpin> AsyncRead for BoundedLines<R> {
             this.inject.drain(..n);
             return Poll::Ready(Ok(()));
         }
-        if !this.pending.is_empty() {
-            let n = this.pending.len().min(buf.remaining());
-            let chunk: Vec<u8> = this.pending.drain(..n).collect();
-            let end = this.scan(&chunk).unwrap_or(chunk.len());
-            buf.put_slice(&chunk[..end]);
-            this.pending.splice(0..0, chunk[end..].iter().copied());
-            return Poll::Ready(Ok(()));
-        }
+        // What followed an oversized line first, else the child's next bytes;
+        // either way counted, and cut after the next oversized line's end.
         let before = buf.filled().len();
-        let polled = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let polled = if this.pending.is_empty() {
+            Pin::new(&mut this.inner).poll_read(cx, buf)
+        } else {
+            let n = this.pending.len().min(buf.remaining());
+            buf.put_slice(&this.pending[..n]);
+            this.pending.drain(..n);
+            Poll::Ready(Ok(()))
+        };
         if let Poll::Ready(Ok(())) = polled {
             let filled = buf.filled().len();
             if let Some(end) = this.scan(&buf.filled()[before..filled]) {
                 // Hand on up to the oversized line's end; its error goes next.
-                this.pending.extend_from_slice(&buf.filled()[before + end..filled]);
+                let rest = buf.filled()[before + end..filled].to_vec();
+                this.pending.splice(0..0, rest);
                 buf.set_filled(before + end);
             }
         }
@@ -177,55 +179,47 @@ fn answered_id<'a>(head: &'a [u8], tail: &'a [u8]) -> Option<&'a [u8]> {
 
 /// The id a line ends with: `, "id": <scalar> }` and its newline.
 fn id_at_end(tail: &[u8]) -> Option<&[u8]> {
-    let mut end = tail.len();
-    while end > 0 && tail[end - 1].is_ascii_whitespace() {
-        end -= 1;
-    }
+    let end = skip_ws_back(tail, tail.len());
     if end == 0 || tail[end - 1] != b'}' {
         return None;
     }
-    end -= 1;
-    while end > 0 && tail[end - 1].is_ascii_whitespace() {
-        end -= 1;
-    }
-    let value_end = end;
-    let value_start = if tail.get(end.checked_sub(1)?) == Some(&b'"') {
-        let open = tail[..end - 1].iter().rposition(|b| *b == b'"')?;
-        if tail[open + 1..end - 1].contains(&b'\\') {
+    let value_end = skip_ws_back(tail, end - 1);
+    let value_start = if tail.get(value_end.checked_sub(1)?) == Some(&b'"') {
+        let open = tail[..value_end - 1].iter().rposition(|b| *b == b'"')?;
+        if tail[open + 1..value_end - 1].contains(&b'\\') {
             return None;
         }
         open
     } else {
-        let start = tail[..end]
+        let start = tail[..value_end]
             .iter()
             .rposition(|b| !(b.is_ascii_digit() || *b == b'-'))
             .map_or(0, |i| i + 1);
-        if start == end {
+        if start == value_end {
             return None;
         }
         start
     };
-    let mut at = value_start;
-    while at > 0 && tail[at - 1].is_ascii_whitespace() {
-        at -= 1;
-    }
-    if at == 0 || tail[at - 1] != b':' {
+    let colon = skip_ws_back(tail, value_start);
+    if colon == 0 || tail[colon - 1] != b':' {
         return None;
     }
-    at -= 1;
-    while at > 0 && tail[at - 1].is_ascii_whitespace() {
-        at -= 1;
-    }
+    let at = skip_ws_back(tail, colon - 1);
     let key = b"\"id\"";
     if at < key.len() + 1 || &tail[at - key.len()..at] != key {
         return None;
     }
     // A member of the outermost object: after a comma (nothing can escape one).
-    let mut before = at - key.len();
-    while before > 0 && tail[before - 1].is_ascii_whitespace() {
-        before -= 1;
-    }
+    let before = skip_ws_back(tail, at - key.len());
     (before > 0 && tail[before - 1] == b',').then_some(&tail[value_start..value_end])
+}
+
+/// Where the whitespace ending `bytes[..at]` begins.
+fn skip_ws_back(bytes: &[u8], mut at: usize) -> usize {
+    while at > 0 && bytes[at - 1].is_ascii_whitespace() {
+        at -= 1;
+    }
+    at
 }
 
 fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
